@@ -1,0 +1,185 @@
+//! The three limiting algorithms, as pure state transitions.
+//!
+//! Each algorithm is a small parameter struct with a `decide(state, now, cost)` method that
+//! returns an [`Outcome`]: the [`Decision`](crate::Decision), the next state (none for a
+//! denial, which never changes state) and when the state expires. No algorithm reads a
+//! clock, allocates or panics, whatever `now` is (time going backwards included).
+//!
+//! [`Limit`] is the closed set of configured algorithms, dispatched by the stores.
+//! [`StateBits`] is the one compact form every algorithm's state fits in (96 bits), so a
+//! store can keep any counter in one fixed-size slot.
+
+mod fixed_window;
+mod gcra;
+mod sliding_window;
+
+pub use fixed_window::{FixedWindow, WindowCount};
+pub use gcra::{Gcra, GcraState};
+pub use sliding_window::{SlidingWindow, SlidingState};
+
+use crate::decision::Outcome;
+use crate::time::{Nanos, Timestamp};
+
+/// Why limit parameters were refused. Raised at construction, never on the request path.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// A GCRA burst of zero would admit nothing.
+    #[error("burst must be at least 1 (it is the bucket's capacity)")]
+    ZeroBurst,
+    /// A request costs more than the limit can ever admit.
+    #[error("cost {cost} is larger than the limit's capacity {capacity}, so it could never pass")]
+    CostAboveCapacity {
+        /// The cost asked for.
+        cost: u32,
+        /// The most the limit admits at once.
+        capacity: u32,
+    },
+    /// burst × (period / count) does not fit in the time representation.
+    #[error("burst {burst} at {rate} needs longer than can be represented to refill")]
+    RefillTooLong {
+        /// The burst asked for.
+        burst: u32,
+        /// The rate, as displayed.
+        rate: String,
+    },
+}
+
+/// One configured limit: an algorithm with its parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// Generic Cell Rate Algorithm (token bucket).
+    Gcra(Gcra),
+    /// Two-window weighted counter.
+    SlidingWindow(SlidingWindow),
+    /// Calendar-aligned fixed windows (UTC).
+    FixedWindow(FixedWindow),
+}
+
+/// Any algorithm's state packed in 96 bits: a 64-bit word and a 32-bit word.
+///
+/// All zeros is "no state": every algorithm treats it as a client never seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StateBits {
+    /// The 64-bit part.
+    pub wide: u64,
+    /// The 32-bit part.
+    pub narrow: u32,
+}
+
+impl Limit {
+    /// The most units the limit admits at once; a cost above it can never pass.
+    pub fn capacity(&self) -> u32 {
+        match self {
+            Limit::Gcra(g) => g.capacity(),
+            Limit::SlidingWindow(s) => s.limit(),
+            Limit::FixedWindow(f) => f.limit(),
+        }
+    }
+
+    /// Checks that `cost` can ever pass; use when configuring a cost.
+    pub fn check_cost(&self, cost: u32) -> Result<(), LimitError> {
+        let capacity = self.capacity();
+        if cost > capacity {
+            return Err(LimitError::CostAboveCapacity { cost, capacity });
+        }
+        Ok(())
+    }
+
+    /// The time over which the limit's capacity is measured: the window, or for GCRA the
+    /// time an empty bucket takes to refill.
+    pub fn window(&self) -> Nanos {
+        match self {
+            Limit::Gcra(g) => g.refill_time(),
+            Limit::SlidingWindow(s) => s.period(),
+            Limit::FixedWindow(f) => f.period(),
+        }
+    }
+
+    /// Decides on packed state; see each algorithm's `decide`.
+    #[inline]
+    pub fn decide(&self, state: StateBits, now: Timestamp, cost: u32) -> Outcome<StateBits> {
+        match self {
+            Limit::Gcra(g) => pack(g.decide(GcraState::from(state), now, cost)),
+            Limit::SlidingWindow(s) => pack(s.decide(SlidingState::from(state), now, cost)),
+            Limit::FixedWindow(f) => pack(f.decide(WindowCount::from(state), now, cost)),
+        }
+    }
+
+    /// Gives back `cost` units of an admission decided at `charged_at` that had to be
+    /// undone, because another limit of the same request denied it.
+    pub fn refund(&self, state: StateBits, charged_at: Timestamp, cost: u32) -> StateBits {
+        match self {
+            Limit::Gcra(g) => g.refund(GcraState::from(state), cost).into(),
+            Limit::SlidingWindow(s) => s.refund(SlidingState::from(state), charged_at, cost).into(),
+            Limit::FixedWindow(f) => f.refund(WindowCount::from(state), charged_at, cost).into(),
+        }
+    }
+}
+
+fn pack<S: Into<StateBits>>(outcome: Outcome<S>) -> Outcome<StateBits> {
+    Outcome {
+        decision: outcome.decision,
+        next: outcome.next.map(Into::into),
+        expires_at: outcome.expires_at,
+    }
+}
+
+/// Where a timestamp falls in a sequence of windows of one period, with the window index
+/// kept in 32 bits (wrapping) as window states store it.
+///
+/// Shared by the two window algorithms, so "which window is it?" and "did time go
+/// backwards?" are answered once.
+#[derive(Clone, Copy, Debug)]
+struct WindowPosition {
+    /// The window's index, full width.
+    index: u64,
+    /// Nanoseconds since the window began.
+    elapsed: u64,
+    /// How many windows the stored window lies behind this one (0: the same window).
+    behind: u64,
+    /// Time from the real `now` to the effective position (non-zero only when the clock
+    /// went backwards and the position was moved forward to the stored window's start).
+    lag: u64,
+}
+
+impl WindowPosition {
+    /// Locates `now` relative to the stored window `stored` (32-bit wrapping index).
+    ///
+    /// A stored window ahead of `now` means the clock went backwards; the position is then
+    /// taken as the start of the stored window, so no time is treated as having passed.
+    fn locate(now: Timestamp, period: u64, stored: u32) -> WindowPosition {
+        let now = now.as_nanos();
+        let index = now / period;
+        let elapsed = now % period;
+        // Wrapping distance in 32 bits: ambiguous only 2^31 windows apart (68 years of
+        // one-second windows), far beyond any state's life.
+        let distance = (index as u32).wrapping_sub(stored) as i32;
+        if distance >= 0 {
+            WindowPosition {
+                index,
+                elapsed,
+                behind: distance as u64,
+                lag: 0,
+            }
+        } else {
+            let ahead = u64::from(distance.unsigned_abs());
+            let index = index.saturating_add(ahead);
+            let start = index.saturating_mul(period);
+            WindowPosition {
+                index,
+                elapsed: 0,
+                behind: 0,
+                lag: start.saturating_sub(now),
+            }
+        }
+    }
+
+    /// Nanoseconds from the real `now` to the point `into` nanoseconds into the window
+    /// `windows` after this one (`windows = 0`: this one).
+    fn until(&self, period: u64, windows: u64, into: u64) -> u64 {
+        self.lag
+            .saturating_add(period.saturating_mul(windows))
+            .saturating_add(into)
+            .saturating_sub(self.elapsed)
+    }
+}
