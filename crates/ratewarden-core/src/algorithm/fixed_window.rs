@@ -69,7 +69,9 @@ impl FixedWindow {
     /// Decides whether `cost` units may pass at `now`.
     #[inline]
     pub fn decide(&self, state: WindowCount, now: Timestamp, cost: u32) -> Outcome<WindowCount> {
-        let position = WindowPosition::locate(now, self.period, state.window);
+        // All zeros is no state (and not window 0 of 1970).
+        let stored = (state != WindowCount::default()).then_some(state.window);
+        let position = WindowPosition::locate(now, self.period, stored);
         let used = if position.behind == 0 { state.count } else { 0 };
         let reset_after = Nanos(position.until(self.period, 1, 0));
         let expires_at = now.saturating_add(reset_after);

@@ -143,14 +143,23 @@ struct WindowPosition {
 }
 
 impl WindowPosition {
-    /// Locates `now` relative to the stored window `stored` (32-bit wrapping index).
+    /// Locates `now` relative to the stored window `stored` (32-bit wrapping index;
+    /// `None` when nothing is stored).
     ///
     /// A stored window ahead of `now` means the clock went backwards; the position is then
     /// taken as the start of the stored window, so no time is treated as having passed.
-    fn locate(now: Timestamp, period: u64, stored: u32) -> WindowPosition {
+    fn locate(now: Timestamp, period: u64, stored: Option<u32>) -> WindowPosition {
         let now = now.as_nanos();
         let index = now / period;
         let elapsed = now % period;
+        let Some(stored) = stored else {
+            return WindowPosition {
+                index,
+                elapsed,
+                behind: u64::MAX,
+                lag: 0,
+            };
+        };
         // Wrapping distance in 32 bits: ambiguous only 2^31 windows apart (68 years of
         // one-second windows), far beyond any state's life.
         let distance = (index as u32).wrapping_sub(stored) as i32;

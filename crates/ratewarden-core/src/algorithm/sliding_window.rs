@@ -21,8 +21,11 @@
 //!
 //! Rounding the weighted count up keeps every admission inside these bounds.
 //!
-//! Time going backwards: the position is taken as the start of the stored window (the
-//! previous window weighs in full), so the limiter can only become stricter.
+//! Time going backwards: when `now` falls before the stored window, the position is taken
+//! as that window's start (the previous window weighs in full). A denial stores nothing,
+//! so when only denials saw a window begin and the clock then steps back across that
+//! boundary, the request counts in the earlier window: with such a clock a window can
+//! admit up to `2 × limit`, the interval bound above, never more.
 
 use super::{LimitError, StateBits, WindowPosition};
 use crate::decision::{Decision, Outcome};
@@ -105,7 +108,9 @@ impl SlidingWindow {
     /// Decides whether `cost` units may pass at `now`.
     #[inline]
     pub fn decide(&self, state: SlidingState, now: Timestamp, cost: u32) -> Outcome<SlidingState> {
-        let position = WindowPosition::locate(now, self.period, state.window);
+        // All zeros is no state (and not window 0 of 1970).
+        let stored = (state != SlidingState::default()).then_some(state.window);
+        let position = WindowPosition::locate(now, self.period, stored);
         let (current, previous) = match position.behind {
             0 => (state.current, state.previous),
             1 => (0, state.current),
