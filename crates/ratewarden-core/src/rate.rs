@@ -206,7 +206,13 @@ impl fmt::Display for Rate {
             return write!(f, "{}/{}ns", self.count, self.period.as_nanos());
         }
         if self.multiplier > 0 {
-            write!(f, "{}/{}{}", self.count, self.multiplier, self.unit.symbol())
+            write!(
+                f,
+                "{}/{}{}",
+                self.count,
+                self.multiplier,
+                self.unit.symbol()
+            )
         } else {
             write!(f, "{}/{}", self.count, self.unit.symbol())
         }
@@ -279,7 +285,10 @@ mod tests {
                 "99999999999999999999/s",
                 RateErrorReason::CountTooLarge("99999999999999999999".into()),
             ),
-            ("4294967296/d", RateErrorReason::CountTooLarge("4294967296".into())),
+            (
+                "4294967296/d",
+                RateErrorReason::CountTooLarge("4294967296".into()),
+            ),
             ("10/0m", RateErrorReason::BadMultiplier("0".into())),
             (
                 "10/99999999999999d",
@@ -292,7 +301,9 @@ mod tests {
             let err = text.parse::<Rate>().expect_err(text);
             assert_eq!(err.reason, reason, "{text}");
             assert_eq!(err.input, text);
-            assert!(err.to_string().starts_with(&format!("{text:?} is not a rate: ")));
+            assert!(err
+                .to_string()
+                .starts_with(&format!("{text:?} is not a rate: ")));
         }
     }
 

@@ -108,7 +108,10 @@ mod tests {
 
     #[test]
     fn arithmetic_saturates() {
-        assert_eq!(Timestamp(u64::MAX).saturating_add(Nanos(5)), Timestamp(u64::MAX));
+        assert_eq!(
+            Timestamp(u64::MAX).saturating_add(Nanos(5)),
+            Timestamp(u64::MAX)
+        );
         assert_eq!(Timestamp(3).saturating_since(Timestamp(10)), Nanos::ZERO);
         assert_eq!(Nanos::from_secs(u64::MAX), Nanos::MAX);
         assert_eq!(Nanos::from(Duration::MAX), Nanos::MAX);

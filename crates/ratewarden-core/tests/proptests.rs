@@ -6,7 +6,9 @@
 
 use proptest::prelude::*;
 use ratewarden_core::algorithm::{GcraState, SlidingState, WindowCount};
-use ratewarden_core::{Decision, FixedWindow, Gcra, Nanos, Outcome, Rate, SlidingWindow, Timestamp};
+use ratewarden_core::{
+    Decision, FixedWindow, Gcra, Nanos, Outcome, Rate, SlidingWindow, Timestamp,
+};
 
 /// An arrival: when (relative to the previous one, possibly backwards) and how many units.
 #[derive(Clone, Debug)]
@@ -64,7 +66,11 @@ fn run<S: Copy + PartialEq + std::fmt::Debug>(
         now = (now + a.step).max(0);
         effective = effective.max(now as u64);
         let outcome = decide(state, Timestamp(now as u64), a.cost);
-        assert_eq!(outcome.decision.allowed, outcome.next.is_some(), "only admissions change state");
+        assert_eq!(
+            outcome.decision.allowed,
+            outcome.next.is_some(),
+            "only admissions change state"
+        );
         assert!(outcome.decision.remaining <= outcome.decision.limit);
         if outcome.decision.allowed {
             assert_eq!(outcome.decision.retry_after, Nanos::ZERO);
@@ -81,7 +87,10 @@ fn run<S: Copy + PartialEq + std::fmt::Debug>(
 
 /// Largest number of admitted units among arrivals whose effective times lie in a
 /// closed interval starting at an admitted arrival and no longer than `span`.
-fn admitted_in_intervals(log: &[(u64, u64, u32, Decision)], fits: impl Fn(u64, u64) -> bool) -> Vec<(u64, u64, u64)> {
+fn admitted_in_intervals(
+    log: &[(u64, u64, u32, Decision)],
+    fits: impl Fn(u64, u64) -> bool,
+) -> Vec<(u64, u64, u64)> {
     let admitted: Vec<(u64, u32)> = log
         .iter()
         .filter(|e| e.3.allowed)
@@ -189,10 +198,18 @@ fn check_retry<S: Copy>(
             None => {
                 let wait = outcome.decision.retry_after.as_nanos();
                 prop_assert!(wait < u64::MAX, "valid cost must pass eventually");
-                prop_assert!(decide(state, Timestamp(now + wait), a.cost).decision.allowed,
-                    "still denied after waiting retry_after={wait}");
-                prop_assert!(!decide(state, Timestamp(now + wait - 1), a.cost).decision.allowed,
-                    "retry_after={wait} is longer than needed");
+                prop_assert!(
+                    decide(state, Timestamp(now + wait), a.cost)
+                        .decision
+                        .allowed,
+                    "still denied after waiting retry_after={wait}"
+                );
+                prop_assert!(
+                    !decide(state, Timestamp(now + wait - 1), a.cost)
+                        .decision
+                        .allowed,
+                    "retry_after={wait} is longer than needed"
+                );
             }
         }
     }

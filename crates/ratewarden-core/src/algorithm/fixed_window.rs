@@ -178,7 +178,10 @@ mod tests {
     fn clock_backwards_keeps_the_count() {
         let w = window("2/m");
         let t = Timestamp(1_000 * 60 * SEC + 5 * SEC);
-        let state = w.decide(WindowCount::default(), t, 2).next.expect("admitted");
+        let state = w
+            .decide(WindowCount::default(), t, 2)
+            .next
+            .expect("admitted");
         // Two minutes earlier: treated as no time passed, still full.
         let back = w.decide(state, Timestamp(t.0 - 120 * SEC), 1);
         assert!(!back.decision.allowed);
@@ -186,7 +189,14 @@ mod tests {
         // Waiting the reported time really is enough: the lag plus the rest of the window.
         assert_eq!(back.decision.retry_after, Nanos(115 * SEC + 60 * SEC));
         for now in [0, 1, u64::MAX] {
-            let _ = w.decide(WindowCount { window: u32::MAX, count: u32::MAX }, Timestamp(now), u32::MAX);
+            let _ = w.decide(
+                WindowCount {
+                    window: u32::MAX,
+                    count: u32::MAX,
+                },
+                Timestamp(now),
+                u32::MAX,
+            );
         }
     }
 
@@ -194,7 +204,10 @@ mod tests {
     fn refund_returns_units_in_the_same_window_only() {
         let w = window("5/m");
         let t = Timestamp(60 * SEC);
-        let state = w.decide(WindowCount::default(), t, 3).next.expect("admitted");
+        let state = w
+            .decide(WindowCount::default(), t, 3)
+            .next
+            .expect("admitted");
         assert_eq!(w.refund(state, t, 2).count, 1);
         assert_eq!(w.refund(state, Timestamp(t.0 + 60 * SEC), 2), state);
     }

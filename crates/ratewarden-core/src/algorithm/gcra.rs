@@ -250,7 +250,10 @@ mod tests {
     fn refund_undoes_an_admission() {
         let g = gcra("1/s", 3);
         let now = Timestamp(10 * SEC);
-        let charged = g.decide(GcraState::default(), now, 2).next.expect("admitted");
+        let charged = g
+            .decide(GcraState::default(), now, 2)
+            .next
+            .expect("admitted");
         let refunded = g.refund(charged, 2);
         assert_eq!(g.decide(refunded, now, 3).decision.remaining, 0);
         assert!(g.decide(refunded, now, 3).decision.allowed);

@@ -15,7 +15,7 @@ mod sliding_window;
 
 pub use fixed_window::{FixedWindow, WindowCount};
 pub use gcra::{Gcra, GcraState};
-pub use sliding_window::{SlidingWindow, SlidingState};
+pub use sliding_window::{SlidingState, SlidingWindow};
 
 use crate::decision::Outcome;
 use crate::time::{Nanos, Timestamp};

@@ -224,8 +224,16 @@ mod tests {
         assert!(!denied.decision.allowed);
         // Needs ceil(10 × (60 − e) / 60) ≤ 7: e ≥ 18 s, three seconds from now.
         assert_eq!(denied.decision.retry_after, Nanos(3 * SEC));
-        assert!(w.decide(state, Timestamp(start + MIN + 18 * SEC), 1).decision.allowed);
-        assert!(!w.decide(state, Timestamp(start + MIN + 18 * SEC - 1), 1).decision.allowed);
+        assert!(
+            w.decide(state, Timestamp(start + MIN + 18 * SEC), 1)
+                .decision
+                .allowed
+        );
+        assert!(
+            !w.decide(state, Timestamp(start + MIN + 18 * SEC - 1), 1)
+                .decision
+                .allowed
+        );
     }
 
     #[test]

@@ -1,0 +1,116 @@
+//! What a store is asked ([`Check`]) and what it answers ([`Decisions`]).
+
+use ratewarden_core::{Decision, Limit, LimitError};
+use smallvec::SmallVec;
+
+/// Identifies one counter: a rule and the client it limits (`rw:{client}:rule` in Redis).
+///
+/// Keeping the two parts apart lets every backend encode them its own way in one place
+/// (a keyed hash in memory, a hash-tagged key in Redis) without parsing a joined string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CounterKey<'a> {
+    /// The rule's name.
+    pub rule: &'a str,
+    /// The client's identity as the rule's key template built it (an IP, a user id...).
+    pub client: &'a str,
+}
+
+impl<'a> CounterKey<'a> {
+    /// The counter of `rule` for `client`.
+    pub fn new(rule: &'a str, client: &'a str) -> CounterKey<'a> {
+        CounterKey { rule, client }
+    }
+}
+
+/// One limit to check for a request: which counter, under which limit, at what cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Check<'a> {
+    key: CounterKey<'a>,
+    limit: Limit,
+    cost: u32,
+}
+
+impl<'a> Check<'a> {
+    /// A check of `cost` units; refused when the cost can never pass the limit, so such a
+    /// mistake surfaces where the rule is built, not as a mysterious permanent denial.
+    pub fn new(key: CounterKey<'a>, limit: Limit, cost: u32) -> Result<Check<'a>, LimitError> {
+        limit.check_cost(cost)?;
+        Ok(Check { key, limit, cost })
+    }
+
+    /// A check of one unit (every limit admits at least one).
+    pub fn one(key: CounterKey<'a>, limit: Limit) -> Check<'a> {
+        Check {
+            key,
+            limit,
+            cost: 1,
+        }
+    }
+
+    /// The counter.
+    pub fn key(&self) -> CounterKey<'a> {
+        self.key
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> &Limit {
+        &self.limit
+    }
+
+    /// Units this request costs.
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+}
+
+/// The decisions for one request, one per check, in the order of the checks.
+///
+/// Each says whether its own limit admits the request. The request passes, and is charged
+/// to every limit, only if all of them admit it; otherwise it is charged to none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decisions(SmallVec<[Decision; 4]>);
+
+impl Decisions {
+    /// Whether the request passes.
+    pub fn allowed(&self) -> bool {
+        self.0.iter().all(|d| d.allowed)
+    }
+
+    /// The decisions, in check order.
+    pub fn as_slice(&self) -> &[Decision] {
+        &self.0
+    }
+
+    /// The decision that should speak for the request in headers: for a denial the one
+    /// with the longest wait, otherwise the one with the least remaining.
+    pub fn most_restrictive(&self) -> Option<(usize, &Decision)> {
+        if self.allowed() {
+            self.0.iter().enumerate().min_by_key(|(_, d)| d.remaining)
+        } else {
+            self.0
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !d.allowed)
+                .max_by_key(|(_, d)| d.retry_after)
+        }
+    }
+}
+
+impl FromIterator<Decision> for Decisions {
+    fn from_iter<I: IntoIterator<Item = Decision>>(iter: I) -> Decisions {
+        Decisions(iter.into_iter().collect())
+    }
+}
+
+impl Extend<Decision> for Decisions {
+    fn extend<I: IntoIterator<Item = Decision>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}
+
+impl std::ops::Index<usize> for Decisions {
+    type Output = Decision;
+    fn index(&self, i: usize) -> &Decision {
+        &self.0[i]
+    }
+}

@@ -1,0 +1,251 @@
+//! The in-memory store: one process's limiter state, bounded and expiring.
+//!
+//! [`MemoryStore`] runs the core algorithms on slots of a sharded table (see `table`),
+//! updating each slot with a compare-and-swap loop, so concurrent decisions on one
+//! counter are exact without a lock per counter. A request with several checks is
+//! all-or-nothing: the checks are first evaluated without charging; only if all admit is
+//! each charged, and if a concurrent request took the last unit in between, the charges
+//! already made are refunded.
+//!
+//! Memory is bounded by `max_keys`; expired state is reclaimed on demand when a shard is
+//! full and in the background by [`MemoryStore::spawn_janitor`].
+
+mod slot;
+mod table;
+
+use crate::check::{Check, Decisions};
+use crate::error::StoreError;
+use crate::store::Store;
+use portable_atomic::AtomicU128;
+use ratewarden_core::algorithm::StateBits;
+use ratewarden_core::clock::{Clock, SystemClock};
+use ratewarden_core::{Decision, Timestamp};
+use slot::Slot;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use table::Table;
+
+/// Limiter state held in this process.
+pub struct MemoryStore<C: Clock = SystemClock> {
+    table: Table,
+    clock: C,
+    cas_retries: AtomicU64,
+    refunds: AtomicU64,
+}
+
+/// What the store has done, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Counters held now.
+    pub keys: usize,
+    /// The most counters it will hold.
+    pub capacity: usize,
+    /// Expired counters dropped (by the janitor or to make room).
+    pub reclaimed: u64,
+    /// Live counters evicted because the store was full: each such client starts afresh.
+    pub evicted_live: u64,
+    /// Compare-and-swap attempts lost to a concurrent update and retried.
+    pub cas_retries: u64,
+    /// Charges undone because another limit of the same request denied it concurrently.
+    pub refunds: u64,
+}
+
+impl MemoryStore<SystemClock> {
+    /// A store of at most `max_keys` counters on the system clock.
+    pub fn new(max_keys: NonZeroUsize) -> MemoryStore<SystemClock> {
+        MemoryStore::with_clock(max_keys, SystemClock::new())
+    }
+}
+
+impl<C: Clock> MemoryStore<C> {
+    /// A store of at most `max_keys` counters reading time from `clock`.
+    pub fn with_clock(max_keys: NonZeroUsize, clock: C) -> MemoryStore<C> {
+        MemoryStore {
+            table: Table::new(max_keys.get(), random_hash_keys()),
+            clock,
+            cas_retries: AtomicU64::new(0),
+            refunds: AtomicU64::new(0),
+        }
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// Decides one request against its checks, now. Never blocks on I/O; the async
+    /// [`Store::decide`] is this, ready at once.
+    pub fn decide_now(&self, checks: &[Check<'_>]) -> Decisions {
+        let now = self.clock.now();
+        match checks {
+            [] => Decisions::default(),
+            [check] => std::iter::once(self.charge(check, now)).collect(),
+            _ => self.decide_all_or_nothing(checks, now),
+        }
+    }
+
+    fn decide_all_or_nothing(&self, checks: &[Check<'_>], now: Timestamp) -> Decisions {
+        let preview: Decisions = checks.iter().map(|c| self.preview(c, now)).collect();
+        if !preview.allowed() {
+            return preview;
+        }
+        let mut charged = Decisions::default();
+        for (i, check) in checks.iter().enumerate() {
+            let decision = self.charge(check, now);
+            if !decision.allowed {
+                // Lost a race for the last unit: undo what this request took.
+                for earlier in &checks[..i] {
+                    self.refund(earlier, now);
+                }
+                charged.extend(std::iter::once(decision));
+                charged.extend(preview.as_slice()[i + 1..].iter().copied());
+                return charged;
+            }
+            charged.extend(std::iter::once(decision));
+        }
+        charged
+    }
+
+    /// The decision a check would get now, without charging it.
+    fn preview(&self, check: &Check<'_>, now: Timestamp) -> Decision {
+        let key = self.table.hash(check.key());
+        let state = self
+            .table
+            .with_existing(key, |slot| Slot(slot.load(Ordering::Acquire)).state())
+            .unwrap_or_default();
+        check.limit().decide(state, now, check.cost()).decision
+    }
+
+    /// Decides a check and, if it admits, charges it.
+    #[inline]
+    fn charge(&self, check: &Check<'_>, now: Timestamp) -> Decision {
+        let key = self.table.hash(check.key());
+        if let Some(decision) = self
+            .table
+            .with_existing(key, |slot| self.charge_slot(slot, check, now))
+        {
+            return decision;
+        }
+        self.table.with_exclusive(key, now, |slot| match slot {
+            Some(slot) => (self.charge_slot(slot, check, now), None),
+            None => {
+                let outcome = check
+                    .limit()
+                    .decide(StateBits::default(), now, check.cost());
+                let created = outcome
+                    .next
+                    .map(|next| Slot::pack(next, outcome.expires_at));
+                (outcome.decision, created)
+            }
+        })
+    }
+
+    #[inline]
+    fn charge_slot(&self, slot: &AtomicU128, check: &Check<'_>, now: Timestamp) -> Decision {
+        let mut current = slot.load(Ordering::Acquire);
+        loop {
+            let outcome = check
+                .limit()
+                .decide(Slot(current).state(), now, check.cost());
+            let Some(next) = outcome.next else {
+                return outcome.decision;
+            };
+            let packed = Slot::pack(next, outcome.expires_at).0;
+            match slot.compare_exchange_weak(current, packed, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return outcome.decision,
+                Err(actual) => {
+                    current = actual;
+                    self.cas_retries.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn refund(&self, check: &Check<'_>, charged_at: Timestamp) {
+        self.refunds.fetch_add(1, Ordering::Relaxed);
+        let key = self.table.hash(check.key());
+        self.table.with_existing(key, |slot| {
+            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                let current = Slot(current);
+                let state = check
+                    .limit()
+                    .refund(current.state(), charged_at, check.cost());
+                Some(current.with_state(state).0)
+            });
+        });
+    }
+
+    /// Drops every expired counter now; returns how many. The janitor calls this.
+    pub fn purge_expired(&self) -> usize {
+        let now = self.clock.now();
+        (0..self.table.shard_count())
+            .map(|i| self.table.purge_shard(i, now))
+            .sum()
+    }
+
+    /// Counters held now.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether no counter is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What the store has done so far.
+    pub fn stats(&self) -> MemoryStats {
+        MemoryStats {
+            keys: self.len(),
+            capacity: self.table.capacity(),
+            reclaimed: self.table.counters.reclaimed.load(Ordering::Relaxed),
+            evicted_live: self.table.counters.evicted_live.load(Ordering::Relaxed),
+            cas_retries: self.cas_retries.load(Ordering::Relaxed),
+            refunds: self.refunds.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reclaims expired counters every `every` on the current Tokio runtime, one shard at
+    /// a time so no decision waits long. Stops when the store is dropped.
+    pub fn spawn_janitor(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(shards) = store.upgrade().map(|s| s.table.shard_count()) else {
+                    return;
+                };
+                for i in 0..shards {
+                    let Some(store) = store.upgrade() else { return };
+                    let now = store.clock.now();
+                    store.table.purge_shard(i, now);
+                    drop(store);
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    }
+}
+
+impl<C: Clock> Store for MemoryStore<C> {
+    fn decide(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Decisions, StoreError>> + Send {
+        std::future::ready(Ok(self.decide_now(checks)))
+    }
+}
+
+/// Fresh SipHash keys for this store, so counter hashes cannot be predicted from outside.
+/// The standard library seeds `RandomState` from the operating system's randomness.
+fn random_hash_keys() -> (u64, u64) {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new();
+    (seed.hash_one(0x5eed_u64), seed.hash_one(0xcafe_u64))
+}
