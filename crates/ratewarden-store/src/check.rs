@@ -3,21 +3,57 @@
 use ratewarden_core::{Decision, Limit, LimitError};
 use smallvec::SmallVec;
 
+/// The name of a rule (or of any other family of counters), with a fingerprint computed
+/// once, when the configuration is compiled, so the request path never hashes it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RuleName {
+    name: Box<str>,
+    fingerprint: u64,
+}
+
+impl RuleName {
+    /// A rule name. Names come from configuration, never from requests.
+    pub fn new(name: &str) -> RuleName {
+        RuleName {
+            name: name.into(),
+            // Unkeyed and stable: it only tells rules apart; secrecy comes from the
+            // store's own key.
+            fingerprint: siphasher::sip::SipHasher13::new_with_keys(0, 0).hash(name.as_bytes()),
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// A 64-bit digest of the name.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+}
+
+impl std::fmt::Display for RuleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 /// Identifies one counter: a rule and the client it limits (`rw:{client}:rule` in Redis).
 ///
 /// Keeping the two parts apart lets every backend encode them its own way in one place
 /// (a keyed hash in memory, a hash-tagged key in Redis) without parsing a joined string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CounterKey<'a> {
-    /// The rule's name.
-    pub rule: &'a str,
+    /// The rule.
+    pub rule: &'a RuleName,
     /// The client's identity as the rule's key template built it (an IP, a user id...).
     pub client: &'a str,
 }
 
 impl<'a> CounterKey<'a> {
     /// The counter of `rule` for `client`.
-    pub fn new(rule: &'a str, client: &'a str) -> CounterKey<'a> {
+    pub fn new(rule: &'a RuleName, client: &'a str) -> CounterKey<'a> {
         CounterKey { rule, client }
     }
 }
@@ -68,10 +104,25 @@ impl<'a> Check<'a> {
 /// Each says whether its own limit admits the request. The request passes, and is charged
 /// to every limit, only if all of them admit it; otherwise it is charged to none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Decisions(SmallVec<[Decision; 4]>);
+pub struct Decisions(SmallVec<[Decision; 3]>);
 
 impl Decisions {
+    /// The decision of a request with one check.
+    #[inline]
+    pub fn one(decision: Decision) -> Decisions {
+        let mut all = SmallVec::new();
+        all.push(decision);
+        Decisions(all)
+    }
+
+    /// Adds the decision of the next check.
+    #[inline]
+    pub fn push(&mut self, decision: Decision) {
+        self.0.push(decision);
+    }
+
     /// Whether the request passes.
+    #[inline]
     pub fn allowed(&self) -> bool {
         self.0.iter().all(|d| d.allowed)
     }

@@ -13,7 +13,7 @@ pub mod error;
 pub mod memory;
 mod store;
 
-pub use check::{Check, CounterKey, Decisions};
+pub use check::{Check, CounterKey, Decisions, RuleName};
 pub use error::StoreError;
 pub use memory::{MemoryStats, MemoryStore};
 pub use store::Store;

@@ -3,7 +3,7 @@
 
 use ratewarden_core::clock::ManualClock;
 use ratewarden_core::{FixedWindow, Gcra, Limit, Nanos, SlidingWindow, Timestamp};
-use ratewarden_store::{Check, CounterKey, MemoryStore, Store};
+use ratewarden_store::{Check, CounterKey, MemoryStore, RuleName, Store};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -34,8 +34,9 @@ fn every_algorithm(rate: &str, burst: u32) -> [(&'static str, Limit); 3] {
 }
 
 fn one(store: &MemoryStore<ManualClock>, rule: &str, client: &str, limit: Limit) -> bool {
+    let rule = RuleName::new(rule);
     store
-        .decide_now(&[Check::one(CounterKey::new(rule, client), limit)])
+        .decide_now(&[Check::one(CounterKey::new(&rule, client), limit)])
         .allowed()
 }
 
@@ -89,8 +90,8 @@ fn a_request_denied_by_one_rule_is_charged_to_none() {
     let store = store(1_000);
     let request = |user: &str| {
         store.decide_now(&[
-            Check::one(CounterKey::new("per_user", user), per_user),
-            Check::one(CounterKey::new("route", "global"), shared),
+            Check::one(CounterKey::new(&RuleName::new("per_user"), user), per_user),
+            Check::one(CounterKey::new(&RuleName::new("route"), "global"), shared),
         ])
     };
     assert!(request("mallory").allowed());
@@ -125,8 +126,11 @@ fn racing_requests_with_several_rules_never_leak_charges() {
                     let mut mine = 0;
                     for _ in 0..400 {
                         let d = store.decide_now(&[
-                            Check::one(CounterKey::new("per_client", &client), per_client),
-                            Check::one(CounterKey::new("shared", "all"), shared),
+                            Check::one(
+                                CounterKey::new(&RuleName::new("per_client"), &client),
+                                per_client,
+                            ),
+                            Check::one(CounterKey::new(&RuleName::new("shared"), "all"), shared),
                         ]);
                         if d.allowed() {
                             mine += 1;
@@ -146,8 +150,12 @@ fn racing_requests_with_several_rules_never_leak_charges() {
             "{name}: 8 clients × 200 wanted, shared quota 1000"
         );
         // The shared counter holds exactly what was admitted: every refund landed.
-        let peek = store
-            .decide_now(&[Check::new(CounterKey::new("shared", "all"), shared, 0).expect("peek")]);
+        let peek = store.decide_now(&[Check::new(
+            CounterKey::new(&RuleName::new("shared"), "all"),
+            shared,
+            0,
+        )
+        .expect("peek")]);
         assert_eq!(peek[0].remaining, 0, "{name}");
     }
 }
@@ -200,7 +208,8 @@ fn a_flood_of_new_clients_evicts_the_stalest_state_first() {
     let store = store(1_024);
     // The victim has spent 6 of 10: its bucket is full again only in 6 hours, later than
     // any flood key's.
-    let victim = Check::new(CounterKey::new("api", "victim"), limit, 6).expect("cost");
+    let api = RuleName::new("api");
+    let victim = Check::new(CounterKey::new(&api, "victim"), limit, 6).expect("cost");
     assert!(store.decide_now(&[victim]).allowed());
     store.clock().advance(Nanos::from_secs(1));
     for i in 0..50_000 {
@@ -208,7 +217,9 @@ fn a_flood_of_new_clients_evicts_the_stalest_state_first() {
     }
     assert!(store.stats().evicted_live > 0);
     let peek =
-        store.decide_now(&[Check::new(CounterKey::new("api", "victim"), limit, 0).expect("peek")]);
+        store.decide_now(&[
+            Check::new(CounterKey::new(&RuleName::new("api"), "victim"), limit, 0).expect("peek"),
+        ]);
     assert_eq!(
         peek[0].remaining, 4,
         "the victim's state survived the flood"
@@ -228,7 +239,8 @@ fn rule_and_client_are_kept_apart() {
 fn the_async_trait_answers_like_the_direct_call() {
     let [(_, limit), ..] = every_algorithm("2/m", 2);
     let store = store(100);
-    let key = CounterKey::new("api", "10.0.0.1");
+    let api = RuleName::new("api");
+    let key = CounterKey::new(&api, "10.0.0.1");
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("rt");

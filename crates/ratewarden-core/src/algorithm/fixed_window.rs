@@ -6,7 +6,7 @@
 //! ("1000 per day"); it admits up to 2 × limit across a boundary, which GCRA and the
 //! sliding window avoid.
 //!
-//! State: the window's index (32 bits, wrapping) and the units admitted in it.
+//! State: the window's index (low 32 bits) and the units admitted in it.
 
 use super::{LimitError, StateBits, WindowPosition};
 use crate::decision::{Decision, Outcome};
@@ -32,18 +32,15 @@ pub struct WindowCount {
 impl From<StateBits> for WindowCount {
     fn from(bits: StateBits) -> WindowCount {
         WindowCount {
-            window: bits.narrow,
-            count: bits.wide as u32,
+            window: (bits.0 >> 32) as u32,
+            count: bits.0 as u32,
         }
     }
 }
 
 impl From<WindowCount> for StateBits {
     fn from(state: WindowCount) -> StateBits {
-        StateBits {
-            wide: u64::from(state.count),
-            narrow: state.window,
-        }
+        StateBits((u64::from(state.window) << 32) | u64::from(state.count))
     }
 }
 
@@ -70,8 +67,8 @@ impl FixedWindow {
     #[inline]
     pub fn decide(&self, state: WindowCount, now: Timestamp, cost: u32) -> Outcome<WindowCount> {
         // All zeros is no state (and not window 0 of 1970).
-        let stored = (state != WindowCount::default()).then_some(state.window);
-        let position = WindowPosition::locate(now, self.period, stored);
+        let stored = (state != WindowCount::default()).then_some(u64::from(state.window));
+        let position = WindowPosition::locate(now, self.period, stored, 32);
         let used = if position.behind == 0 { state.count } else { 0 };
         let reset_after = Nanos(position.until(self.period, 1, 0));
         let expires_at = now.saturating_add(reset_after);

@@ -38,16 +38,13 @@ pub struct GcraState {
 
 impl From<StateBits> for GcraState {
     fn from(bits: StateBits) -> GcraState {
-        GcraState { tat: bits.wide }
+        GcraState { tat: bits.0 }
     }
 }
 
 impl From<GcraState> for StateBits {
     fn from(state: GcraState) -> StateBits {
-        StateBits {
-            wide: state.tat,
-            narrow: 0,
-        }
+        StateBits(state.tat)
     }
 }
 
@@ -99,7 +96,6 @@ impl Gcra {
         // Tokens in the bucket now; saturating, since a clock that went backwards can put
         // `tat` beyond `now + τ`.
         let horizon = now.saturating_add(self.tolerance);
-        let available = horizon.saturating_sub(tat) / self.interval;
         if cost <= self.capacity {
             // cost × T ≤ τ, so no overflow.
             let new_tat = tat.saturating_add(u64::from(cost) * self.interval);
@@ -116,12 +112,20 @@ impl Gcra {
                     expires_at: Timestamp(new_tat),
                 };
             }
-            return self.deny(state, now, available, Nanos(new_tat - horizon));
+            return self.deny(
+                state,
+                now,
+                horizon.saturating_sub(tat),
+                Nanos(new_tat - horizon),
+            );
         }
-        self.deny(state, now, available, Nanos::MAX)
+        self.deny(state, now, horizon.saturating_sub(tat), Nanos::MAX)
     }
 
-    fn deny(&self, state: GcraState, now: u64, available: u64, wait: Nanos) -> Outcome<GcraState> {
+    /// A denial: `headroom` is how far `tat` lies before the horizon (tokens × T).
+    #[cold]
+    fn deny(&self, state: GcraState, now: u64, headroom: u64, wait: Nanos) -> Outcome<GcraState> {
+        let available = headroom / self.interval;
         Outcome {
             decision: Decision {
                 allowed: false,

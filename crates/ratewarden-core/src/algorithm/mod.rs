@@ -6,8 +6,12 @@
 //! clock, allocates or panics, whatever `now` is (time going backwards included).
 //!
 //! [`Limit`] is the closed set of configured algorithms, dispatched by the stores.
-//! [`StateBits`] is the one compact form every algorithm's state fits in (96 bits), so a
-//! store can keep any counter in one fixed-size slot.
+//! [`StateBits`] is the one compact form every algorithm's state fits in (64 bits), so a
+//! store can keep any counter in one machine word and update it with one compare-and-swap.
+//!
+//! Contract with stores: a state is never used after its expiry
+//! ([`Outcome::expires_at`]); a store drops or ignores it from then on. Window numbers are
+//! kept in few bits and wrap, and this is what makes reading them unambiguous.
 
 mod fixed_window;
 mod gcra;
@@ -34,6 +38,12 @@ pub enum LimitError {
         /// The most the limit admits at once.
         capacity: u32,
     },
+    /// A sliding window counts in 24 bits.
+    #[error("a sliding window allows at most 16777215 per window, not {limit}; use gcra or fixed_window for larger quotas")]
+    SlidingLimitTooLarge {
+        /// The limit asked for.
+        limit: u32,
+    },
     /// burst × (period / count) does not fit in the time representation.
     #[error("burst {burst} at {rate} needs longer than can be represented to refill")]
     RefillTooLong {
@@ -55,16 +65,11 @@ pub enum Limit {
     FixedWindow(FixedWindow),
 }
 
-/// Any algorithm's state packed in 96 bits: a 64-bit word and a 32-bit word.
+/// Any algorithm's state packed in 64 bits.
 ///
-/// All zeros is "no state": every algorithm treats it as a client never seen.
+/// Zero is "no state": every algorithm treats it as a client never seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct StateBits {
-    /// The 64-bit part.
-    pub wide: u64,
-    /// The 32-bit part.
-    pub narrow: u32,
-}
+pub struct StateBits(pub u64);
 
 impl Limit {
     /// The most units the limit admits at once; a cost above it can never pass.
@@ -143,12 +148,14 @@ struct WindowPosition {
 }
 
 impl WindowPosition {
-    /// Locates `now` relative to the stored window `stored` (32-bit wrapping index;
-    /// `None` when nothing is stored).
+    /// Locates `now` relative to the stored window `stored`, an index kept in its low
+    /// `bits` bits (wrapping; `None` when nothing is stored).
     ///
     /// A stored window ahead of `now` means the clock went backwards; the position is then
     /// taken as the start of the stored window, so no time is treated as having passed.
-    fn locate(now: Timestamp, period: u64, stored: Option<u32>) -> WindowPosition {
+    /// Stored windows are at most two periods old (stores drop expired state), so the
+    /// wrapped distance is unambiguous.
+    fn locate(now: Timestamp, period: u64, stored: Option<u64>, bits: u32) -> WindowPosition {
         let now = now.as_nanos();
         let index = now / period;
         let elapsed = now % period;
@@ -160,18 +167,17 @@ impl WindowPosition {
                 lag: 0,
             };
         };
-        // Wrapping distance in 32 bits: ambiguous only 2^31 windows apart (68 years of
-        // one-second windows), far beyond any state's life.
-        let distance = (index as u32).wrapping_sub(stored) as i32;
-        if distance >= 0 {
+        let modulus = 1u64 << bits;
+        let distance = index.wrapping_sub(stored) & (modulus - 1);
+        if distance < modulus / 2 {
             WindowPosition {
                 index,
                 elapsed,
-                behind: distance as u64,
+                behind: distance,
                 lag: 0,
             }
         } else {
-            let ahead = u64::from(distance.unsigned_abs());
+            let ahead = modulus - distance;
             let index = index.saturating_add(ahead);
             let start = index.saturating_mul(period);
             WindowPosition {

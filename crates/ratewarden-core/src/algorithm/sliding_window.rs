@@ -21,6 +21,9 @@
 //!
 //! Rounding the weighted count up keeps every admission inside these bounds.
 //!
+//! State: the window's index (low 16 bits) and two 24-bit counts, so the limit is at most
+//! 16,777,215 units per window; larger quotas belong to GCRA or the fixed window.
+//!
 //! Time going backwards: when `now` falls before the stored window, the position is taken
 //! as that window's start (the previous window weighs in full). A denial stores nothing,
 //! so when only denials saw a window begin and the clock then steps back across that
@@ -42,36 +45,48 @@ pub struct SlidingWindow {
 /// Counts of the current window and the one before it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlidingState {
-    /// Index of the current window (time / period), truncated to 32 bits.
-    pub window: u32,
-    /// Units admitted in that window.
+    /// Index of the current window (time / period), truncated to 16 bits.
+    pub window: u16,
+    /// Units admitted in that window (at most [`SlidingWindow::MAX_LIMIT`]).
     pub current: u32,
-    /// Units admitted in the window before it.
+    /// Units admitted in the window before it (at most [`SlidingWindow::MAX_LIMIT`]).
     pub previous: u32,
 }
+
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
 impl From<StateBits> for SlidingState {
     fn from(bits: StateBits) -> SlidingState {
         SlidingState {
-            window: bits.narrow,
-            current: (bits.wide >> 32) as u32,
-            previous: bits.wide as u32,
+            window: (bits.0 >> (2 * COUNT_BITS)) as u16,
+            current: ((bits.0 >> COUNT_BITS) & COUNT_MASK) as u32,
+            previous: (bits.0 & COUNT_MASK) as u32,
         }
     }
 }
 
 impl From<SlidingState> for StateBits {
     fn from(state: SlidingState) -> StateBits {
-        StateBits {
-            wide: (u64::from(state.current) << 32) | u64::from(state.previous),
-            narrow: state.window,
-        }
+        StateBits(
+            (u64::from(state.window) << (2 * COUNT_BITS))
+                | ((u64::from(state.current) & COUNT_MASK) << COUNT_BITS)
+                | (u64::from(state.previous) & COUNT_MASK),
+        )
     }
 }
 
 impl SlidingWindow {
+    /// The largest limit per window: counts are kept in 24 bits.
+    pub const MAX_LIMIT: u32 = (1 << COUNT_BITS) - 1;
+
     /// About `rate.count()` units per any `rate.period()`.
     pub fn new(rate: Rate) -> Result<SlidingWindow, LimitError> {
+        if rate.count() > Self::MAX_LIMIT {
+            return Err(LimitError::SlidingLimitTooLarge {
+                limit: rate.count(),
+            });
+        }
         Ok(SlidingWindow {
             limit: rate.count(),
             period: rate.period().as_nanos(),
@@ -109,8 +124,8 @@ impl SlidingWindow {
     #[inline]
     pub fn decide(&self, state: SlidingState, now: Timestamp, cost: u32) -> Outcome<SlidingState> {
         // All zeros is no state (and not window 0 of 1970).
-        let stored = (state != SlidingState::default()).then_some(state.window);
-        let position = WindowPosition::locate(now, self.period, stored);
+        let stored = (state != SlidingState::default()).then_some(u64::from(state.window));
+        let position = WindowPosition::locate(now, self.period, stored, 16);
         let (current, previous) = match position.behind {
             0 => (state.current, state.previous),
             1 => (0, state.current),
@@ -130,7 +145,7 @@ impl SlidingWindow {
                     retry_after: Nanos::ZERO,
                 },
                 next: Some(SlidingState {
-                    window: position.index as u32,
+                    window: position.index as u16,
                     current,
                     previous,
                 }),
@@ -178,7 +193,7 @@ impl SlidingWindow {
     /// Undoes an admission of `cost` units decided at `charged_at`, wherever those units
     /// now sit (current or previous window).
     pub fn refund(&self, state: SlidingState, charged_at: Timestamp, cost: u32) -> SlidingState {
-        let charged_window = (charged_at.as_nanos() / self.period) as u32;
+        let charged_window = (charged_at.as_nanos() / self.period) as u16;
         let mut state = state;
         if state.window == charged_window {
             state.current = state.current.saturating_sub(cost);
@@ -267,7 +282,7 @@ mod tests {
         assert!(!o.decision.allowed);
         assert_eq!(o.decision.retry_after, Nanos::MAX);
         let extreme = SlidingState {
-            window: u32::MAX,
+            window: u16::MAX,
             current: u32::MAX,
             previous: u32::MAX,
         };
@@ -281,11 +296,15 @@ mod tests {
     #[test]
     fn bits_round_trip() {
         let s = SlidingState {
-            window: 7,
-            current: 0xdead_beef,
+            window: 0xbeef,
+            current: SlidingWindow::MAX_LIMIT,
             previous: 42,
         };
         assert_eq!(SlidingState::from(StateBits::from(s)), s);
+        assert_eq!(
+            SlidingWindow::new("16777216/d".parse().expect("rate")),
+            Err(LimitError::SlidingLimitTooLarge { limit: 16_777_216 })
+        );
     }
 
     #[test]

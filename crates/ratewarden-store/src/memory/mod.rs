@@ -10,23 +10,35 @@
 //! Memory is bounded by `max_keys`; expired state is reclaimed on demand when a shard is
 //! full and in the background by [`MemoryStore::spawn_janitor`].
 
-mod slot;
 mod table;
 
 use crate::check::{Check, Decisions};
 use crate::error::StoreError;
 use crate::store::Store;
-use portable_atomic::AtomicU128;
 use ratewarden_core::algorithm::StateBits;
 use ratewarden_core::clock::{Clock, SystemClock};
 use ratewarden_core::{Decision, Timestamp};
-use slot::Slot;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use table::Table;
+use table::{expiry_secs, is_expired, Entry, Table};
+
+/// The state word as read, the state it means at `now` (none once expired), and the
+/// expiry read with it.
+#[inline]
+fn live_state(entry: &Entry, now: Timestamp) -> (u64, StateBits, u32) {
+    // State before expiry, with acquire: the expiry then covers at least this state.
+    let word = entry.state.load(Ordering::Acquire);
+    let expiry = entry.expiry.load(Ordering::Acquire);
+    let state = if is_expired(expiry, now) {
+        StateBits::default()
+    } else {
+        StateBits(word)
+    };
+    (word, state, expiry)
+}
 
 /// Limiter state held in this process.
 pub struct MemoryStore<C: Clock = SystemClock> {
@@ -82,7 +94,7 @@ impl<C: Clock> MemoryStore<C> {
         let now = self.clock.now();
         match checks {
             [] => Decisions::default(),
-            [check] => std::iter::once(self.charge(check, now)).collect(),
+            [check] => Decisions::one(self.charge(check, now)),
             _ => self.decide_all_or_nothing(checks, now),
         }
     }
@@ -100,11 +112,11 @@ impl<C: Clock> MemoryStore<C> {
                 for earlier in &checks[..i] {
                     self.refund(earlier, now);
                 }
-                charged.extend(std::iter::once(decision));
+                charged.push(decision);
                 charged.extend(preview.as_slice()[i + 1..].iter().copied());
                 return charged;
             }
-            charged.extend(std::iter::once(decision));
+            charged.push(decision);
         }
         charged
     }
@@ -114,7 +126,7 @@ impl<C: Clock> MemoryStore<C> {
         let key = self.table.hash(check.key());
         let state = self
             .table
-            .with_existing(key, |slot| Slot(slot.load(Ordering::Acquire)).state())
+            .with_existing(key, |entry| live_state(entry, now).1)
             .unwrap_or_default();
         check.limit().decide(state, now, check.cost()).decision
     }
@@ -125,39 +137,45 @@ impl<C: Clock> MemoryStore<C> {
         let key = self.table.hash(check.key());
         if let Some(decision) = self
             .table
-            .with_existing(key, |slot| self.charge_slot(slot, check, now))
+            .with_existing(key, |entry| self.charge_entry(entry, check, now))
         {
             return decision;
         }
-        self.table.with_exclusive(key, now, |slot| match slot {
-            Some(slot) => (self.charge_slot(slot, check, now), None),
+        self.table.with_exclusive(key, now, |entry| match entry {
+            Some(entry) => (self.charge_entry(entry, check, now), None),
             None => {
                 let outcome = check
                     .limit()
                     .decide(StateBits::default(), now, check.cost());
-                let created = outcome
-                    .next
-                    .map(|next| Slot::pack(next, outcome.expires_at));
+                let created = outcome.next.map(|next| (next, outcome.expires_at));
                 (outcome.decision, created)
             }
         })
     }
 
+    /// The compare-and-swap loop: the algorithm runs on the state it read and the result
+    /// is stored only if nobody changed the state meanwhile.
     #[inline]
-    fn charge_slot(&self, slot: &AtomicU128, check: &Check<'_>, now: Timestamp) -> Decision {
-        let mut current = slot.load(Ordering::Acquire);
+    fn charge_entry(&self, entry: &Entry, check: &Check<'_>, now: Timestamp) -> Decision {
         loop {
-            let outcome = check
-                .limit()
-                .decide(Slot(current).state(), now, check.cost());
+            let (word, state, expiry) = live_state(entry, now);
+            let outcome = check.limit().decide(state, now, check.cost());
             let Some(next) = outcome.next else {
                 return outcome.decision;
             };
-            let packed = Slot::pack(next, outcome.expires_at).0;
-            match slot.compare_exchange_weak(current, packed, Ordering::AcqRel, Ordering::Acquire) {
+            // Expiry first: a reader that sees the new state must see its expiry.
+            let new_expiry = expiry_secs(outcome.expires_at);
+            if new_expiry > expiry {
+                entry.expiry.fetch_max(new_expiry, Ordering::AcqRel);
+            }
+            match entry.state.compare_exchange_weak(
+                word,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return outcome.decision,
-                Err(actual) => {
-                    current = actual;
+                Err(_) => {
                     self.cas_retries.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -167,14 +185,15 @@ impl<C: Clock> MemoryStore<C> {
     fn refund(&self, check: &Check<'_>, charged_at: Timestamp) {
         self.refunds.fetch_add(1, Ordering::Relaxed);
         let key = self.table.hash(check.key());
-        self.table.with_existing(key, |slot| {
-            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
-                let current = Slot(current);
-                let state = check
-                    .limit()
-                    .refund(current.state(), charged_at, check.cost());
-                Some(current.with_state(state).0)
-            });
+        self.table.with_existing(key, |entry| {
+            let _ = entry
+                .state
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                    let state = check
+                        .limit()
+                        .refund(StateBits(word), charged_at, check.cost());
+                    Some(state.0)
+                });
         });
     }
 

@@ -1,12 +1,14 @@
-//! The sharded, bounded map from counter to slot.
+//! The sharded, bounded map from counter to state.
 //!
-//! Counters are identified by a 128-bit keyed SipHash of (rule, client) rather than by
-//! the strings themselves: 32 bytes an entry whatever the key's length, no allocation per
-//! key, and with a random per-process key an attacker can neither predict nor force a
-//! collision (two counters sharing a hash would share a bucket; at 2^-128 per pair).
+//! Counters are identified by a 64-bit SipHash-1-3 of the client, keyed at random per
+//! process and per rule, rather than by the strings themselves: 24 bytes an entry whatever
+//! the key's length, and no allocation per key. Two counters with one hash would share a bucket
+//! (both stricter, neither looser); by chance that happens with probability about
+//! n² / 2^65 (3 in 100 million for a full store of a million keys), and with the key
+//! secret an attacker can neither predict nor aim a collision.
 //!
 //! Each shard is a `RwLock` around a `hashbrown` table. Deciding on a known counter takes
-//! the shard's read lock (shared with every other decision) and updates the slot by CAS;
+//! the shard's read lock (shared with every other decision) and updates the state by CAS;
 //! only a first sight of a counter, eviction and reclaiming take the write lock, of one
 //! shard. There is no global lock.
 //!
@@ -15,21 +17,51 @@
 //! expiry: the counters closest to their reset), so a flood of new keys costs the oldest
 //! state, never memory.
 
-use super::slot::Slot;
 use crate::check::CounterKey;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 use parking_lot::RwLock;
-use portable_atomic::AtomicU128;
+use ratewarden_core::algorithm::StateBits;
+use ratewarden_core::time::NANOS_PER_SEC;
 use ratewarden_core::Timestamp;
-use siphasher::sip128::{Hasher128, SipHasher13};
-use std::hash::Hasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use siphasher::sip::SipHasher13;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// One counter.
+/// One counter: 24 bytes.
 pub(crate) struct Entry {
-    key: u128,
-    pub(crate) slot: AtomicU128,
+    key: u64,
+    /// The algorithm's state.
+    pub(crate) state: AtomicU64,
+    /// Whole seconds since the Unix epoch from which the state means nothing (rounded up,
+    /// so never early; 32 bits last until 2106). Only ever raised, and raised *before*
+    /// the state it covers is stored: whoever reads a state (with acquire) sees an expiry
+    /// at least as late as that state's.
+    pub(crate) expiry: AtomicU32,
+}
+
+impl Entry {
+    fn new(key: u64, state: StateBits, expires_at: Timestamp) -> Entry {
+        Entry {
+            key,
+            state: AtomicU64::new(state.0),
+            expiry: AtomicU32::new(expiry_secs(expires_at)),
+        }
+    }
+
+    fn expired(&self, now: Timestamp) -> bool {
+        is_expired(self.expiry.load(Ordering::Relaxed), now)
+    }
+}
+
+/// An expiry in the entry's representation.
+pub(crate) fn expiry_secs(at: Timestamp) -> u32 {
+    u32::try_from(at.as_secs_ceil()).unwrap_or(u32::MAX)
+}
+
+/// Whether a state with this expiry means nothing at `now`.
+#[inline]
+pub(crate) fn is_expired(expiry: u32, now: Timestamp) -> bool {
+    u64::from(expiry) * NANOS_PER_SEC <= now.as_nanos()
 }
 
 /// What eviction and reclaiming did, for the store's statistics.
@@ -76,63 +108,54 @@ impl Table {
         self.per_shard * self.shards.len()
     }
 
-    pub(crate) fn hash(&self, key: CounterKey<'_>) -> u128 {
-        let mut h = SipHasher13::new_with_keys(self.hash_keys.0, self.hash_keys.1);
-        h.write(key.rule.as_bytes());
-        // 0xff never occurs in UTF-8, so ("ab", "c") and ("a", "bc") differ.
-        h.write_u8(0xff);
-        h.write(key.client.as_bytes());
-        h.finish128().as_u128()
-    }
-
-    fn shard(&self, key: u128) -> &RwLock<HashTable<Entry>> {
-        &self.shards[((key >> 64) as usize) & self.shard_mask]
-    }
-
-    /// Runs `f` on the counter's slot if it exists, under the shard's read lock.
+    /// The counter's identity: SipHash-1-3 of the client under the store's secret key
+    /// tweaked by the rule's fingerprint, so each rule hashes with its own key and the
+    /// request path hashes one short string once.
     #[inline]
-    pub(crate) fn with_existing<R>(
-        &self,
-        key: u128,
-        f: impl FnOnce(&AtomicU128) -> R,
-    ) -> Option<R> {
-        let map = self.shard(key).read();
-        map.find(key as u64, |e| e.key == key).map(|e| f(&e.slot))
+    pub(crate) fn hash(&self, key: CounterKey<'_>) -> u64 {
+        SipHasher13::new_with_keys(self.hash_keys.0 ^ key.rule.fingerprint(), self.hash_keys.1)
+            .hash(key.client.as_bytes())
     }
 
-    /// Runs `f` on the counter's slot under the shard's write lock. `f` receives the slot
-    /// if it exists; if it does not, `f` returns the slot to create (or `None` to create
-    /// nothing), making room first if the shard is full.
+    fn shard(&self, key: u64) -> &RwLock<HashTable<Entry>> {
+        // Bits 32 and up: hashbrown uses the low bits for the bucket and the top seven
+        // for its tags, so the shard index takes bits neither relies on.
+        &self.shards[((key >> 32) as usize) & self.shard_mask]
+    }
+
+    /// Runs `f` on the counter's entry if it exists, under the shard's read lock.
+    #[inline]
+    pub(crate) fn with_existing<R>(&self, key: u64, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let map = self.shard(key).read();
+        map.find(key, |e| e.key == key).map(f)
+    }
+
+    /// Runs `f` on the counter's entry under the shard's write lock. `f` receives the
+    /// entry if it exists; if it does not, `f` returns the state to create and its expiry
+    /// (or `None` to create nothing), and room is made first if the shard is full.
     pub(crate) fn with_exclusive<R>(
         &self,
-        key: u128,
+        key: u64,
         now: Timestamp,
-        f: impl FnOnce(Option<&AtomicU128>) -> (R, Option<Slot>),
+        f: impl FnOnce(Option<&Entry>) -> (R, Option<(StateBits, Timestamp)>),
     ) -> R {
         let mut map = self.shard(key).write();
-        if let Some(entry) = map.find(key as u64, |e| e.key == key) {
-            return f(Some(&entry.slot)).0;
+        if let Some(entry) = map.find(key, |e| e.key == key) {
+            return f(Some(entry)).0;
         }
         let (result, created) = f(None);
-        if let Some(slot) = created {
+        if let Some((state, expires_at)) = created {
             if map.len() >= self.per_shard {
                 self.make_room(&mut map, now);
             }
-            map.insert_unique(
-                key as u64,
-                Entry {
-                    key,
-                    slot: AtomicU128::new(slot.0),
-                },
-                |e| e.key as u64,
-            );
+            map.insert_unique(key, Entry::new(key, state, expires_at), |e| e.key);
         }
         result
     }
 
     fn make_room(&self, map: &mut HashTable<Entry>, now: Timestamp) {
         let before = map.len();
-        map.retain(|e| !Slot(e.slot.load(Ordering::Relaxed)).expired(now));
+        map.retain(|e| !e.expired(now));
         let reclaimed = before - map.len();
         self.counters
             .reclaimed
@@ -143,7 +166,7 @@ impl Table {
         let batch = (self.per_shard / EVICTION_BATCH_DIVISOR).max(1);
         let mut expiries: Vec<u32> = map
             .iter()
-            .map(|e| Slot(e.slot.load(Ordering::Relaxed)).expiry_secs())
+            .map(|e| e.expiry.load(Ordering::Relaxed))
             .collect();
         let (_, &mut threshold, _) = expiries.select_nth_unstable(batch - 1);
         let below = expiries.iter().filter(|&&x| x < threshold).count();
@@ -152,7 +175,7 @@ impl Table {
         let mut at_threshold_left = batch - below;
         let full = map.len();
         map.retain(|e| {
-            let expiry = Slot(e.slot.load(Ordering::Relaxed)).expiry_secs();
+            let expiry = e.expiry.load(Ordering::Relaxed);
             if expiry < threshold {
                 false
             } else if expiry == threshold && at_threshold_left > 0 {
@@ -174,11 +197,11 @@ impl Table {
         };
         let mut map = shard.write();
         let before = map.len();
-        map.retain(|e| !Slot(e.slot.load(Ordering::Relaxed)).expired(now));
+        map.retain(|e| !e.expired(now));
         let purged = before - map.len();
         // Give memory back after a flood, but keep room for normal traffic.
         if map.capacity() > 4 * map.len().max(64) {
-            map.shrink_to_fit(|e| e.key as u64);
+            map.shrink_to_fit(|e| e.key);
         }
         drop(map);
         self.counters
