@@ -180,6 +180,30 @@ fn memory_stays_under_the_cap_whatever_the_number_of_clients() {
 }
 
 #[test]
+fn churn_never_grows_the_tables() {
+    // State that stays live for the whole test, so every new client costs an eviction and
+    // the tables fill with tombstones: the case where a hash table would double.
+    let [(_, limit), ..] = every_algorithm("100/h", 100);
+    let store = store(4_096);
+    let mut allocated_when_full = 0;
+    for i in 0..300_000u32 {
+        assert!(one(
+            &store,
+            "api",
+            &format!("198.51.{}.{}", i >> 8, i & 0xff),
+            limit
+        ));
+        if i == 8_192 {
+            allocated_when_full = store.stats().allocated_bytes;
+        }
+    }
+    let stats = store.stats();
+    assert!(stats.keys <= stats.capacity, "{stats:?}");
+    assert_eq!(stats.allocated_bytes, allocated_when_full, "{stats:?}");
+    assert!(stats.allocated_bytes < 4_096 * 64, "{stats:?}");
+}
+
+#[test]
 fn expired_state_is_reclaimed_before_live_state_is_evicted() {
     let [(_, limit), ..] = every_algorithm("1/h", 10);
     let store = store(1_024);

@@ -55,6 +55,9 @@ pub struct MemoryStats {
     pub keys: usize,
     /// The most counters it will hold.
     pub capacity: usize,
+    /// Bytes allocated for the counters (the tables, not the process): bounded by the
+    /// capacity, whatever the traffic.
+    pub allocated_bytes: usize,
     /// Expired counters dropped (by the janitor or to make room).
     pub reclaimed: u64,
     /// Live counters evicted because the store was full: each such client starts afresh.
@@ -220,6 +223,7 @@ impl<C: Clock> MemoryStore<C> {
         MemoryStats {
             keys: self.len(),
             capacity: self.table.capacity(),
+            allocated_bytes: self.table.allocated_bytes(),
             reclaimed: self.table.counters.reclaimed.load(Ordering::Relaxed),
             evicted_live: self.table.counters.evicted_live.load(Ordering::Relaxed),
             cas_retries: self.cas_retries.load(Ordering::Relaxed),

@@ -72,7 +72,7 @@ pub(crate) struct Counters {
 }
 
 pub(crate) struct Table {
-    shards: Box<[CachePadded<RwLock<HashTable<Entry>>>]>,
+    shards: Box<[CachePadded<RwLock<Shard>>]>,
     shard_mask: usize,
     per_shard: usize,
     hash_keys: (u64, u64),
@@ -81,7 +81,16 @@ pub(crate) struct Table {
 
 /// Entries evicted at once from a full shard, as a fraction of its capacity: large enough
 /// that a flood pays for the scan rarely, small enough to keep most state.
-const EVICTION_BATCH_DIVISOR: usize = 32;
+const EVICTION_BATCH_DIVISOR: usize = 16;
+
+/// One shard: its part of the map, and a buffer reused by eviction.
+#[derive(Default)]
+pub(crate) struct Shard {
+    map: HashTable<Entry>,
+    scratch: Vec<u32>,
+    /// The table's capacity as allocated, before deletions left tombstones in it.
+    allocated: usize,
+}
 
 impl Table {
     pub(crate) fn new(max_keys: usize, hash_keys: (u64, u64)) -> Table {
@@ -94,7 +103,7 @@ impl Table {
         let shards = wanted.min(prev_power_of_two(max_keys));
         Table {
             shards: (0..shards)
-                .map(|_| CachePadded::new(RwLock::new(HashTable::new())))
+                .map(|_| CachePadded::new(RwLock::new(Shard::default())))
                 .collect(),
             shard_mask: shards - 1,
             per_shard: max_keys / shards,
@@ -117,7 +126,7 @@ impl Table {
             .hash(key.client.as_bytes())
     }
 
-    fn shard(&self, key: u64) -> &RwLock<HashTable<Entry>> {
+    fn shard(&self, key: u64) -> &RwLock<Shard> {
         // Bits 32 and up: hashbrown uses the low bits for the bucket and the top seven
         // for its tags, so the shard index takes bits neither relies on.
         &self.shards[((key >> 32) as usize) & self.shard_mask]
@@ -126,8 +135,8 @@ impl Table {
     /// Runs `f` on the counter's entry if it exists, under the shard's read lock.
     #[inline]
     pub(crate) fn with_existing<R>(&self, key: u64, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        let map = self.shard(key).read();
-        map.find(key, |e| e.key == key).map(f)
+        let shard = self.shard(key).read();
+        shard.map.find(key, |e| e.key == key).map(f)
     }
 
     /// Runs `f` on the counter's entry under the shard's write lock. `f` receives the
@@ -139,55 +148,81 @@ impl Table {
         now: Timestamp,
         f: impl FnOnce(Option<&Entry>) -> (R, Option<(StateBits, Timestamp)>),
     ) -> R {
-        let mut map = self.shard(key).write();
-        if let Some(entry) = map.find(key, |e| e.key == key) {
+        let mut shard = self.shard(key).write();
+        if let Some(entry) = shard.map.find(key, |e| e.key == key) {
             return f(Some(entry)).0;
         }
         let (result, created) = f(None);
         if let Some((state, expires_at)) = created {
-            if map.len() >= self.per_shard {
-                self.make_room(&mut map, now);
+            if shard.map.capacity() == 0 {
+                // All of the shard's room at once: no rehash pauses under a flood, and no
+                // freed smaller tables left behind. Pages are touched only as keys arrive.
+                shard.map.reserve(self.per_shard, |e| e.key);
+                shard.allocated = shard.map.capacity();
             }
-            map.insert_unique(key, Entry::new(key, state, expires_at), |e| e.key);
+            if shard.map.len() >= self.per_shard {
+                let keep = self.per_shard - (self.per_shard / EVICTION_BATCH_DIVISOR).max(1);
+                self.shed(&mut shard, now, keep);
+            }
+            if shard.map.len() >= shard.map.capacity() {
+                // Deletions have used up the spare room with tombstones, and the insert
+                // would double the table. hashbrown rehashes in place instead when, with the
+                // new entry, at most half of it is in use: shed down to that, so memory never grows.
+                let keep = (shard.allocated / 2)
+                    .saturating_sub(1)
+                    .min(self.per_shard - 1);
+                self.shed(&mut shard, now, keep);
+            }
+            shard
+                .map
+                .insert_unique(key, Entry::new(key, state, expires_at), |e| e.key);
         }
         result
     }
 
-    fn make_room(&self, map: &mut HashTable<Entry>, now: Timestamp) {
+    /// Makes room in a shard: drops every expired entry, then, if more than `keep`
+    /// remain, the stalest live ones down to `keep`. Two passes over the shard, amortised
+    /// over the entries freed.
+    fn shed(&self, shard: &mut Shard, now: Timestamp, keep: usize) {
+        let now_secs = now.as_nanos() / NANOS_PER_SEC;
+        let Shard { map, scratch, .. } = shard;
+        scratch.clear();
+        scratch.extend(map.iter().map(|e| e.expiry.load(Ordering::Relaxed)));
+        let expired = scratch
+            .iter()
+            .filter(|&&x| u64::from(x) <= now_secs)
+            .count();
         let before = map.len();
-        map.retain(|e| !e.expired(now));
-        let reclaimed = before - map.len();
+        let excess = before.saturating_sub(keep);
+        if expired >= excess {
+            map.retain(|e| u64::from(e.expiry.load(Ordering::Relaxed)) > now_secs);
+        } else {
+            // The expired ones are the smallest, so they are all among those dropped.
+            let (_, &mut threshold, _) = scratch.select_nth_unstable(excess - 1);
+            let below = scratch.iter().filter(|&&x| x < threshold).count();
+            // Everything below the threshold goes, then entries at it until enough are
+            // gone: many counters share an expiry (one window's end), and all of them
+            // must not go.
+            let mut at_threshold_left = excess - below;
+            map.retain(|e| {
+                let expiry = e.expiry.load(Ordering::Relaxed);
+                if expiry < threshold {
+                    false
+                } else if expiry == threshold && at_threshold_left > 0 {
+                    at_threshold_left -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        let removed = before - map.len();
         self.counters
             .reclaimed
-            .fetch_add(reclaimed as u64, Ordering::Relaxed);
-        if map.len() < self.per_shard {
-            return;
-        }
-        let batch = (self.per_shard / EVICTION_BATCH_DIVISOR).max(1);
-        let mut expiries: Vec<u32> = map
-            .iter()
-            .map(|e| e.expiry.load(Ordering::Relaxed))
-            .collect();
-        let (_, &mut threshold, _) = expiries.select_nth_unstable(batch - 1);
-        let below = expiries.iter().filter(|&&x| x < threshold).count();
-        // Everything below the threshold goes, then entries at it until the batch is full:
-        // many counters share an expiry (one window's end), and all of them must not go.
-        let mut at_threshold_left = batch - below;
-        let full = map.len();
-        map.retain(|e| {
-            let expiry = e.expiry.load(Ordering::Relaxed);
-            if expiry < threshold {
-                false
-            } else if expiry == threshold && at_threshold_left > 0 {
-                at_threshold_left -= 1;
-                false
-            } else {
-                true
-            }
-        });
+            .fetch_add(expired as u64, Ordering::Relaxed);
         self.counters
             .evicted_live
-            .fetch_add((full - map.len()) as u64, Ordering::Relaxed);
+            .fetch_add(removed.saturating_sub(expired) as u64, Ordering::Relaxed);
     }
 
     /// Drops the expired entries of shard `index`; returns how many.
@@ -195,23 +230,36 @@ impl Table {
         let Some(shard) = self.shards.get(index) else {
             return 0;
         };
-        let mut map = shard.write();
+        let mut shard = shard.write();
+        let map = &mut shard.map;
         let before = map.len();
         map.retain(|e| !e.expired(now));
         let purged = before - map.len();
         // Give memory back after a flood, but keep room for normal traffic.
         if map.capacity() > 4 * map.len().max(64) {
             map.shrink_to_fit(|e| e.key);
+            shard.scratch = Vec::new();
         }
-        drop(map);
+        drop(shard);
         self.counters
             .reclaimed
             .fetch_add(purged as u64, Ordering::Relaxed);
         purged
     }
 
+    /// Bytes allocated for the tables and their eviction buffers.
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let shard = s.read();
+                shard.map.allocation_size() + shard.scratch.capacity() * std::mem::size_of::<u32>()
+            })
+            .sum()
+    }
+
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().len()).sum()
+        self.shards.iter().map(|s| s.read().map.len()).sum()
     }
 
     pub(crate) fn shard_count(&self) -> usize {
