@@ -1,29 +1,57 @@
 #!/usr/bin/env python3
-"""Ratio table from the last `cargo bench -p ratewarden-store --bench memory_store` run.
+"""Ratios of ratewarden's decision time to governor's and to a naive Mutex<HashMap>.
 
-Reads criterion's estimates (target/criterion/decision/<limiter>/<workload>/new/) and
-prints, per workload, the mean time of each limiter and ratewarden's time divided by the
-others'. Ratios from one run are what to compare on a noisy machine, not absolute times.
+Runs `cargo bench -p ratewarden-store --bench memory_store` RUNS times (default 3) and
+reads criterion's estimates after each (target/criterion/<workload>/<limiter>/new/).
+Prints, per workload, the median over runs of each mean time and of each ratio. On a
+noisy shared machine the ratios within one run are what to compare, and the median over
+several runs keeps one disturbed run from deciding the figure.
+
+Usage: python3 scripts/bench_ratios.py [--runs N] [--no-run]
 """
+import argparse
 import json
 import pathlib
-import sys
+import statistics
+import subprocess
 
-root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion/decision")
+root = pathlib.Path("target/criterion")
+workloads = ["a_hot_key", "b_100k_keys_round_robin", "c_2_threads_distinct_keys"]
 limiters = ["ratewarden", "governor", "mutex_hashmap"]
 
 
-def mean_ns(limiter: str, workload: str) -> float:
-    path = root / limiter / workload / "new" / "estimates.json"
+def mean_ns(workload: str, limiter: str) -> float:
+    path = root / workload / limiter / "new" / "estimates.json"
     return json.loads(path.read_text())["mean"]["point_estimate"]
 
 
-workloads = sorted(p.name for p in (root / "ratewarden").iterdir() if (p / "new").is_dir())
-print("| workload | ratewarden ns | governor ns | mutex_hashmap ns | ratewarden / governor | ratewarden / mutex_hashmap |")
-print("|---|---|---|---|---|---|")
-for w in workloads:
-    t = {name: mean_ns(name, w) for name in limiters}
-    print(
-        f"| {w} | {t['ratewarden']:.1f} | {t['governor']:.1f} | {t['mutex_hashmap']:.1f} "
-        f"| {t['ratewarden'] / t['governor']:.2f} | {t['ratewarden'] / t['mutex_hashmap']:.2f} |"
-    )
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-run", action="store_true", help="only read the last run")
+    args = parser.parse_args()
+    runs = []
+    for _ in range(1 if args.no_run else args.runs):
+        if not args.no_run:
+            subprocess.run(
+                ["cargo", "bench", "-q", "-p", "ratewarden-store", "--bench", "memory_store"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        runs.append({(w, l): mean_ns(w, l) for w in workloads for l in limiters})
+    print(f"median of {len(runs)} run(s)")
+    print("| workload | ratewarden ns | governor ns | mutex_hashmap ns | ratewarden / governor | ratewarden / mutex_hashmap | ratios per run (vs governor) |")
+    print("|---|---|---|---|---|---|---|")
+    for w in workloads:
+        med = {l: statistics.median(r[(w, l)] for r in runs) for l in limiters}
+        vs_gov = [r[(w, "ratewarden")] / r[(w, "governor")] for r in runs]
+        vs_mutex = [r[(w, "ratewarden")] / r[(w, "mutex_hashmap")] for r in runs]
+        print(
+            f"| {w} | {med['ratewarden']:.1f} | {med['governor']:.1f} | {med['mutex_hashmap']:.1f} "
+            f"| {statistics.median(vs_gov):.2f} | {statistics.median(vs_mutex):.2f} "
+            f"| {', '.join(f'{x:.2f}' for x in vs_gov)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

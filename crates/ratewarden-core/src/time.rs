@@ -31,12 +31,14 @@ impl Nanos {
     }
 
     /// The span in nanoseconds.
+    #[inline]
     pub const fn as_nanos(self) -> u64 {
         self.0
     }
 
     /// Whole seconds, rounded up: what `Retry-After` must say so a client that waits
     /// that long is admitted.
+    #[inline]
     pub const fn as_secs_ceil(self) -> u64 {
         self.0.div_ceil(NANOS_PER_SEC)
     }
@@ -73,16 +75,19 @@ impl Timestamp {
     pub const EPOCH: Timestamp = Timestamp(0);
 
     /// Nanoseconds since the Unix epoch.
+    #[inline]
     pub const fn as_nanos(self) -> u64 {
         self.0
     }
 
     /// Whole seconds since the Unix epoch, rounded up.
+    #[inline]
     pub const fn as_secs_ceil(self) -> u64 {
         self.0.div_ceil(NANOS_PER_SEC)
     }
 
     /// The time `span` later, saturating at the end of representable time.
+    #[inline]
     pub const fn saturating_add(self, span: Nanos) -> Timestamp {
         Timestamp(self.0.saturating_add(span.0))
     }

@@ -23,11 +23,13 @@ impl RuleName {
     }
 
     /// The name.
+    #[inline]
     pub fn as_str(&self) -> &str {
         &self.name
     }
 
     /// A 64-bit digest of the name.
+    #[inline]
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
@@ -53,6 +55,7 @@ pub struct CounterKey<'a> {
 
 impl<'a> CounterKey<'a> {
     /// The counter of `rule` for `client`.
+    #[inline]
     pub fn new(rule: &'a RuleName, client: &'a str) -> CounterKey<'a> {
         CounterKey { rule, client }
     }
@@ -75,6 +78,7 @@ impl<'a> Check<'a> {
     }
 
     /// A check of one unit (every limit admits at least one).
+    #[inline]
     pub fn one(key: CounterKey<'a>, limit: Limit) -> Check<'a> {
         Check {
             key,
@@ -84,16 +88,19 @@ impl<'a> Check<'a> {
     }
 
     /// The counter.
+    #[inline]
     pub fn key(&self) -> CounterKey<'a> {
         self.key
     }
 
     /// The limit.
+    #[inline]
     pub fn limit(&self) -> &Limit {
         &self.limit
     }
 
     /// Units this request costs.
+    #[inline]
     pub fn cost(&self) -> u32 {
         self.cost
     }

@@ -37,12 +37,14 @@ pub struct GcraState {
 }
 
 impl From<StateBits> for GcraState {
+    #[inline]
     fn from(bits: StateBits) -> GcraState {
         GcraState { tat: bits.0 }
     }
 }
 
 impl From<GcraState> for StateBits {
+    #[inline]
     fn from(state: GcraState) -> StateBits {
         StateBits(state.tat)
     }

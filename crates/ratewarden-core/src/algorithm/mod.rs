@@ -121,6 +121,7 @@ impl Limit {
     }
 }
 
+#[inline]
 fn pack<S: Into<StateBits>>(outcome: Outcome<S>) -> Outcome<StateBits> {
     Outcome {
         decision: outcome.decision,

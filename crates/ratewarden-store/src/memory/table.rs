@@ -88,7 +88,7 @@ const EVICTION_BATCH_DIVISOR: usize = 16;
 pub(crate) struct Shard {
     map: HashTable<Entry>,
     scratch: Vec<u32>,
-    /// The table's capacity as allocated, before deletions left tombstones in it.
+    /// The table's capacity when last (re)allocated, before deletions left tombstones.
     allocated: usize,
 }
 
@@ -154,28 +154,28 @@ impl Table {
         }
         let (result, created) = f(None);
         if let Some((state, expires_at)) = created {
-            if shard.map.capacity() == 0 {
-                // All of the shard's room at once: no rehash pauses under a flood, and no
-                // freed smaller tables left behind. Pages are touched only as keys arrive.
-                shard.map.reserve(self.per_shard, |e| e.key);
-                shard.allocated = shard.map.capacity();
-            }
             if shard.map.len() >= self.per_shard {
                 let keep = self.per_shard - (self.per_shard / EVICTION_BATCH_DIVISOR).max(1);
                 self.shed(&mut shard, now, keep);
             }
-            if shard.map.len() >= shard.map.capacity() {
-                // Deletions have used up the spare room with tombstones, and the insert
-                // would double the table. hashbrown rehashes in place instead when, with the
-                // new entry, at most half of it is in use: shed down to that, so memory never grows.
+            if shard.map.len() >= shard.map.capacity() && shard.allocated >= self.per_shard {
+                // The table is big enough for the shard's cap, but deletions have used up
+                // its spare room with tombstones, and the insert would double it.
+                // hashbrown rehashes in place instead when, with the new entry, at most
+                // half of it is in use: shed down to that, so memory never grows.
                 let keep = (shard.allocated / 2)
                     .saturating_sub(1)
                     .min(self.per_shard - 1);
                 self.shed(&mut shard, now, keep);
             }
+            let size = shard.map.allocation_size();
             shard
                 .map
                 .insert_unique(key, Entry::new(key, state, expires_at), |e| e.key);
+            if shard.map.allocation_size() != size {
+                // Just resized: no tombstones yet, so this is the table's full capacity.
+                shard.allocated = shard.map.capacity();
+            }
         }
         result
     }
@@ -238,6 +238,7 @@ impl Table {
         // Give memory back after a flood, but keep room for normal traffic.
         if map.capacity() > 4 * map.len().max(64) {
             map.shrink_to_fit(|e| e.key);
+            shard.allocated = shard.map.capacity();
             shard.scratch = Vec::new();
         }
         drop(shard);
