@@ -15,6 +15,7 @@
 pub mod algorithm;
 pub mod clock;
 pub mod decision;
+pub mod identity;
 pub mod rate;
 pub mod time;
 

@@ -1,0 +1,360 @@
+//! Who the client is: its IP address, from the TCP peer and, only when the peer is a
+//! trusted proxy, from the forwarding header that proxy sets.
+//!
+//! Rules, as nginx's `real_ip_recursive on` applies them:
+//! - A peer that is not a trusted proxy is the client, whatever headers it sends (it can
+//!   write anything into `X-Forwarded-For`); such headers are reported as spoofing.
+//! - Behind trusted proxies, the forwarding list is read from the right (the hop closest
+//!   to us) and trusted addresses are skipped: the first untrusted address is the client.
+//!   Everything to its left was written by the client and means nothing.
+//! - An entry that is not an address (`unknown`, `_hidden`, garbage) stops the walk: the
+//!   client is then the last trusted hop that reported it, never something further left.
+//! - IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are the IPv4 client they carry.
+//!
+//! Only one header is honoured, the one the operator's proxy sets: honouring a second
+//! would let a client smuggle an address in the header its proxy passes through untouched.
+
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv6Addr};
+
+/// Which header trusted proxies use to pass on the client's address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardingHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for="[2001:db8::1]:4711"`.
+    Forwarded,
+}
+
+impl ForwardingHeader {
+    /// The header's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardingHeader::XForwardedFor => "x-forwarded-for",
+            ForwardingHeader::Forwarded => "forwarded",
+        }
+    }
+}
+
+/// The networks whose forwarding headers are believed.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies {
+    networks: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    /// Trusts the given networks (IPv4-mapped IPv6 networks are taken as IPv4).
+    pub fn new(networks: impl IntoIterator<Item = IpNet>) -> TrustedProxies {
+        TrustedProxies {
+            networks: networks.into_iter().map(canonical_network).collect(),
+        }
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty()
+    }
+}
+
+/// The client as identified, and whether the request tried to claim another address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddress {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The request carried forwarding headers that were not believed: sent by a peer that
+    /// is not a trusted proxy. A signal for abuse detection, never a reason to trust them.
+    pub spoofed_forwarding: bool,
+}
+
+/// The client's address for a request from `peer` whose forwarding header (as chosen by
+/// `header`) has the given values, in the order received.
+pub fn client_address<'a>(
+    peer: IpAddr,
+    header: ForwardingHeader,
+    values: impl IntoIterator<Item = &'a [u8]>,
+    trusted: &TrustedProxies,
+) -> ClientAddress {
+    let peer = canonical_ip(peer);
+    let mut values = values.into_iter().peekable();
+    if !trusted.contains(peer) {
+        return ClientAddress {
+            ip: peer,
+            spoofed_forwarding: values.peek().is_some(),
+        };
+    }
+    // Entries from all header lines, in order; walked from the right.
+    let entries: Vec<&[u8]> = values.flat_map(|v| v.split(|&b| b == b',')).collect();
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        let parsed = match header {
+            ForwardingHeader::XForwardedFor => parse_address(trim(entry)),
+            ForwardingHeader::Forwarded => forwarded_for(entry).and_then(parse_address),
+        };
+        match parsed {
+            Some(ip) => {
+                client = ip;
+                if !trusted.contains(ip) {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    ClientAddress {
+        ip: client,
+        spoofed_forwarding: false,
+    }
+}
+
+/// `::ffff:a.b.c.d` is `a.b.c.d`; every other address is itself.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// `::ffff:10.0.0.0/104` is `10.0.0.0/8`; every other network is itself (truncated).
+fn canonical_network(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let (Some(v4), true) = (v6.network().to_ipv4_mapped(), v6.prefix_len() >= 96) {
+            if let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
+                return IpNet::V4(n.trunc());
+            }
+        }
+    }
+    net.trunc()
+}
+
+/// The network an address is limited as: itself for IPv4, its `/prefix` for IPv6 (one
+/// host usually owns a whole /64, and rotating inside it must not buy new quota).
+pub fn client_network(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => IpNet::from(IpAddr::V4(v4)),
+        IpAddr::V6(v6) => {
+            let prefix = ipv6_prefix.min(128);
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
+            let net = Ipv6Addr::from(u128::from(v6) & mask);
+            IpNet::new(IpAddr::V6(net), prefix).unwrap_or(IpNet::from(IpAddr::V6(net)))
+        }
+    }
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
+}
+
+/// The `for=` value of one `Forwarded` element (`for=a;proto=https`), unquoted.
+fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
+    element.split(|&b| b == b';').find_map(|pair| {
+        let pair = trim(pair);
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+        if !name.trim_ascii().eq_ignore_ascii_case(b"for") {
+            return None;
+        }
+        let value = trim(value);
+        Some(
+            value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value),
+        )
+    })
+}
+
+/// An address as forwarding headers write it: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`,
+/// `[2001:db8::1]`, `[2001:db8::1]:4711`. Anything else (`unknown`, `_hidden`, junk) is
+/// `None`.
+fn parse_address(text: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(text).ok()?;
+    if text.len() > 64 {
+        return None;
+    }
+    let host = if let Some(rest) = text.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let after = &rest[end + 1..];
+        if !(after.is_empty() || valid_port(after)) {
+            return None;
+        }
+        &rest[..end]
+    } else if text.matches(':').count() == 1 {
+        let (host, port) = text.split_once(':')?;
+        if !valid_port(port) {
+            return None;
+        }
+        host
+    } else {
+        text
+    };
+    host.parse::<IpAddr>().ok().map(canonical_ip)
+}
+
+fn valid_port(text: &str) -> bool {
+    text.strip_prefix(':')
+        .unwrap_or(text)
+        .parse::<u16>()
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn trusted(nets: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(nets.iter().map(|n| n.parse().expect("net")))
+    }
+
+    fn xff(peer: &str, values: &[&str], proxies: &TrustedProxies) -> ClientAddress {
+        client_address(
+            ip(peer),
+            ForwardingHeader::XForwardedFor,
+            values.iter().map(|v| v.as_bytes()),
+            proxies,
+        )
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_claims() {
+        let proxies = trusted(&["10.0.0.0/8"]);
+        for claim in ["1.1.1.1", "10.0.0.1", "garbage", "1.1.1.1, 2.2.2.2"] {
+            let c = xff("203.0.113.5", &[claim], &proxies);
+            assert_eq!(c.ip, ip("203.0.113.5"));
+            assert!(c.spoofed_forwarding);
+        }
+        let plain = xff("203.0.113.5", &[], &proxies);
+        assert!(!plain.spoofed_forwarding);
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_rightmost_untrusted_address_wins() {
+        let proxies = trusted(&["10.0.0.0/8"]);
+        let c = xff("10.0.0.1", &["6.6.6.6, 198.51.100.7, 10.1.1.1"], &proxies);
+        assert_eq!(c.ip, ip("198.51.100.7"));
+        assert!(!c.spoofed_forwarding);
+        // The same list split over several header lines.
+        let c = xff(
+            "10.0.0.1",
+            &["6.6.6.6", "198.51.100.7", "10.1.1.1"],
+            &proxies,
+        );
+        assert_eq!(c.ip, ip("198.51.100.7"));
+        // All hops trusted: the leftmost one is the best we know.
+        let c = xff("10.0.0.1", &["10.9.9.9, 10.1.1.1"], &proxies);
+        assert_eq!(c.ip, ip("10.9.9.9"));
+        // No header at all: the proxy itself.
+        assert_eq!(xff("10.0.0.1", &[], &proxies).ip, ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn junk_stops_the_walk_at_the_last_trusted_hop() {
+        let proxies = trusted(&["10.0.0.0/8"]);
+        for junk in [
+            "unknown",
+            "_hidden",
+            "",
+            "1.2.3",
+            "::ffff:zz",
+            "\u{0}",
+            "1.1.1.1:99999",
+        ] {
+            let header = format!("6.6.6.6, {junk}, 10.1.1.1");
+            assert_eq!(
+                xff("10.0.0.1", &[&header], &proxies).ip,
+                ip("10.1.1.1"),
+                "{junk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn forwarded_header_forms() {
+        let proxies = trusted(&["10.0.0.0/8"]);
+        let fwd = |values: &[&str]| {
+            client_address(
+                ip("10.0.0.1"),
+                ForwardingHeader::Forwarded,
+                values.iter().map(|v| v.as_bytes()),
+                &proxies,
+            )
+            .ip
+        };
+        assert_eq!(
+            fwd(&["for=192.0.2.60;proto=http;by=203.0.113.43"]),
+            ip("192.0.2.60")
+        );
+        assert_eq!(
+            fwd(&["for=\"[2001:db8:cafe::17]:4711\""]),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(fwd(&["for=6.6.6.6, For=198.51.100.2"]), ip("198.51.100.2"));
+        assert_eq!(fwd(&["for=unknown"]), ip("10.0.0.1"));
+        assert_eq!(fwd(&["for=_hidden, for=10.2.2.2"]), ip("10.2.2.2"));
+        assert_eq!(fwd(&["proto=https"]), ip("10.0.0.1"));
+        assert_eq!(fwd(&["for=\"[::ffff:1.2.3.4]\""]), ip("1.2.3.4"));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_the_ipv4_client() {
+        assert_eq!(canonical_ip(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
+        assert_eq!(canonical_ip(ip("::ffff:102:304")), ip("1.2.3.4"));
+        assert_eq!(canonical_ip(ip("2001:db8::1")), ip("2001:db8::1"));
+        let proxies = trusted(&["::ffff:10.0.0.0/104"]);
+        assert!(proxies.contains(ip("10.1.2.3")));
+        assert!(proxies.contains(ip("::ffff:10.1.2.3")));
+    }
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_prefix_ipv4_clients_are_not() {
+        let a = client_network(ip("2001:db8:1:2:aaaa::1"), 64);
+        let b = client_network(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), 64);
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        assert_ne!(a, client_network(ip("2001:db8:1:3::1"), 64));
+        assert_ne!(
+            client_network(ip("1.2.3.4"), 64),
+            client_network(ip("1.2.3.5"), 64)
+        );
+        assert_eq!(
+            client_network(ip("::ffff:1.2.3.4"), 64).to_string(),
+            "1.2.3.4/32"
+        );
+        assert_eq!(client_network(ip("2001:db8::1"), 0).to_string(), "::/0");
+        assert_eq!(
+            client_network(ip("2001:db8::1"), 200).to_string(),
+            "2001:db8::1/128"
+        );
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let proxies = trusted(&["0.0.0.0/0", "::/0"]);
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            let mut value = Vec::new();
+            for _ in 0..(seed % 40) {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let alphabet = b"0123456789abcdef:.,;=[]\"_ forFOR\xff\x00";
+                value.push(alphabet[(seed >> 33) as usize % alphabet.len()]);
+            }
+            for header in [ForwardingHeader::XForwardedFor, ForwardingHeader::Forwarded] {
+                let _ = client_address(ip("10.0.0.1"), header, [value.as_slice()], &proxies);
+            }
+        }
+    }
+}
