@@ -16,6 +16,7 @@ pub mod algorithm;
 pub mod clock;
 pub mod decision;
 pub mod identity;
+pub mod path;
 pub mod rate;
 pub mod time;
 

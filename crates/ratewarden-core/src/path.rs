@@ -1,0 +1,302 @@
+//! One canonical form of a request path, so that no spelling of a path slips past the
+//! rule written for it.
+//!
+//! `/API//v1/%61uth/./login/`, `/api/v1/x/../auth/login`, `/api/v1/auth/login;jsessionid=1`,
+//! `/api/v1/auth/login.` and `/ａｐｉ/v1/auth/login` (fullwidth) all become
+//! `/api/v1/auth/login`. The canonical form is for matching rules; it is deliberately
+//! broader than any one upstream's view (case-folded, Unicode NFKC), so a rule matches
+//! every spelling some upstream might treat as the same path.
+//!
+//! What cannot be read unambiguously is refused, to be answered with 400: malformed or
+//! double percent-encoding (`%252F`), bytes that are not UTF-8 once decoded, control
+//! characters, `..` above the root, and paths longer than [`MAX_PATH_BYTES`].
+
+use std::fmt;
+use unicode_normalization::UnicodeNormalization;
+
+/// Longest raw path accepted, in bytes.
+pub const MAX_PATH_BYTES: usize = 8 * 1024;
+
+/// Why a path was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// `%` not followed by two hex digits.
+    #[error("malformed percent-encoding")]
+    BadEscape,
+    /// An escape that decodes to another escape (`%252F`): one layer would be read by us
+    /// and another by the upstream.
+    #[error("double percent-encoding")]
+    DoubleEncoded,
+    /// The decoded bytes are not UTF-8.
+    #[error("path is not UTF-8")]
+    NotUtf8,
+    /// A control character (NUL, CR, LF, ...).
+    #[error("control character in path")]
+    ControlCharacter,
+    /// `..` climbing above `/`.
+    #[error("path climbs above the root")]
+    AboveRoot,
+    /// Longer than [`MAX_PATH_BYTES`].
+    #[error("path longer than {MAX_PATH_BYTES} bytes")]
+    TooLong,
+}
+
+/// A path in canonical form: starts with `/`, no empty, `.` or `..` segments, no
+/// trailing `/`, lower case, NFKC.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CanonicalPath(String);
+
+impl CanonicalPath {
+    /// Canonicalises the path part of a request target (anything from `?` or `#` on is
+    /// ignored).
+    pub fn parse(raw: &str) -> Result<CanonicalPath, PathError> {
+        canonicalize(raw.as_bytes())
+    }
+
+    /// Canonicalises raw bytes of a request target.
+    pub fn from_bytes(raw: &[u8]) -> Result<CanonicalPath, PathError> {
+        canonicalize(raw)
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this path is `prefix` or lies under it, segment-wise: `/api/v1` is under
+    /// `/api`, `/apix` is not.
+    pub fn starts_with(&self, prefix: &CanonicalPath) -> bool {
+        let (p, me) = (prefix.as_str(), self.as_str());
+        p == "/" || me == p || (me.starts_with(p) && me.as_bytes().get(p.len()) == Some(&b'/'))
+    }
+}
+
+impl fmt::Display for CanonicalPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn canonicalize(raw: &[u8]) -> Result<CanonicalPath, PathError> {
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
+    let end = raw
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(raw.len());
+    match already_canonical(&raw[..end]) {
+        Some(simple) => Ok(simple),
+        None => canonicalize_fully(&raw[..end]),
+    }
+}
+
+fn canonicalize_fully(raw: &[u8]) -> Result<CanonicalPath, PathError> {
+    let decoded = percent_decode(raw)?;
+    let text = std::str::from_utf8(&decoded).map_err(|_| PathError::NotUtf8)?;
+    if text.chars().any(char::is_control) {
+        return Err(PathError::ControlCharacter);
+    }
+    // Compatibility forms (fullwidth letters, ligatures) and case fold to one spelling.
+    let folded: String = text.nfkc().collect::<String>().to_lowercase();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in folded.split(['/', '\\']) {
+        // Matrix parameters (`login;jsessionid=...`) are not part of the resource.
+        let segment = segment.split(';').next().unwrap_or("");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+            }
+            // Trailing dots and spaces are dropped by some servers (`login.` is `login`).
+            other => {
+                let trimmed = other.trim_end_matches(['.', ' ']);
+                if !trimmed.is_empty() {
+                    segments.push(trimmed);
+                }
+            }
+        }
+    }
+    let mut out = String::with_capacity(folded.len() + 1);
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(CanonicalPath(out))
+}
+
+/// The common case, one allocation: lower-case ASCII letters, digits, `-`, `_`, `~` and
+/// single slashes, starting with `/` (a trailing slash is dropped).
+fn already_canonical(path: &[u8]) -> Option<CanonicalPath> {
+    let simple = path.first() == Some(&b'/')
+        && path
+            .iter()
+            .all(|&b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' | b'/'))
+        && !path.windows(2).any(|w| w == b"//");
+    if !simple {
+        return None;
+    }
+    let path = if path.len() > 1 {
+        path.strip_suffix(b"/").unwrap_or(path)
+    } else {
+        path
+    };
+    // Only ASCII was accepted above.
+    std::str::from_utf8(path)
+        .ok()
+        .map(|p| CanonicalPath(p.to_owned()))
+}
+
+/// Decodes every `%XX`; refuses a malformed escape and an escape that decodes into
+/// another escape.
+fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, PathError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let (hi, lo) = match (raw.get(i + 1), raw.get(i + 2)) {
+                (Some(&h), Some(&l)) => (hex(h), hex(l)),
+                _ => (None, None),
+            };
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(PathError::BadEscape);
+            };
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    let double = out
+        .windows(3)
+        .any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some());
+    if double {
+        return Err(PathError::DoubleEncoded);
+    }
+    Ok(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(raw: &str) -> Result<String, PathError> {
+        CanonicalPath::parse(raw).map(|p| p.0)
+    }
+
+    #[test]
+    fn every_spelling_of_the_login_path_is_the_same_path() {
+        for raw in [
+            "/api/v1/auth/login",
+            "/API//v1/%61uth/login",
+            "/api/v1/./auth/login",
+            "/api/v1/x/../auth/login",
+            "/api/v1/auth/login/",
+            "/api/v1/auth/login.",
+            "/api/v1/auth/login;jsessionid=abc",
+            "/api/v1/auth/login?next=/admin",
+            "/api/v1/auth/login#fragment",
+            "/api%2Fv1%2fauth/login",
+            "/api/v1\\auth\\login",
+            "/\u{ff41}\u{ff50}\u{ff49}/v1/auth/login",
+            "//api///v1////auth/login//",
+            "/Api/V1/Auth/LOGIN",
+            "/api/v1/auth/%6C%6F%67%69%6E",
+        ] {
+            assert_eq!(canon(raw).as_deref(), Ok("/api/v1/auth/login"), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_read_one_way_is_refused() {
+        assert_eq!(canon("/api%252Fv1"), Err(PathError::DoubleEncoded));
+        assert_eq!(canon("/api/%zz"), Err(PathError::BadEscape));
+        assert_eq!(canon("/api/%4"), Err(PathError::BadEscape));
+        assert_eq!(canon("/api/%ff%fe"), Err(PathError::NotUtf8));
+        assert_eq!(canon("/api/%00/x"), Err(PathError::ControlCharacter));
+        assert_eq!(
+            canon("/api/%0d%0aSet-Cookie:x"),
+            Err(PathError::ControlCharacter)
+        );
+        assert_eq!(canon("/../etc/passwd"), Err(PathError::AboveRoot));
+        assert_eq!(canon("/a/../../b"), Err(PathError::AboveRoot));
+        assert_eq!(canon(&"/a".repeat(MAX_PATH_BYTES)), Err(PathError::TooLong));
+        assert_eq!(
+            CanonicalPath::from_bytes(b"/api/\xff"),
+            Err(PathError::NotUtf8)
+        );
+    }
+
+    #[test]
+    fn odd_but_readable_paths() {
+        assert_eq!(canon("").as_deref(), Ok("/"));
+        assert_eq!(canon("/").as_deref(), Ok("/"));
+        assert_eq!(canon("/./.").as_deref(), Ok("/"));
+        assert_eq!(canon("/a/..").as_deref(), Ok("/"));
+        assert_eq!(canon("/100%25").as_deref(), Ok("/100%"));
+        assert_eq!(canon("/caf%C3%A9").as_deref(), Ok("/café"));
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let p = |s: &str| CanonicalPath::parse(s).expect("path");
+        assert!(p("/api/v1/users").starts_with(&p("/api/v1/")));
+        assert!(p("/api/v1").starts_with(&p("/api/v1/")));
+        assert!(!p("/api/v10").starts_with(&p("/api/v1")));
+        assert!(p("/anything").starts_with(&p("/")));
+        assert!(p("/API/V1/x").starts_with(&p("/api/v1")));
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_full_canonicalisation() {
+        for raw in ["/", "/a", "/api/v1/", "/a-b_c~d/0", "/x/y/z/"] {
+            assert_eq!(
+                already_canonical(raw.as_bytes()),
+                canonicalize_fully(raw.as_bytes()).ok(),
+                "{raw}"
+            );
+        }
+        for raw in ["/A", "//a", "/a/./b", "/a%20", "a", "/a.b"] {
+            assert_eq!(already_canonical(raw.as_bytes()), None, "{raw}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            let mut raw = Vec::new();
+            for _ in 0..(seed % 48) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let alphabet = b"/.%2Ff5c;?#aZ\\\x00\xef\xbc\xa1 ~";
+                raw.push(alphabet[(seed >> 40) as usize % alphabet.len()]);
+            }
+            if let Ok(p) = CanonicalPath::from_bytes(&raw) {
+                assert!(p.as_str().starts_with('/'));
+                assert!(!p.as_str().contains("//"));
+                // Canonical form is a fixed point (a decoded `%` aside, which is no
+                // longer an escape).
+                if !p.as_str().contains('%') {
+                    assert_eq!(CanonicalPath::parse(p.as_str()).as_ref(), Ok(&p));
+                }
+            }
+        }
+    }
+}
