@@ -17,10 +17,13 @@ pub mod clock;
 pub mod decision;
 pub mod identity;
 pub mod path;
+pub mod policy;
 pub mod rate;
+pub mod rule_name;
 pub mod time;
 
 pub use algorithm::{FixedWindow, Gcra, Limit, LimitError, SlidingWindow};
 pub use decision::{Decision, Outcome};
 pub use rate::{Rate, RateError};
+pub use rule_name::RuleName;
 pub use time::{Nanos, Timestamp};

@@ -13,7 +13,8 @@ pub mod error;
 pub mod memory;
 mod store;
 
-pub use check::{Check, CounterKey, Decisions, RuleName};
+pub use check::{Check, CounterKey, Decisions};
 pub use error::StoreError;
 pub use memory::{MemoryStats, MemoryStore};
+pub use ratewarden_core::RuleName;
 pub use store::Store;

@@ -1,0 +1,50 @@
+//! Which requests a rule applies to.
+
+use super::RequestFacts;
+use crate::path::CanonicalPath;
+
+/// A rule's request filter; every condition given must hold, an empty one matches all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// The canonical path must be exactly this.
+    pub path: Option<CanonicalPath>,
+    /// The canonical path must be this or lie under it (whole segments).
+    pub path_prefix: Option<CanonicalPath>,
+    /// The method must be one of these (upper case); empty: any.
+    pub methods: Vec<String>,
+    /// The host must be one of these (lower case, no port); empty: any.
+    pub hosts: Vec<String>,
+}
+
+impl RouteMatch {
+    /// Whether the request falls under this filter.
+    pub fn matches(&self, request: &RequestFacts<'_>) -> bool {
+        if let Some(path) = &self.path {
+            if request.path != path {
+                return false;
+            }
+        }
+        if let Some(prefix) = &self.path_prefix {
+            if !request.path.starts_with(prefix) {
+                return false;
+            }
+        }
+        if !self.methods.is_empty()
+            && !self
+                .methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(request.method))
+        {
+            return false;
+        }
+        if !self.hosts.is_empty() {
+            let Some(host) = request.host else {
+                return false;
+            };
+            if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+                return false;
+            }
+        }
+        true
+    }
+}
