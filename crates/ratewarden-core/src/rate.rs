@@ -125,9 +125,10 @@ impl Rate {
         self.period
     }
 
-    /// The time one event "costs" when spread evenly: period / count, at least 1 ns.
+    /// The time one event "costs" when spread evenly: period / count, rounded up so the
+    /// rate enforced is never above the rate configured.
     pub fn emission_interval(&self) -> Nanos {
-        Nanos((self.period.as_nanos() / u64::from(self.count.get())).max(1))
+        Nanos(self.period.as_nanos().div_ceil(u64::from(self.count.get())))
     }
 }
 

@@ -3,6 +3,7 @@
 //! `main` stays thin: parse arguments, set up logging, run the chosen command.
 
 mod cli;
+mod config;
 mod demo;
 
 use clap::Parser;

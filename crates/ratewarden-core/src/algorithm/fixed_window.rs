@@ -110,16 +110,16 @@ impl FixedWindow {
         }
     }
 
-    /// Undoes an admission of `cost` units decided at `charged_at`; if that window is
-    /// over there is nothing to undo.
-    pub fn refund(&self, state: WindowCount, charged_at: Timestamp, cost: u32) -> WindowCount {
-        if state.window == (charged_at.as_nanos() / self.period) as u32 {
+    /// Undoes an admission of `cost` units that wrote `written`: taken off the count if
+    /// `current` is still that window; a window that is over has nothing to undo.
+    pub fn refund(&self, current: WindowCount, written: WindowCount, cost: u32) -> WindowCount {
+        if current.window == written.window {
             WindowCount {
-                window: state.window,
-                count: state.count.saturating_sub(cost),
+                window: current.window,
+                count: current.count.saturating_sub(cost),
             }
         } else {
-            state
+            current
         }
     }
 }
@@ -205,7 +205,11 @@ mod tests {
             .decide(WindowCount::default(), t, 3)
             .next
             .expect("admitted");
-        assert_eq!(w.refund(state, t, 2).count, 1);
-        assert_eq!(w.refund(state, Timestamp(t.0 + 60 * SEC), 2), state);
+        assert_eq!(w.refund(state, state, 2).count, 1);
+        let next_window = w
+            .decide(state, Timestamp(t.0 + 60 * SEC), 1)
+            .next
+            .expect("admitted");
+        assert_eq!(w.refund(next_window, state, 2), next_window);
     }
 }

@@ -141,12 +141,24 @@ impl Gcra {
         }
     }
 
-    /// Undoes an admission of `cost` units.
-    pub fn refund(&self, state: GcraState, cost: u32) -> GcraState {
+    /// Undoes an admission of `cost` units that wrote `written` (its new `tat`), from
+    /// `current`, at `now`.
+    ///
+    /// Only the part of the charge that has not yet drained at `now` is given back:
+    /// `min(cost × T, written − now)`. Had a later admission found the bucket refilled
+    /// past `written` and restarted it, the drained part is no longer in `current`, and
+    /// giving it back would admit units twice.
+    pub fn refund(
+        &self,
+        current: GcraState,
+        written: GcraState,
+        now: Timestamp,
+        cost: u32,
+    ) -> GcraState {
+        let charge = u64::from(cost).saturating_mul(self.interval);
+        let undrained = written.tat.saturating_sub(now.as_nanos());
         GcraState {
-            tat: state
-                .tat
-                .saturating_sub(u64::from(cost).saturating_mul(self.interval)),
+            tat: current.tat.saturating_sub(charge.min(undrained)),
         }
     }
 }
@@ -260,8 +272,23 @@ mod tests {
             .decide(GcraState::default(), now, 2)
             .next
             .expect("admitted");
-        let refunded = g.refund(charged, 2);
+        let refunded = g.refund(charged, charged, now, 2);
         assert_eq!(g.decide(refunded, now, 3).decision.remaining, 0);
         assert!(g.decide(refunded, now, 3).decision.allowed);
+    }
+
+    #[test]
+    fn refund_gives_back_only_what_has_not_drained() {
+        // 1/s, burst 1: a charge at t=10 s wrote tat = 11 s. At 10.5 s half of it has
+        // drained and is given back no more. At 12 s it has all drained, and a later
+        // admission (at 11.5 s, tat 12.5 s) keeps its own charge.
+        let g = gcra("1/s", 1);
+        let written = GcraState { tat: 11 * SEC };
+        let half = g.refund(written, written, Timestamp(10 * SEC + SEC / 2), 1);
+        assert_eq!(half.tat, 10 * SEC + SEC / 2);
+        let later = GcraState {
+            tat: 12 * SEC + SEC / 2,
+        };
+        assert_eq!(g.refund(later, written, Timestamp(12 * SEC), 1), later);
     }
 }

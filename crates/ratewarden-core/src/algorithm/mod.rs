@@ -110,13 +110,21 @@ impl Limit {
         }
     }
 
-    /// Gives back `cost` units of an admission decided at `charged_at` that had to be
-    /// undone, because another limit of the same request denied it.
-    pub fn refund(&self, state: StateBits, charged_at: Timestamp, cost: u32) -> StateBits {
+    /// Gives back `cost` units of an admission that wrote `written`, because another
+    /// limit of the same request denied it; `current` is the state now, at `now`. Never
+    /// gives back units that a later admission has since counted on (see each
+    /// algorithm's `refund`).
+    pub fn refund(
+        &self,
+        current: StateBits,
+        written: StateBits,
+        now: Timestamp,
+        cost: u32,
+    ) -> StateBits {
         match self {
-            Limit::Gcra(g) => g.refund(GcraState::from(state), cost).into(),
-            Limit::SlidingWindow(s) => s.refund(SlidingState::from(state), charged_at, cost).into(),
-            Limit::FixedWindow(f) => f.refund(WindowCount::from(state), charged_at, cost).into(),
+            Limit::Gcra(g) => g.refund(current.into(), written.into(), now, cost).into(),
+            Limit::SlidingWindow(s) => s.refund(current.into(), written.into(), cost).into(),
+            Limit::FixedWindow(f) => f.refund(current.into(), written.into(), cost).into(),
         }
     }
 }

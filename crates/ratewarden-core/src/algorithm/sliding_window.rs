@@ -190,14 +190,14 @@ impl SlidingWindow {
         Nanos(position.until(self.period, windows, 0))
     }
 
-    /// Undoes an admission of `cost` units decided at `charged_at`, wherever those units
-    /// now sit (current or previous window).
-    pub fn refund(&self, state: SlidingState, charged_at: Timestamp, cost: u32) -> SlidingState {
-        let charged_window = (charged_at.as_nanos() / self.period) as u16;
-        let mut state = state;
-        if state.window == charged_window {
+    /// Undoes an admission of `cost` units that wrote `written`, wherever those units
+    /// now sit: the current window if it is still the one written, the previous one if
+    /// the window has moved on by one since.
+    pub fn refund(&self, current: SlidingState, written: SlidingState, cost: u32) -> SlidingState {
+        let mut state = current;
+        if current.window == written.window {
             state.current = state.current.saturating_sub(cost);
-        } else if state.window == charged_window.wrapping_add(1) {
+        } else if current.window == written.window.wrapping_add(1) {
             state.previous = state.previous.saturating_sub(cost);
         }
         state
@@ -312,9 +312,9 @@ mod tests {
         let w = sliding("5/s");
         let charged_at = Timestamp(10 * SEC + 999_999_999);
         let state = admit(&w, SlidingState::default(), charged_at.0, 3);
-        assert_eq!(w.refund(state, charged_at, 3).current, 0);
+        assert_eq!(w.refund(state, state, 3).current, 0);
         let rolled = admit(&w, state, 11 * SEC, 1);
-        let refunded = w.refund(rolled, charged_at, 3);
+        let refunded = w.refund(rolled, state, 3);
         assert_eq!((refunded.current, refunded.previous), (1, 0));
     }
 }

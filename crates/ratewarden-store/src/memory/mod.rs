@@ -97,7 +97,7 @@ impl<C: Clock> MemoryStore<C> {
         let now = self.clock.now();
         match checks {
             [] => Decisions::default(),
-            [check] => Decisions::one(self.charge(check, now)),
+            [check] => Decisions::one(self.charge(check, now).0),
             _ => self.decide_all_or_nothing(checks, now),
         }
     }
@@ -108,18 +108,25 @@ impl<C: Clock> MemoryStore<C> {
             return preview;
         }
         let mut charged = Decisions::default();
+        let mut written: smallvec::SmallVec<[Option<StateBits>; 3]> = smallvec::SmallVec::new();
         for (i, check) in checks.iter().enumerate() {
-            let decision = self.charge(check, now);
+            let (decision, wrote) = self.charge(check, now);
             if !decision.allowed {
                 // Lost a race for the last unit: undo what this request took.
-                for earlier in &checks[..i] {
-                    self.refund(earlier, now);
+                for (earlier, wrote) in checks[..i].iter().zip(&written) {
+                    if let Some(wrote) = wrote {
+                        self.refund(earlier, *wrote);
+                    }
                 }
-                charged.push(decision);
-                charged.extend(preview.as_slice()[i + 1..].iter().copied());
-                return charged;
+                // The earlier limits admitted but were not charged in the end: report
+                // them as previewed.
+                let mut answer: Decisions = preview.as_slice()[..i].iter().copied().collect();
+                answer.push(decision);
+                answer.extend(preview.as_slice()[i + 1..].iter().copied());
+                return answer;
             }
             charged.push(decision);
+            written.push(wrote);
         }
         charged
     }
@@ -134,15 +141,15 @@ impl<C: Clock> MemoryStore<C> {
         check.limit().decide(state, now, check.cost()).decision
     }
 
-    /// Decides a check and, if it admits, charges it.
+    /// Decides a check and, if it admits, charges it; returns the state written.
     #[inline]
-    fn charge(&self, check: &Check<'_>, now: Timestamp) -> Decision {
+    fn charge(&self, check: &Check<'_>, now: Timestamp) -> (Decision, Option<StateBits>) {
         let key = self.table.hash(check.key());
-        if let Some(decision) = self
+        if let Some(result) = self
             .table
             .with_existing(key, |entry| self.charge_entry(entry, check, now))
         {
-            return decision;
+            return result;
         }
         self.table.with_exclusive(key, now, |entry| match entry {
             Some(entry) => (self.charge_entry(entry, check, now), None),
@@ -150,8 +157,12 @@ impl<C: Clock> MemoryStore<C> {
                 let outcome = check
                     .limit()
                     .decide(StateBits::default(), now, check.cost());
-                let created = outcome.next.map(|next| (next, outcome.expires_at));
-                (outcome.decision, created)
+                // A zero-cost check only looks: it leaves no counter behind.
+                let created = outcome
+                    .next
+                    .filter(|_| check.cost() > 0)
+                    .map(|next| (next, outcome.expires_at));
+                ((outcome.decision, created.map(|c| c.0)), created)
             }
         })
     }
@@ -159,12 +170,17 @@ impl<C: Clock> MemoryStore<C> {
     /// The compare-and-swap loop: the algorithm runs on the state it read and the result
     /// is stored only if nobody changed the state meanwhile.
     #[inline]
-    fn charge_entry(&self, entry: &Entry, check: &Check<'_>, now: Timestamp) -> Decision {
+    fn charge_entry(
+        &self,
+        entry: &Entry,
+        check: &Check<'_>,
+        now: Timestamp,
+    ) -> (Decision, Option<StateBits>) {
         loop {
             let (word, state, expiry) = live_state(entry, now);
             let outcome = check.limit().decide(state, now, check.cost());
             let Some(next) = outcome.next else {
-                return outcome.decision;
+                return (outcome.decision, None);
             };
             // Expiry first: a reader that sees the new state must see its expiry.
             let new_expiry = expiry_secs(outcome.expires_at);
@@ -177,7 +193,7 @@ impl<C: Clock> MemoryStore<C> {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return outcome.decision,
+                Ok(_) => return (outcome.decision, Some(next)),
                 Err(_) => {
                     self.cas_retries.fetch_add(1, Ordering::Relaxed);
                 }
@@ -185,16 +201,18 @@ impl<C: Clock> MemoryStore<C> {
         }
     }
 
-    fn refund(&self, check: &Check<'_>, charged_at: Timestamp) {
+    /// Gives back a charge that wrote `written`, as far as no later admission counts on it.
+    fn refund(&self, check: &Check<'_>, written: StateBits) {
         self.refunds.fetch_add(1, Ordering::Relaxed);
         let key = self.table.hash(check.key());
         self.table.with_existing(key, |entry| {
             let _ = entry
                 .state
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                    let now = self.clock.now();
                     let state = check
                         .limit()
-                        .refund(StateBits(word), charged_at, check.cost());
+                        .refund(StateBits(word), written, now, check.cost());
                     Some(state.0)
                 });
         });

@@ -12,7 +12,11 @@
 //! only a first sight of a counter, eviction and reclaiming take the write lock, of one
 //! shard. There is no global lock.
 //!
-//! Bound: each shard holds at most `max_keys / shards` entries. A full shard first drops
+//! Bound: each shard holds at most `max_keys / shards` entries. Its table is never more
+//! than the smallest power-of-two size in which that many entries fill at most half the
+//! slots: at that size `hashbrown` clears tombstones by rehashing in place rather than
+//! growing, so churn cannot grow it further. That is at most 4.6 slots of 25 bytes per
+//! allowed entry, and about half that until deletions have churned the table. A full shard first drops
 //! its expired entries; if that frees nothing it evicts a batch of the stalest (earliest
 //! expiry: the counters closest to their reset), so a flood of new keys costs the oldest
 //! state, never memory.
@@ -88,8 +92,6 @@ const EVICTION_BATCH_DIVISOR: usize = 16;
 pub(crate) struct Shard {
     map: HashTable<Entry>,
     scratch: Vec<u32>,
-    /// The table's capacity when last (re)allocated, before deletions left tombstones.
-    allocated: usize,
 }
 
 impl Table {
@@ -158,24 +160,9 @@ impl Table {
                 let keep = self.per_shard - (self.per_shard / EVICTION_BATCH_DIVISOR).max(1);
                 self.shed(&mut shard, now, keep);
             }
-            if shard.map.len() >= shard.map.capacity() && shard.allocated >= self.per_shard {
-                // The table is big enough for the shard's cap, but deletions have used up
-                // its spare room with tombstones, and the insert would double it.
-                // hashbrown rehashes in place instead when, with the new entry, at most
-                // half of it is in use: shed down to that, so memory never grows.
-                let keep = (shard.allocated / 2)
-                    .saturating_sub(1)
-                    .min(self.per_shard - 1);
-                self.shed(&mut shard, now, keep);
-            }
-            let size = shard.map.allocation_size();
             shard
                 .map
                 .insert_unique(key, Entry::new(key, state, expires_at), |e| e.key);
-            if shard.map.allocation_size() != size {
-                // Just resized: no tombstones yet, so this is the table's full capacity.
-                shard.allocated = shard.map.capacity();
-            }
         }
         result
     }
@@ -238,7 +225,6 @@ impl Table {
         // Give memory back after a flood, but keep room for normal traffic.
         if map.capacity() > 4 * map.len().max(64) {
             map.shrink_to_fit(|e| e.key);
-            shard.allocated = shard.map.capacity();
             shard.scratch = Vec::new();
         }
         drop(shard);

@@ -1,0 +1,388 @@
+//! Validation: raw configuration into strong types, every error collected with its path.
+
+use super::raw::{RawClients, RawConfig, RawMatch, RawRule, RawServer, RawStore};
+use super::{Config, ConfigError, ConfigErrors, ServerConfig, StoreConfig};
+use ipnet::IpNet;
+use ratewarden_core::identity::{ForwardingHeader, TrustedProxies};
+use ratewarden_core::path::CanonicalPath;
+use ratewarden_core::policy::{Action, ClientPolicy, KeyTemplate, Policy, RouteMatch, Rule};
+use ratewarden_core::{FixedWindow, Gcra, Limit, Rate, RuleName, SlidingWindow};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Collects errors while validating.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    /// The value if `result` is Ok, else records the error and gives `None`.
+    fn check<T, E: std::fmt::Display>(&mut self, field: &str, result: Result<T, E>) -> Option<T> {
+        result.map_err(|e| self.add(field, e.to_string())).ok()
+    }
+}
+
+/// Validates a raw configuration.
+pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut errors = Errors::default();
+    let server = server(&raw.server, &mut errors);
+    let store = store(&raw.store, &mut errors);
+    let clients = clients(&raw.clients, &mut errors);
+    let mut names = HashSet::new();
+    let rules: Vec<Option<Rule>> = raw
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let field = format!("rules[{i}]");
+            if !names.insert(r.name.clone()) {
+                errors.add(
+                    format!("{field}.name"),
+                    format!(
+                        "{:?} is used by an earlier rule; names must be unique",
+                        r.name
+                    ),
+                );
+            }
+            rule(r, &field, &mut errors)
+        })
+        .collect();
+    match (server, store, errors.0.is_empty()) {
+        (Some(server), Some(store), true) => Ok(Config {
+            server,
+            store,
+            policy: Policy {
+                clients,
+                rules: rules.into_iter().flatten().collect(),
+            },
+        }),
+        _ => Err(ConfigErrors(errors.0)),
+    }
+}
+
+fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
+    let listen = errors.check("server.listen", parse_socket(&raw.listen));
+    let upstream = errors.check("server.upstream", parse_upstream(&raw.upstream));
+    let admin_listen = match &raw.admin_listen {
+        Some(a) => Some(errors.check("server.admin_listen", parse_socket(a))?),
+        None => None,
+    };
+    let duration =
+        |errors: &mut Errors, field: &str, value: &Option<String>, default: u64| match value {
+            Some(v) => errors.check(field, parse_duration(v)),
+            None => Some(Duration::from_secs(default)),
+        };
+    let header_timeout = duration(errors, "server.header_timeout", &raw.header_timeout, 10);
+    let connect = duration(
+        errors,
+        "server.upstream_connect_timeout",
+        &raw.upstream_connect_timeout,
+        5,
+    );
+    let upstream_timeout = duration(errors, "server.upstream_timeout", &raw.upstream_timeout, 60);
+    let positive = |errors: &mut Errors, field: &str, value: Option<u64>, default: u64| {
+        let v = value.unwrap_or(default);
+        if v == 0 {
+            errors.add(field, "must be at least 1");
+            return None;
+        }
+        usize::try_from(v).ok()
+    };
+    let max_header_bytes = positive(
+        errors,
+        "server.max_header_bytes",
+        raw.max_header_bytes,
+        16 * 1024,
+    );
+    let max_headers = positive(errors, "server.max_headers", raw.max_headers, 100);
+    let max_delayed = positive(errors, "server.max_delayed", raw.max_delayed, 1024);
+    Some(ServerConfig {
+        listen: listen?,
+        upstream: upstream?,
+        admin_listen,
+        header_timeout: header_timeout?,
+        upstream_connect_timeout: connect?,
+        upstream_timeout: upstream_timeout?,
+        max_header_bytes: max_header_bytes?,
+        max_headers: max_headers?,
+        max_delayed: max_delayed?,
+    })
+}
+
+fn store(raw: &RawStore, errors: &mut Errors) -> Option<StoreConfig> {
+    match raw.kind.as_deref().unwrap_or("memory") {
+        "memory" => {
+            let max_keys = raw.max_keys.unwrap_or(1_000_000);
+            if max_keys < 1 {
+                errors.add(
+                    "store.max_keys",
+                    format!("{max_keys} is not a positive number of keys"),
+                );
+                return None;
+            }
+            Some(StoreConfig::Memory {
+                max_keys: usize::try_from(max_keys).unwrap_or(usize::MAX),
+            })
+        }
+        other => {
+            errors.add(
+                "store.kind",
+                format!("{other:?} is not a store kind; use \"memory\""),
+            );
+            None
+        }
+    }
+}
+
+fn clients(raw: &RawClients, errors: &mut Errors) -> ClientPolicy {
+    let trusted = raw
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            errors.check(&format!("clients.trusted_proxies[{i}]"), parse_network(n))
+        })
+        .collect::<Vec<_>>();
+    let forwarding_header = match raw
+        .forwarded_header
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("x-forwarded-for") => ForwardingHeader::XForwardedFor,
+        Some("forwarded") => ForwardingHeader::Forwarded,
+        Some(other) => {
+            errors.add(
+                "clients.forwarded_header",
+                format!("{other:?} is not supported; use \"x-forwarded-for\" or \"forwarded\""),
+            );
+            ForwardingHeader::XForwardedFor
+        }
+    };
+    let ipv6_prefix = match raw.ipv6_prefix {
+        None => 64,
+        Some(p @ 0..=128) => p as u8,
+        Some(p) => {
+            errors.add(
+                "clients.ipv6_prefix",
+                format!("{p} is not a prefix length (0 to 128)"),
+            );
+            64
+        }
+    };
+    ClientPolicy {
+        trusted_proxies: TrustedProxies::new(trusted),
+        forwarding_header,
+        ipv6_prefix,
+    }
+}
+
+fn rule(raw: &RawRule, field: &str, errors: &mut Errors) -> Option<Rule> {
+    let f = |name: &str| format!("{field}.{name}");
+    if raw.name.trim().is_empty() || raw.name.contains(['"', '\\', ' ']) {
+        errors.add(
+            f("name"),
+            format!(
+                "{:?} is not a rule name; use letters, digits, '_' or '-'",
+                raw.name
+            ),
+        );
+    }
+    let route = route(&raw.route, &f("match"), errors);
+    let key = errors.check(
+        &f("key"),
+        KeyTemplate::parse(raw.key.as_deref().unwrap_or("ip")),
+    );
+    let rate: Option<Rate> = errors.check(&f("rate"), raw.rate.parse::<Rate>());
+    let algorithm = raw.algorithm.as_deref().unwrap_or("gcra");
+    let limit = rate.and_then(|rate| {
+        let result = match algorithm {
+            "gcra" => {
+                let burst = match raw.burst {
+                    None => rate.count(),
+                    Some(b) if b >= 1 && b <= i64::from(u32::MAX) => b as u32,
+                    Some(b) => {
+                        errors.add(
+                            f("burst"),
+                            format!("{b} is not a burst; it must be at least 1"),
+                        );
+                        return None;
+                    }
+                };
+                Gcra::new(rate, burst).map(Limit::Gcra)
+            }
+            "sliding_window" | "fixed_window" => {
+                if raw.burst.is_some() {
+                    errors.add(
+                        f("burst"),
+                        format!("burst applies to gcra only, not {algorithm}"),
+                    );
+                }
+                if algorithm == "sliding_window" {
+                    SlidingWindow::new(rate).map(Limit::SlidingWindow)
+                } else {
+                    FixedWindow::new(rate).map(Limit::FixedWindow)
+                }
+            }
+            other => {
+                errors.add(
+                    f("algorithm"),
+                    format!(
+                        "{other:?} is not an algorithm; use gcra, sliding_window or fixed_window"
+                    ),
+                );
+                return None;
+            }
+        };
+        errors.check(&f("rate"), result)
+    });
+    let cost = match raw.cost {
+        None => Some(1),
+        Some(c) if (1..=i64::from(u32::MAX)).contains(&c) => Some(c as u32),
+        Some(c) => {
+            errors.add(
+                f("cost"),
+                format!("{c} is not a cost; it must be at least 1"),
+            );
+            None
+        }
+    };
+    if let (Some(limit), Some(cost)) = (limit, cost) {
+        errors.check(&f("cost"), limit.check_cost(cost));
+    }
+    let action = match raw.action.as_deref().unwrap_or("reject") {
+        "reject" => Some(Action::Reject),
+        "delay" => Some(Action::Delay),
+        "log_only" => Some(Action::LogOnly),
+        other => {
+            errors.add(
+                f("action"),
+                format!("{other:?} is not an action; use reject, delay or log_only"),
+            );
+            None
+        }
+    };
+    let networks = |errors: &mut Errors, name: &str, list: &[String]| -> Vec<IpNet> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, n)| errors.check(&format!("{field}.{name}[{i}]"), parse_network(n)))
+            .collect()
+    };
+    let allow = networks(errors, "allow_cidrs", &raw.allow_cidrs);
+    let deny = networks(errors, "deny_cidrs", &raw.deny_cidrs);
+    Some(Rule {
+        name: RuleName::new(raw.name.trim()),
+        route: route?,
+        key: key?,
+        limit: limit?,
+        cost: cost?,
+        action: action?,
+        allow,
+        deny,
+    })
+}
+
+fn route(raw: &RawMatch, field: &str, errors: &mut Errors) -> Option<RouteMatch> {
+    let path = |errors: &mut Errors, name: &str, value: &Option<String>| match value {
+        None => Some(None),
+        Some(p) if !p.starts_with('/') => {
+            errors.add(
+                format!("{field}.{name}"),
+                format!("{p:?} must start with /"),
+            );
+            None
+        }
+        Some(p) => errors
+            .check(
+                &format!("{field}.{name}"),
+                CanonicalPath::parse(p).map_err(|e| format!("{p:?}: {e}")),
+            )
+            .map(Some),
+    };
+    let exact = path(errors, "path", &raw.path);
+    let prefix = path(errors, "path_prefix", &raw.path_prefix);
+    let mut methods = Vec::new();
+    for (i, m) in raw.methods.iter().enumerate() {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+            errors.add(
+                format!("{field}.methods[{i}]"),
+                format!("{m:?} is not an HTTP method"),
+            );
+        } else {
+            methods.push(m.to_ascii_uppercase());
+        }
+    }
+    let hosts = raw
+        .hosts
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    Some(RouteMatch {
+        path: exact?,
+        path_prefix: prefix?,
+        methods,
+        hosts,
+    })
+}
+
+fn parse_socket(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an address and port, such as \"127.0.0.1:8080\""))
+}
+
+fn parse_upstream(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a URL, such as \"http://127.0.0.1:8000\""))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) if uri.path() == "/" || uri.path().is_empty() => Ok(uri),
+        (Some("http"), Some(_)) => Err(format!(
+            "{text:?}: an upstream path is not supported; give scheme, host and port"
+        )),
+        (Some(other), _) if other != "http" => {
+            Err(format!("{text:?}: only http:// upstreams are supported"))
+        }
+        _ => Err(format!(
+            "{text:?} is not a URL, such as \"http://127.0.0.1:8000\""
+        )),
+    }
+}
+
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP network, such as \"10.0.0.0/8\""))
+}
+
+/// `500ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration, such as \"500ms\", \"10s\" or \"5m\""))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration, such as \"500ms\", \"10s\" or \"5m\""
+            ))
+        }
+    };
+    if d.is_zero() {
+        return Err(format!("{text:?}: must be longer than zero"));
+    }
+    Ok(d)
+}

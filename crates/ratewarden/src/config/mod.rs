@@ -1,0 +1,121 @@
+//! Configuration: a TOML file parsed into [`raw`] structs, then validated into a
+//! [`Config`] of strong types with the compiled [`Policy`]. Validation collects every
+//! error, each with its field path (`rules[1].rate: "10/fortnight" is not a rate: ...`),
+//! so an operator fixes the whole file in one go.
+
+mod compile;
+mod raw;
+
+pub use compile::compile;
+
+use ratewarden_core::policy::Policy;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listener and upstream settings.
+    pub server: ServerConfig,
+    /// Where counters live.
+    pub store: StoreConfig,
+    /// The rules and client identification, compiled.
+    pub policy: Policy,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the gateway listens.
+    pub listen: SocketAddr,
+    /// The API behind it: scheme, host and port (no path).
+    pub upstream: http::Uri,
+    /// Where `/healthz` and `/metrics` are served, if anywhere.
+    pub admin_listen: Option<SocketAddr>,
+    /// A client must finish sending its request head within this time.
+    pub header_timeout: Duration,
+    /// Connecting to the upstream may take this long (then 502).
+    pub upstream_connect_timeout: Duration,
+    /// The upstream must start answering within this time (then 504).
+    pub upstream_timeout: Duration,
+    /// Largest request head accepted (then 431).
+    pub max_header_bytes: usize,
+    /// Most header fields accepted (then 431).
+    pub max_headers: usize,
+    /// Most requests held by `delay` rules at once; beyond, they are rejected.
+    pub max_delayed: usize,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    /// In this process.
+    Memory {
+        /// Most counters held.
+        max_keys: usize,
+    },
+}
+
+/// One problem in a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where: `rules[1].rate`, or empty for the file as a whole.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses and validates configuration text.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            field: String::new(),
+            message: e.to_string().trim_end().to_owned(),
+        }])
+    })?;
+    compile(raw)
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            field: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    parse(&text)
+}
+
+#[cfg(test)]
+mod tests;

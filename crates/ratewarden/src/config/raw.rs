@@ -1,0 +1,76 @@
+//! The configuration file as written: TOML into plain serde structs, unknown fields
+//! refused. Values stay as written (strings for rates, durations, networks) so that
+//! validation can name the field and quote the value when one is wrong.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    #[serde(default)]
+    pub clients: RawClients,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: String,
+    pub upstream: String,
+    pub admin_listen: Option<String>,
+    pub header_timeout: Option<String>,
+    pub upstream_connect_timeout: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub max_header_bytes: Option<u64>,
+    pub max_headers: Option<u64>,
+    pub max_delayed: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClients {
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    pub forwarded_header: Option<String>,
+    pub ipv6_prefix: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: Option<String>,
+    pub max_keys: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub route: RawMatch,
+    pub key: Option<String>,
+    pub algorithm: Option<String>,
+    pub rate: String,
+    pub burst: Option<i64>,
+    pub cost: Option<i64>,
+    pub action: Option<String>,
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
+    #[serde(default)]
+    pub deny_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}

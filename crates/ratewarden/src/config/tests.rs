@@ -1,0 +1,189 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:8000"
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn the_issue_example_compiles() {
+    let config = parse(
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:8000"
+admin_listen = "127.0.0.1:9090"
+
+[clients]
+trusted_proxies = ["10.0.0.0/8"]
+ipv6_prefix = 64
+
+[store]
+kind = "memory"
+max_keys = 1000000
+
+[[rules]]
+name = "api_general"
+match = { path_prefix = "/api/v1/" }
+key = "ip"
+algorithm = "gcra"
+rate = "10/s"
+burst = 20
+action = "reject"
+"#,
+    )
+    .expect("valid");
+    assert_eq!(config.policy.rules.len(), 1);
+    assert_eq!(config.policy.rules[0].limit.capacity(), 20);
+    assert_eq!(config.server.admin_listen.map(|a| a.port()), Some(9090));
+}
+
+#[test]
+fn every_error_is_reported_with_its_field_path() {
+    let text = format!(
+        r#"{MINIMAL}
+[[rules]]
+name = "ok"
+rate = "10/s"
+
+[[rules]]
+name = "bad"
+rate = "10/fortnight"
+algorithm = "gcra"
+match = {{ path_prefix = "api" }}
+allow_cidrs = ["10.0.0.0/33"]
+
+[[rules]]
+name = "ok"
+rate = "5/m"
+algorithm = "fixed_window"
+burst = 3
+action = "drop"
+cost = 9
+"#
+    );
+    let found = errors(&text);
+    assert!(found.contains(&r#"rules[1].rate: "10/fortnight" is not a rate: unknown unit "fortnight"; use s, m, h, d or second, minute, hour, day"#.to_owned()), "{found:#?}");
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with("rules[1].match.path_prefix: ")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with("rules[1].allow_cidrs[0]: ")),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().any(|e| e.starts_with("rules[2].name: ")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with("rules[2].burst: burst applies to gcra only")),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().any(|e| e.starts_with("rules[2].action: ")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with("rules[2].cost: cost 9 is larger")),
+        "{found:#?}"
+    );
+    assert_eq!(found.len(), 7, "{found:#?}");
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    let found = errors(&format!(
+        "{MINIMAL}\n[[rules]]\nname = \"a\"\nrate = \"1/s\"\nbrust = 3\n"
+    ));
+    assert_eq!(found.len(), 1);
+    assert!(found[0].contains("unknown field `brust`"), "{found:?}");
+    let found = errors("[server]\nlisten = \"127.0.0.1:1\"\nupstream = \"http://127.0.0.1:2\"\nlisten_backlog = 5\n");
+    assert!(
+        found[0].contains("unknown field `listen_backlog`"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn server_values_are_checked() {
+    let found = errors(
+        r#"
+[server]
+listen = "localhost"
+upstream = "https://api.example.com"
+header_timeout = "ten seconds"
+max_headers = 0
+"#,
+    );
+    assert!(
+        found.iter().any(|e| e.starts_with("server.listen: ")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with("server.upstream: ") && e.contains("only http://")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with("server.header_timeout: ")),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().any(|e| e.starts_with("server.max_headers: ")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn defaults_are_sensible() {
+    let config = parse(&format!(
+        "{MINIMAL}\n[[rules]]\nname = \"a\"\nrate = \"10/s\"\n"
+    ))
+    .expect("valid");
+    let rule = &config.policy.rules[0];
+    assert_eq!(
+        rule.limit.capacity(),
+        10,
+        "gcra burst defaults to the rate's count"
+    );
+    assert_eq!(rule.key.to_string(), "ip");
+    assert_eq!(config.policy.clients.ipv6_prefix, 64);
+    assert_eq!(config.server.header_timeout, Duration::from_secs(10));
+    assert!(matches!(
+        config.store,
+        StoreConfig::Memory {
+            max_keys: 1_000_000
+        }
+    ));
+}
+
+#[test]
+fn durations() {
+    assert_eq!(
+        compile::parse_duration("500ms"),
+        Ok(Duration::from_millis(500))
+    );
+    assert_eq!(compile::parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert!(compile::parse_duration("0s").is_err());
+    assert!(compile::parse_duration("5 fortnights").is_err());
+}
