@@ -19,6 +19,12 @@ pub struct Cli {
 pub enum Command {
     /// Show the limiter at work on simulated traffic: in memory, nothing to install.
     Demo(crate::demo::DemoArgs),
+    /// Validate a configuration file: print the compiled rules, or every error with its
+    /// field path (exit code 1).
+    CheckConfig {
+        /// The TOML file.
+        file: std::path::PathBuf,
+    },
 }
 
 /// How log lines are written.

@@ -2,6 +2,7 @@
 //!
 //! `main` stays thin: parse arguments, set up logging, run the chosen command.
 
+mod check_config;
 mod cli;
 mod config;
 mod demo;
@@ -13,5 +14,6 @@ fn main() -> anyhow::Result<()> {
     cli::init_logging(cli.log_format);
     match cli.command {
         cli::Command::Demo(args) => demo::run(&args),
+        cli::Command::CheckConfig { file } => check_config::run(&file),
     }
 }

@@ -1,0 +1,110 @@
+//! `ratewarden check-config FILE`: the compiled configuration, or every error.
+
+use crate::config::{self, StoreConfig};
+use ratewarden_core::policy::Action;
+use ratewarden_core::{Limit, Nanos};
+use std::path::Path;
+
+/// Prints the compiled rules and returns Ok, or prints each error and exits with 1.
+pub fn run(file: &Path) -> anyhow::Result<()> {
+    let config = match config::load(file) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            std::process::exit(1);
+        }
+    };
+    let s = &config.server;
+    println!("{}: valid", file.display());
+    println!("listen {} -> upstream {}", s.listen, s.upstream);
+    println!(
+        "limits: request head within {:?}, at most {} headers / {} bytes; upstream connect {:?}, answer {:?}; at most {} requests delayed at once",
+        s.header_timeout, s.max_headers, s.max_header_bytes, s.upstream_connect_timeout, s.upstream_timeout, s.max_delayed
+    );
+    if let Some(admin) = s.admin_listen {
+        println!("admin  {admin} (/healthz, /metrics)");
+    }
+    match config.store {
+        StoreConfig::Memory { max_keys } => println!("store  memory, at most {max_keys} counters"),
+    }
+    let clients = &config.policy.clients;
+    println!(
+        "clients: {} from trusted proxies{}, IPv6 grouped by /{}",
+        clients.forwarding_header.name(),
+        if clients.trusted_proxies.is_empty() {
+            " (none: the peer address is the client)"
+        } else {
+            ""
+        },
+        clients.ipv6_prefix
+    );
+    println!(
+        "rules ({}), every matching rule applies:",
+        config.policy.rules.len()
+    );
+    for rule in &config.policy.rules {
+        let route = &rule.route;
+        let mut on = Vec::new();
+        if let Some(p) = &route.path {
+            on.push(format!("path = {p}"));
+        }
+        if let Some(p) = &route.path_prefix {
+            on.push(format!("path under {p}"));
+        }
+        if !route.methods.is_empty() {
+            on.push(format!("methods {}", route.methods.join(",")));
+        }
+        if !route.hosts.is_empty() {
+            on.push(format!("hosts {}", route.hosts.join(",")));
+        }
+        if on.is_empty() {
+            on.push("every request".to_owned());
+        }
+        let action = match rule.action {
+            Action::Reject => "reject",
+            Action::Delay => "delay",
+            Action::LogOnly => "log_only",
+        };
+        println!(
+            "  {:<16} {} per key {}, {}, on {}{}{}",
+            rule.name.as_str(),
+            describe(&rule.limit),
+            rule.key,
+            action,
+            on.join(" and "),
+            if rule.allow.is_empty() {
+                String::new()
+            } else {
+                format!(", {} allowed networks", rule.allow.len())
+            },
+            if rule.deny.is_empty() {
+                String::new()
+            } else {
+                format!(", {} denied networks", rule.deny.len())
+            },
+        );
+    }
+    Ok(())
+}
+
+fn describe(limit: &Limit) -> String {
+    let window = |n: Nanos| format!("{:?}", n.to_duration());
+    match limit {
+        Limit::Gcra(g) => format!(
+            "gcra: one every {}, burst {}",
+            window(g.emission_interval()),
+            g.capacity()
+        ),
+        Limit::SlidingWindow(s) => {
+            format!("sliding_window: {} per {}", s.limit(), window(s.period()))
+        }
+        Limit::FixedWindow(f) => format!(
+            "fixed_window: {} per {} (UTC-aligned)",
+            f.limit(),
+            window(f.period())
+        ),
+    }
+}
