@@ -90,6 +90,13 @@ impl Decisions {
         self.0.push(decision);
     }
 
+    /// Replaces the decision of check `i`.
+    pub fn set(&mut self, i: usize, decision: Decision) {
+        if let Some(d) = self.0.get_mut(i) {
+            *d = decision;
+        }
+    }
+
     /// Whether the request passes.
     #[inline]
     pub fn allowed(&self) -> bool {

@@ -19,6 +19,12 @@ pub struct Cli {
 pub enum Command {
     /// Show the limiter at work on simulated traffic: in memory, nothing to install.
     Demo(crate::demo::DemoArgs),
+    /// Run the gateway in front of the upstream named in the configuration.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: std::path::PathBuf,
+    },
     /// Validate a configuration file: print the compiled rules, or every error with its
     /// field path (exit code 1).
     CheckConfig {

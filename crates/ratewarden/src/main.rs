@@ -2,10 +2,13 @@
 //!
 //! `main` stays thin: parse arguments, set up logging, run the chosen command.
 
+mod admin;
 mod check_config;
 mod cli;
 mod config;
 mod demo;
+mod gateway;
+mod metrics;
 
 use clap::Parser;
 
@@ -15,5 +18,20 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Demo(args) => demo::run(&args),
         cli::Command::CheckConfig { file } => check_config::run(&file),
+        cli::Command::Serve { config: path } => {
+            let config = match config::load(&path) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for e in &errors.0 {
+                        eprintln!("{}: {e}", path.display());
+                    }
+                    std::process::exit(1);
+                }
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(gateway::serve(path, config))
+        }
     }
 }

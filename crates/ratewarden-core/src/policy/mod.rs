@@ -82,7 +82,7 @@ pub struct RequestFacts<'a> {
     /// The client's network as it is limited (its address, or its IPv6 prefix).
     pub client_network: IpNet,
     /// Looks up a request header by lower-case name.
-    pub header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
+    pub header: &'a (dyn Fn(&str) -> Option<&'a [u8]> + Sync),
 }
 
 /// The outcome of evaluating a request against the policy.

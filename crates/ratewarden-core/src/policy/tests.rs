@@ -26,7 +26,7 @@ fn facts<'a>(
     method: &'a str,
     path: &'a CanonicalPath,
     ip: &str,
-    header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
+    header: &'a (dyn Fn(&str) -> Option<&'a [u8]> + Sync),
 ) -> RequestFacts<'a> {
     let ip: IpAddr = ip.parse().expect("ip");
     RequestFacts {

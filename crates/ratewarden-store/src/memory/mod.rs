@@ -103,9 +103,12 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     fn decide_all_or_nothing(&self, checks: &[Check<'_>], now: Timestamp) -> Decisions {
-        let preview: Decisions = checks.iter().map(|c| self.preview(c, now)).collect();
+        let preview: Decisions = checks
+            .iter()
+            .map(|c| self.preview(c, now, c.cost()))
+            .collect();
         if !preview.allowed() {
-            return preview;
+            return self.uncharged(checks, &preview, now);
         }
         let mut charged = Decisions::default();
         let mut written: smallvec::SmallVec<[Option<StateBits>; 3]> = smallvec::SmallVec::new();
@@ -118,12 +121,9 @@ impl<C: Clock> MemoryStore<C> {
                         self.refund(earlier, *wrote);
                     }
                 }
-                // The earlier limits admitted but were not charged in the end: report
-                // them as previewed.
-                let mut answer: Decisions = preview.as_slice()[..i].iter().copied().collect();
-                answer.push(decision);
-                answer.extend(preview.as_slice()[i + 1..].iter().copied());
-                return answer;
+                let mut answer = preview.clone();
+                answer.set(i, decision);
+                return self.uncharged(checks, &answer, now);
             }
             charged.push(decision);
             written.push(wrote);
@@ -131,14 +131,31 @@ impl<C: Clock> MemoryStore<C> {
         charged
     }
 
-    /// The decision a check would get now, without charging it.
-    fn preview(&self, check: &Check<'_>, now: Timestamp) -> Decision {
+    /// The decision a check would get now at `cost`, without charging it.
+    fn preview(&self, check: &Check<'_>, now: Timestamp, cost: u32) -> Decision {
         let key = self.table.hash(check.key());
         let state = self
             .table
             .with_existing(key, |entry| live_state(entry, now).1)
             .unwrap_or_default();
-        check.limit().decide(state, now, check.cost()).decision
+        check.limit().decide(state, now, cost).decision
+    }
+
+    /// The answer for a request that was charged to none of its limits: the denials as
+    /// they are, and for each limit that would have admitted, its state as it stands
+    /// (remaining and reset without this request).
+    fn uncharged(&self, checks: &[Check<'_>], decisions: &Decisions, now: Timestamp) -> Decisions {
+        checks
+            .iter()
+            .zip(decisions.as_slice())
+            .map(|(check, d)| {
+                if d.allowed {
+                    self.preview(check, now, 0)
+                } else {
+                    *d
+                }
+            })
+            .collect()
     }
 
     /// Decides a check and, if it admits, charges it; returns the state written.

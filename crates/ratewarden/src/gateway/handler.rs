@@ -1,0 +1,209 @@
+//! One request, start to finish: refuse what cannot be read, identify the client,
+//! evaluate the policy, ask the store once, then answer or forward.
+
+use super::responses::{self, RuleOutcome};
+use super::{Body, Gateway};
+use crate::metrics::{Refusal, RuleDecision};
+use http::header::HOST;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use ratewarden_core::clock::Clock;
+use ratewarden_core::identity::{client_address, client_network};
+use ratewarden_core::path::CanonicalPath;
+use ratewarden_core::policy::{Action, RequestFacts, Rule};
+use ratewarden_core::Decision;
+use ratewarden_store::{Check, CounterKey, Decisions, Store};
+use std::net::SocketAddr;
+
+/// Most times a delayed request waits and asks again before it is rejected.
+const DELAY_ATTEMPTS: usize = 3;
+
+/// Handles one request.
+pub async fn handle(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let metrics = &gateway.metrics;
+    let refuse = |reason: &'static str, detail: &str| {
+        metrics.refused.get_or_create(&Refusal { reason }).inc();
+        responses::bad_request(detail)
+    };
+    // Request smuggling is settled before we see the request: hyper refuses conflicting
+    // Content-Lengths and a Transfer-Encoding that does not end in chunked; when both
+    // Transfer-Encoding and Content-Length come, it drops the length, reads the chunked
+    // body and closes the connection after answering (RFC 9112, section 6.3), so no
+    // second request can hide in the first one's body.
+    let headers = request.headers();
+    let path = match CanonicalPath::parse(request.uri().path()) {
+        Ok(p) => p,
+        Err(e) => return refuse("bad_path", &format!("unreadable path: {e}")),
+    };
+
+    let policy = gateway.policy.load_full();
+    let clients = &policy.clients;
+    let forwarding = clients.forwarding_header;
+    let client = client_address(
+        peer.ip(),
+        forwarding,
+        headers
+            .get_all(forwarding.name())
+            .iter()
+            .map(|v| v.as_bytes()),
+        &clients.trusted_proxies,
+    );
+    if client.spoofed_forwarding {
+        metrics.spoofed_forwarding.inc();
+    }
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .map(|h| strip_port(h).to_ascii_lowercase());
+    let applicable = {
+        let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes());
+        let facts = RequestFacts {
+            method: request.method().as_str(),
+            host: host.as_deref(),
+            path: &path,
+            client_ip: client.ip,
+            client_network: client_network(client.ip, clients.ipv6_prefix),
+            header: &lookup,
+        };
+        policy.evaluate(&facts)
+    };
+    if let Some(rule) = applicable.denied_by {
+        count(gateway, rule, "denied_cidr");
+        return responses::forbidden(rule.name.as_str());
+    }
+
+    let (enforced, shadow): (Vec<_>, Vec<_>) = applicable
+        .checks
+        .iter()
+        .partition(|(rule, _)| rule.action != Action::LogOnly);
+    let started = gateway.clock.now();
+    let checks: Vec<Check<'_>> = enforced
+        .iter()
+        .filter_map(|(rule, key)| {
+            Check::new(CounterKey::new(&rule.name, key), rule.limit, rule.cost).ok()
+        })
+        .collect();
+    let mut decisions = decide(gateway, &checks).await;
+    let mut attempts = 0;
+    while !decisions.allowed() && attempts < DELAY_ATTEMPTS {
+        let Some(wait) = delay_for(&enforced, &decisions) else {
+            break;
+        };
+        let Ok(_permit) = gateway.delayed.try_acquire() else {
+            break;
+        };
+        tokio::time::sleep(wait).await;
+        decisions = decide(gateway, &checks).await;
+        attempts += 1;
+    }
+    for (rule, key) in &shadow {
+        if let Ok(check) = Check::new(CounterKey::new(&rule.name, key), rule.limit, rule.cost) {
+            let d = decide(gateway, &[check]).await;
+            let verdict = if d.allowed() {
+                "allowed"
+            } else {
+                "shadow_limited"
+            };
+            if !d.allowed() {
+                tracing::info!(rule = %rule.name, client = %client.ip, path = %path, "log_only rule would have limited this request");
+            }
+            count(gateway, rule, verdict);
+        }
+    }
+    let elapsed = gateway.clock.now().saturating_since(started);
+    metrics
+        .decision_seconds
+        .observe(elapsed.as_nanos() as f64 / 1e9);
+
+    let outcomes: Vec<RuleOutcome<'_>> = enforced
+        .iter()
+        .zip(decisions.as_slice())
+        .map(|((rule, _), decision)| RuleOutcome {
+            name: rule.name.as_str(),
+            limit: &rule.limit,
+            decision: *decision,
+        })
+        .collect();
+    let speaker = decisions.most_restrictive().map_or(0, |(i, _)| i);
+    if !decisions.allowed() {
+        for ((rule, _), d) in enforced.iter().zip(decisions.as_slice()) {
+            count(
+                gateway,
+                rule,
+                if d.allowed {
+                    "allowed_but_not_charged"
+                } else {
+                    "limited"
+                },
+            );
+        }
+        let limited_by = outcomes.get(speaker).map_or("", |o| o.name);
+        tracing::info!(rule = limited_by, client = %client.ip, path = %path, method = %request.method(), "rate limited");
+        return responses::too_many_requests(&outcomes, speaker);
+    }
+    for (rule, _) in &enforced {
+        count(
+            gateway,
+            rule,
+            if attempts > 0 { "delayed" } else { "allowed" },
+        );
+    }
+    let mut response = gateway.upstream.forward(request, client.ip, metrics).await;
+    responses::add_rate_limit_headers(response.headers_mut(), &outcomes, speaker);
+    response
+}
+
+async fn decide(gateway: &Gateway, checks: &[Check<'_>]) -> Decisions {
+    if checks.is_empty() {
+        return Decisions::default();
+    }
+    // The memory store cannot fail; a store that can will come with its failure policy.
+    gateway.store.decide(checks).await.unwrap_or_default()
+}
+
+/// How long to hold a request that only `delay` rules denied, if they all allow waiting
+/// that long (at most the time their bucket takes to refill).
+fn delay_for(enforced: &[&(&Rule, String)], decisions: &Decisions) -> Option<std::time::Duration> {
+    let mut wait = ratewarden_core::Nanos::ZERO;
+    for ((rule, _), decision) in enforced
+        .iter()
+        .map(|c| (&c.0, &c.1))
+        .zip(decisions.as_slice())
+    {
+        let decision: &Decision = decision;
+        if decision.allowed {
+            continue;
+        }
+        if rule.action != Action::Delay || decision.retry_after > rule.limit.window() {
+            return None;
+        }
+        wait = wait.max(decision.retry_after);
+    }
+    Some(wait.to_duration())
+}
+
+fn count(gateway: &Gateway, rule: &Rule, decision: &'static str) {
+    gateway
+        .metrics
+        .requests
+        .get_or_create(&RuleDecision {
+            rule: rule.name.as_str().to_owned(),
+            decision,
+        })
+        .inc();
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}

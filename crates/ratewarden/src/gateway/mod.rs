@@ -1,0 +1,198 @@
+//! `ratewarden serve`: the reverse proxy.
+//!
+//! One listener accepting HTTP/1.1 and h2c, each request run through [`handler`]: the
+//! client identified, the policy evaluated, the store asked once for all matching rules,
+//! and then either our own answer (429, 403, 400) or the upstream's. The policy lives
+//! behind an `ArcSwap`, so SIGHUP swaps in a new one atomically; counters stay in the
+//! store across reloads. SIGTERM (or Ctrl-C) stops accepting and drains in-flight
+//! requests.
+
+mod forward;
+mod handler;
+pub mod responses;
+
+use crate::config::{self, Config, StoreConfig};
+use crate::metrics::{Metrics, RuleDecision};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use ratewarden_core::clock::SystemClock;
+use ratewarden_core::policy::Policy;
+use ratewarden_store::MemoryStore;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Every body the gateway sends.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What every request handler shares.
+pub struct Gateway {
+    policy: ArcSwap<Policy>,
+    store: Arc<MemoryStore<SystemClock>>,
+    upstream: forward::Upstream,
+    metrics: Arc<Metrics>,
+    clock: SystemClock,
+    delayed: tokio::sync::Semaphore,
+}
+
+/// Runs the gateway until SIGTERM or Ctrl-C.
+pub async fn serve(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+    let StoreConfig::Memory { max_keys } = config.store;
+    let store = Arc::new(MemoryStore::new(
+        NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN),
+    ));
+    let _janitor = store.spawn_janitor(Duration::from_secs(10));
+    let metrics = Arc::new(Metrics::new());
+    let s = &config.server;
+    let gateway = Arc::new(Gateway {
+        policy: ArcSwap::from_pointee(config.policy.clone()),
+        store,
+        upstream: forward::Upstream::new(
+            s.upstream.clone(),
+            s.upstream_connect_timeout,
+            s.upstream_timeout,
+        ),
+        metrics: metrics.clone(),
+        clock: SystemClock::new(),
+        delayed: tokio::sync::Semaphore::new(s.max_delayed),
+    });
+
+    let listener = TcpListener::bind(s.listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, upstream = %s.upstream, rules = config.policy.rules.len(), "gateway listening");
+    if let Some(admin) = s.admin_listen {
+        let admin_listener = TcpListener::bind(admin).await?;
+        tracing::info!(listen = %admin_listener.local_addr()?, "admin listening");
+        let router = crate::admin::router(metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, router).await {
+                tracing::error!(error = %e, "admin server stopped");
+            }
+        });
+    }
+    tokio::spawn(reload_on_sighup(config_path, gateway.clone()));
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_timeout)
+        .max_headers(s.max_headers)
+        .max_buf_size(s.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        // Rapid reset (CVE-2023-44487): a client that resets streams faster than it
+        // lets them run is cut off.
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256)
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gateway = gateway.clone();
+                let service = service_fn(move |request| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handler::handle(&gateway, peer, request).await) }
+                });
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => {
+                tracing::info!("shutting down: draining in-flight requests");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("drain timed out after 30 s"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// SIGHUP: re-read the file; a valid policy replaces the running one, an invalid file is
+/// logged with every error and changes nothing.
+async fn reload_on_sighup(path: PathBuf, gateway: Arc<Gateway>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let outcome = match config::load(&path) {
+                Ok(config) => {
+                    let rules = config.policy.rules.len();
+                    gateway.policy.store(Arc::new(config.policy));
+                    tracing::info!(file = %path.display(), rules, "configuration reloaded");
+                    "applied"
+                }
+                Err(errors) => {
+                    for e in &errors.0 {
+                        tracing::error!(file = %path.display(), error = %e, "configuration not reloaded");
+                    }
+                    "rejected"
+                }
+            };
+            gateway
+                .metrics
+                .reloads
+                .get_or_create(&RuleDecision {
+                    rule: "-".into(),
+                    decision: outcome,
+                })
+                .inc();
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, gateway);
+    }
+}

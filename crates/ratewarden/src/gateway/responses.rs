@@ -1,0 +1,171 @@
+//! Every response the gateway writes itself, and the rate-limit headers: one place for
+//! status codes, problem bodies (RFC 9457) and header rendering.
+//!
+//! Headers follow draft-ietf-httpapi-ratelimit-headers-11 (`RateLimit-Policy`,
+//! `RateLimit`, one list item per rule) and the common `X-RateLimit-*` trio, whose
+//! `Reset` is in seconds from now (like the draft's `t`).
+
+use super::Body;
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use ratewarden_core::{Decision, Limit};
+use std::fmt::Write as _;
+
+/// A rule's decision for the headers.
+pub struct RuleOutcome<'a> {
+    /// The rule's name.
+    pub name: &'a str,
+    /// Its limit (for the policy's window).
+    pub limit: &'a Limit,
+    /// Its decision.
+    pub decision: Decision,
+}
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Adds the rate-limit headers: the draft fields for every rule, the `X-RateLimit-*`
+/// trio for `speaker` (the most restrictive rule).
+pub fn add_rate_limit_headers(
+    headers: &mut HeaderMap,
+    outcomes: &[RuleOutcome<'_>],
+    speaker: usize,
+) {
+    if outcomes.is_empty() {
+        return;
+    }
+    let mut policy = String::new();
+    let mut state = String::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        if i > 0 {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        let window = o.limit.window().as_secs_ceil().max(1);
+        let _ = write!(policy, "\"{}\";q={};w={}", o.name, o.decision.limit, window);
+        let _ = write!(
+            state,
+            "\"{}\";r={};t={}",
+            o.name,
+            o.decision.remaining,
+            o.decision.reset_after.as_secs_ceil()
+        );
+    }
+    insert(headers, &RATELIMIT_POLICY, policy);
+    insert(headers, &RATELIMIT, state);
+    if let Some(o) = outcomes.get(speaker) {
+        insert(headers, &X_LIMIT, o.decision.limit.to_string());
+        insert(headers, &X_REMAINING, o.decision.remaining.to_string());
+        insert(
+            headers,
+            &X_RESET,
+            o.decision.reset_after.as_secs_ceil().to_string(),
+        );
+    }
+}
+
+fn insert(headers: &mut HeaderMap, name: &HeaderName, value: String) {
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// 429 with a problem body naming the violated rules.
+pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Response<Body> {
+    let violated: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.decision.allowed)
+        .map(|o| o.name)
+        .collect();
+    let retry_after = outcomes
+        .iter()
+        .filter(|o| !o.decision.allowed)
+        .map(|o| o.decision.retry_after.as_secs_ceil())
+        .max()
+        .unwrap_or(1)
+        .clamp(1, 86_400 * 366);
+    let rule = outcomes.get(speaker).map_or("", |o| o.name);
+    let body = serde_json::json!({
+        "type": "https://ratewarden.dev/problems/rate-limited",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": format!("rate limit {rule:?} exceeded; retry in {retry_after} s"),
+        "error": "rate_limited",
+        "rule": rule,
+        "retry_after": retry_after,
+        "violated-policies": violated,
+    });
+    let mut response = problem(StatusCode::TOO_MANY_REQUESTS, &body);
+    let headers = response.headers_mut();
+    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    add_rate_limit_headers(headers, outcomes, speaker);
+    response
+}
+
+/// 403 for a client on a rule's deny list.
+pub fn forbidden(rule: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "https://ratewarden.dev/problems/forbidden",
+        "title": "Forbidden",
+        "status": 403,
+        "detail": "this client is not allowed",
+        "error": "forbidden",
+        "rule": rule,
+    });
+    problem(StatusCode::FORBIDDEN, &body)
+}
+
+/// 400 for a request the gateway will not interpret (bad path, smuggling attempt).
+pub fn bad_request(detail: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "https://ratewarden.dev/problems/bad-request",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": detail,
+        "error": "bad_request",
+    });
+    let mut response = problem(StatusCode::BAD_REQUEST, &body);
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// 502 or 504 when the upstream fails.
+pub fn upstream_failure(status: StatusCode, detail: &str) -> Response<Body> {
+    let error = if status == StatusCode::GATEWAY_TIMEOUT {
+        "upstream_timeout"
+    } else {
+        "upstream_unavailable"
+    };
+    let body = serde_json::json!({
+        "type": format!("https://ratewarden.dev/problems/{error}"),
+        "title": status.canonical_reason().unwrap_or("Bad Gateway"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "error": error,
+    });
+    problem(status, &body)
+}
+
+fn problem(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// A complete body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}

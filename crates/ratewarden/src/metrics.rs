@@ -1,0 +1,112 @@
+//! The gateway's Prometheus metrics, in one registry, encoded as text for `/metrics`.
+//!
+//! Labels never carry client data (no IPs, keys or paths): only rule names from the
+//! configuration and fixed words.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Rule and what happened to a request under it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleDecision {
+    /// The rule's name.
+    pub rule: String,
+    /// allowed, limited, delayed, shadow_limited, denied_cidr.
+    pub decision: &'static str,
+}
+
+/// What went wrong talking to the upstream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamError {
+    /// connect, timeout.
+    pub kind: &'static str,
+}
+
+/// Why a request was refused before any rule ran.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    /// bad_path.
+    pub reason: &'static str,
+}
+
+/// Every metric the gateway keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests per rule and decision.
+    pub requests: Family<RuleDecision, Counter>,
+    /// Time to decide a request (store round trip included), seconds.
+    pub decision_seconds: Histogram,
+    /// Upstream failures.
+    pub upstream_errors: Family<UpstreamError, Counter>,
+    /// Forwarding headers sent by peers that are not trusted proxies.
+    pub spoofed_forwarding: Counter,
+    /// Requests refused before rules (unreadable paths).
+    pub refused: Family<Refusal, Counter>,
+    /// Configuration reloads, by outcome.
+    pub reloads: Family<RuleDecision, Counter>,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ratewarden");
+        let requests = Family::<RuleDecision, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by rule and decision",
+            requests.clone(),
+        );
+        let decision_seconds = Histogram::new(exponential_buckets(0.000_002, 2.0, 18));
+        registry.register(
+            "decision_seconds",
+            "Time to decide a request against its rules",
+            decision_seconds.clone(),
+        );
+        let upstream_errors = Family::<UpstreamError, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by kind",
+            upstream_errors.clone(),
+        );
+        let spoofed_forwarding = Counter::default();
+        registry.register(
+            "spoofed_forwarding_headers",
+            "Forwarding headers from peers that are not trusted proxies (ignored)",
+            spoofed_forwarding.clone(),
+        );
+        let refused = Family::<Refusal, Counter>::default();
+        registry.register(
+            "refused",
+            "Requests refused before any rule, by reason",
+            refused.clone(),
+        );
+        let reloads = Family::<RuleDecision, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (rule=\"-\"), by outcome",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            decision_seconds,
+            upstream_errors,
+            spoofed_forwarding,
+            refused,
+            reloads,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,316 @@
+//! The real binary on loopback, in front of a real upstream: what users rely on.
+//!
+//! Each test writes a config with free ports, starts `ratewarden serve`, and talks raw
+//! HTTP/1.1 to it from chosen 127.x.y.z source addresses, so every byte (spoofed headers,
+//! path tricks, smuggling attempts) is exactly as a client would send it.
+
+mod support;
+
+use std::time::Duration;
+use support::{free_port, Gateway, Upstream};
+
+fn config(listen: u16, upstream: u16, admin: u16, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{listen}"
+upstream = "http://127.0.0.1:{upstream}"
+admin_listen = "127.0.0.1:{admin}"
+header_timeout = "1s"
+upstream_timeout = "2s"
+upstream_connect_timeout = "1s"
+max_headers = 50
+{extra}
+"#
+    )
+}
+
+const AUTH_RULES: &str = r#"
+[[rules]]
+name = "api"
+match = { path_prefix = "/api/v1/" }
+rate = "1/h"
+burst = 10
+
+[[rules]]
+name = "auth"
+match = { path_prefix = "/api/v1/auth" }
+rate = "1/h"
+burst = 2
+"#;
+
+fn start(extra: &str) -> (Gateway, Upstream) {
+    let upstream = Upstream::start();
+    let gateway = Gateway::start(&config(free_port(), upstream.port, free_port(), extra));
+    (gateway, upstream)
+}
+
+#[test]
+fn exact_429_counts_and_headers() {
+    let (gw, upstream) = start(AUTH_RULES);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(gw.get("127.0.0.2", "/api/v1/auth/login", &[]).status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    assert_eq!(upstream.requests(), 2);
+
+    let denied = gw.get("127.0.0.2", "/api/v1/auth/login", &[]);
+    assert_eq!(denied.status, 429);
+    assert_eq!(
+        denied.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(denied.header("retry-after"), Some("3600"));
+    assert_eq!(denied.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(denied.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(denied.header("x-ratelimit-reset"), Some("7200"));
+    assert_eq!(
+        denied.header("ratelimit-policy"),
+        Some(r#""api";q=10;w=36000, "auth";q=2;w=7200"#)
+    );
+    assert_eq!(
+        denied.header("ratelimit"),
+        Some(r#""api";r=8;t=7200, "auth";r=0;t=7200"#)
+    );
+    let body: serde_json::Value = serde_json::from_str(&denied.body).expect("json body");
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(body["rule"], "auth");
+    assert_eq!(body["retry_after"], 3600);
+    assert_eq!(body["status"], 429);
+    assert_eq!(body["violated-policies"], serde_json::json!(["auth"]));
+
+    // A client over the auth limit has drained nothing of the broader api quota: 8 left.
+    let ok = gw.get("127.0.0.2", "/api/v1/users", &[]);
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-ratelimit-remaining"), Some("7"));
+    assert_eq!(ok.header("ratelimit"), Some(r#""api";r=7;t=10800"#));
+}
+
+#[test]
+fn a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
+    let (gw, upstream) = start(AUTH_RULES);
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let fake = format!("198.51.100.{i}");
+        statuses.push(
+            gw.get(
+                "127.0.0.3",
+                "/api/v1/auth/x",
+                &[
+                    ("X-Forwarded-For", &fake),
+                    ("Forwarded", &format!("for={fake}")),
+                ],
+            )
+            .status,
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    assert_eq!(upstream.last_forwarded_for().as_deref(), Some("127.0.0.3"));
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("ratewarden_spoofed_forwarding_headers_total 4"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_trusted_proxy_chain_is_honoured() {
+    let (gw, upstream) = start(&format!(
+        "[clients]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{AUTH_RULES}"
+    ));
+    // Two clients behind the same proxy address get separate buckets.
+    for client in ["203.0.113.1", "203.0.113.2"] {
+        let chain = format!("6.6.6.6, {client}, 127.0.0.9");
+        let statuses: Vec<u16> = (0..3)
+            .map(|_| {
+                gw.get(
+                    "127.0.0.4",
+                    "/api/v1/auth/x",
+                    &[("X-Forwarded-For", &chain)],
+                )
+                .status
+            })
+            .collect();
+        assert_eq!(statuses, [200, 200, 429], "{client}");
+    }
+    assert_eq!(
+        upstream.last_forwarded_for().as_deref(),
+        Some("203.0.113.2")
+    );
+}
+
+#[test]
+fn every_spelling_of_a_limited_path_is_limited() {
+    let (gw, _upstream) = start(AUTH_RULES);
+    let variants = [
+        "/API//v1/%61uth/login",
+        "/api/v1/./auth/login",
+        "/api/v1/x/../auth/login",
+        "/api/v1/auth/login/",
+        "/api/v1/auth;x/login",
+        "/api%2Fv1%2Fauth/login",
+        "/api/v1/auth/login.",
+        "/Api/V1/Auth/Login?x=1",
+    ];
+    for (i, variant) in variants.iter().enumerate() {
+        let source = format!("127.0.1.{}", i + 1);
+        assert_eq!(gw.get(&source, "/api/v1/auth/login", &[]).status, 200);
+        assert_eq!(gw.get(&source, "/api/v1/auth/login", &[]).status, 200);
+        assert_eq!(
+            gw.get(&source, variant, &[]).status,
+            429,
+            "{variant} slipped past the auth rule"
+        );
+    }
+    for refused in [
+        "/api/v1/%252e%252e/auth",
+        "/api/%ff/auth",
+        "/api/%zz",
+        "/../api/v1/auth",
+    ] {
+        assert_eq!(gw.get("127.0.2.1", refused, &[]).status, 400, "{refused}");
+    }
+}
+
+#[test]
+fn smuggling_attempts_and_oversized_heads_are_refused() {
+    let (gw, upstream) = start(AUTH_RULES);
+    // CL.TE desync: a front end that trusted Content-Length would pass the rest of the
+    // body on as a second request. Here Transfer-Encoding wins, the body ends at the
+    // empty chunk, the length is dropped and the connection closes: the smuggled request
+    // never reaches the upstream.
+    let desync = gw.raw(
+        "127.0.0.5",
+        b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(
+        desync.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer only: {desync}"
+    );
+    assert!(
+        !upstream.paths().iter().any(|p| p.contains("smuggled")),
+        "{:?}",
+        upstream.paths()
+    );
+    assert!(upstream.saw_no_content_length_with_chunked());
+    let before = upstream.requests();
+    let two_lengths = gw.raw(
+        "127.0.0.5",
+        b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    );
+    assert!(two_lengths.starts_with("HTTP/1.1 400"), "{two_lengths}");
+    let bad_te = gw.raw(
+        "127.0.0.5",
+        b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    );
+    assert!(bad_te.starts_with("HTTP/1.1 400"), "{bad_te}");
+    let mut many = String::from("GET /api/v1/users HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..200 {
+        many.push_str(&format!("X-Filler-{i}: y\r\n"));
+    }
+    many.push_str("\r\n");
+    let too_many = gw.raw("127.0.0.5", many.as_bytes());
+    assert!(too_many.starts_with("HTTP/1.1 431"), "{too_many}");
+    let huge = format!(
+        "GET /api/v1/users HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let too_big = gw.raw("127.0.0.5", huge.as_bytes());
+    assert!(
+        too_big.starts_with("HTTP/1.1 431"),
+        "{}",
+        &too_big[..too_big.len().min(200)]
+    );
+    assert_eq!(
+        upstream.requests(),
+        before,
+        "the upstream saw none of the refused requests"
+    );
+}
+
+#[test]
+fn upstream_down_is_a_502_with_a_json_body() {
+    let gw = Gateway::start(&config(free_port(), free_port(), free_port(), AUTH_RULES));
+    let r = gw.get("127.0.0.6", "/api/v1/users", &[]);
+    assert_eq!(r.status, 502);
+    let body: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(body["error"], "upstream_unavailable");
+}
+
+#[test]
+fn a_slowloris_client_is_cut_off_while_others_are_served() {
+    let (gw, _upstream) = start(AUTH_RULES);
+    let slow = gw.slow_header("127.0.0.7", Duration::from_millis(400));
+    assert_eq!(gw.get("127.0.0.8", "/api/v1/users", &[]).status, 200);
+    let cut_after = slow.join().expect("slow client");
+    assert!(
+        cut_after < Duration::from_secs(4),
+        "slow client held on for {cut_after:?}"
+    );
+}
+
+#[test]
+fn reload_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
+    let upstream = Upstream::start();
+    let (listen, admin) = (free_port(), free_port());
+    let gw = Gateway::start(&config(listen, upstream.port, admin, AUTH_RULES));
+    assert_eq!(gw.get("127.0.3.1", "/api/v1/auth/x", &[]).status, 200);
+    assert_eq!(gw.get("127.0.3.1", "/api/v1/auth/x", &[]).status, 200);
+    assert_eq!(gw.get("127.0.3.1", "/api/v1/auth/x", &[]).status, 429);
+
+    // Broken file: logged, running policy unchanged.
+    gw.rewrite_config("[server]\nlisten = \"nope\"\n");
+    gw.reload();
+    assert_eq!(gw.get("127.0.3.2", "/api/v1/auth/x", &[]).status, 200);
+    assert_eq!(gw.get("127.0.3.2", "/api/v1/auth/x", &[]).status, 200);
+    assert_eq!(gw.get("127.0.3.2", "/api/v1/auth/x", &[]).status, 429);
+    assert!(gw.metrics().contains(r#"decision="rejected""#));
+
+    // A valid file with a looser auth rule: applied; counters of the rule carry over.
+    let looser = AUTH_RULES.replace("burst = 2", "burst = 4");
+    gw.rewrite_config(&config(listen, upstream.port, admin, &looser));
+    gw.reload();
+    assert_eq!(gw.get("127.0.3.3", "/api/v1/auth/x", &[]).status, 200);
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| gw.get("127.0.3.3", "/api/v1/auth/x", &[]).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+}
+
+#[test]
+fn check_config_names_every_error_with_its_field() {
+    let dir = support::temp_dir();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:1\"\nupstream = \"http://127.0.0.1:2\"\n[[rules]]\nname = \"a\"\nrate = \"10/fortnight\"\n[[rules]]\nname = \"b\"\nrate = \"1/s\"\nburst = 0\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ratewarden"))
+        .args(["check-config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"rules[0].rate: "10/fortnight" is not a rate: unknown unit "fortnight""#),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rules[1].burst: 0 is not a burst"),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ratewarden"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "serve refuses an invalid config"
+    );
+}

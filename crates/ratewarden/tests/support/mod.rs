@@ -1,0 +1,334 @@
+//! Test harness: free ports, a real upstream, the real gateway binary, and a raw HTTP/1.1
+//! client that can speak from any 127.x.y.z address.
+#![allow(dead_code, clippy::disallowed_methods)] // tests measure wall time with Instant
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Runtime;
+
+fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ratewarden-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// An upstream API that answers 200 to everything and remembers what it saw.
+pub struct Upstream {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// What the upstream saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    pub forwarded_for: Option<String>,
+    pub content_length: bool,
+    pub chunked: bool,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let listener = runtime()
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind upstream");
+        let port = listener.local_addr().expect("addr").port();
+        let log = seen.clone();
+        runtime().spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let h = req.headers();
+                        let seen = Seen {
+                            path: req.uri().to_string(),
+                            forwarded_for: h
+                                .get("x-forwarded-for")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned),
+                            content_length: h.contains_key("content-length"),
+                            chunked: h
+                                .get("transfer-encoding")
+                                .is_some_and(|v| v.as_bytes().ends_with(b"chunked")),
+                        };
+                        if let Ok(mut log) = log.lock() {
+                            log.push(seen);
+                        }
+                        let body = format!("upstream saw {}", req.uri());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { port, seen }
+    }
+
+    /// Requests received.
+    pub fn requests(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// The `X-Forwarded-For` of the last request.
+    pub fn last_forwarded_for(&self) -> Option<String> {
+        self.seen
+            .lock()
+            .ok()
+            .and_then(|s| s.last().and_then(|r| r.forwarded_for.clone()))
+    }
+
+    /// Paths received.
+    pub fn paths(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .map(|s| s.iter().map(|r| r.path.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// No request came with both a length and chunked encoding.
+    pub fn saw_no_content_length_with_chunked(&self) -> bool {
+        self.seen
+            .lock()
+            .map(|s| !s.iter().any(|r| r.content_length && r.chunked))
+            .unwrap_or(false)
+    }
+}
+
+/// A response as parsed from the wire.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The `ratewarden serve` process.
+pub struct Gateway {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+}
+
+fn address_of(config: &str, key: &str) -> SocketAddr {
+    config
+        .lines()
+        .find_map(|l| {
+            l.trim().strip_prefix(key).map(|v| {
+                v.trim()
+                    .trim_start_matches('=')
+                    .trim()
+                    .trim_matches('"')
+                    .to_owned()
+            })
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in config"))
+}
+
+impl Gateway {
+    /// Starts the binary with this configuration and waits until it listens.
+    pub fn start(config: &str) -> Gateway {
+        let dir = temp_dir();
+        let path = dir.join("ratewarden.toml");
+        std::fs::write(&path, config).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_ratewarden"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ratewarden");
+        let gateway = Gateway {
+            child,
+            listen: address_of(config, "listen"),
+            admin: address_of(config, "admin_listen"),
+            config: path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(gateway.listen).is_err()
+            || std::net::TcpStream::connect(gateway.admin).is_err()
+        {
+            assert!(Instant::now() < deadline, "gateway did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gateway
+    }
+
+    /// Sends raw bytes from `source` and returns everything the gateway answered.
+    pub fn raw(&self, source: &str, request: &[u8]) -> String {
+        let target = self.listen;
+        let source: SocketAddr = format!("{source}:0").parse().expect("source");
+        let request = request.to_vec();
+        runtime().block_on(async move {
+            let socket = TcpSocket::new_v4().expect("socket");
+            socket.bind(source).expect("bind source");
+            let mut stream = socket.connect(target).await.expect("connect");
+            stream.write_all(&request).await.expect("write");
+            let mut out = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    }
+
+    /// A GET from `source` with extra headers.
+    pub fn get(&self, source: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n");
+        for (n, v) in headers {
+            request.push_str(&format!("{n}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        parse(&self.raw(source, request.as_bytes()))
+    }
+
+    /// Opens a connection from `source` and sends a request head one byte every `pace`,
+    /// never finishing; returns how long until the gateway closed it.
+    pub fn slow_header(&self, source: &str, pace: Duration) -> std::thread::JoinHandle<Duration> {
+        let target = self.listen;
+        let source: SocketAddr = format!("{source}:0").parse().expect("source");
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let socket = TcpSocket::new_v4().expect("socket");
+                socket.bind(source).expect("bind");
+                let mut stream = socket.connect(target).await.expect("connect");
+                let started = Instant::now();
+                for byte in b"GET /api/v1/users HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter().cycle().take(40) {
+                    if stream.write_all(&[*byte]).await.is_err() {
+                        return started.elapsed();
+                    }
+                    tokio::time::sleep(pace).await;
+                    let mut buf = [0u8; 1];
+                    if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+                        return started.elapsed();
+                    }
+                }
+                started.elapsed()
+            })
+        })
+    }
+
+    /// The admin port's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let admin = self.admin;
+        let text = runtime().block_on(async move {
+            let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
+            let mut out = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        parse(&text).body
+    }
+
+    /// Replaces the configuration file.
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("rewrite config");
+    }
+
+    /// Sends SIGHUP and waits until the gateway has counted the reload.
+    pub fn reload(&self) {
+        let reloads = |m: String| -> usize {
+            m.lines()
+                .filter(|l| l.starts_with("ratewarden_config_reloads_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+                .sum()
+        };
+        let before = reloads(self.metrics());
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads(self.metrics()) <= before {
+            assert!(Instant::now() < deadline, "reload not seen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse(raw: &str) -> Reply {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
