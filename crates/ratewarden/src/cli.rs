@@ -17,7 +17,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the limiter at work on simulated traffic: in memory, nothing to install.
+    /// A sample API, the gateway in front of it and simulated clients over loopback:
+    /// in memory, nothing to install.
     Demo(crate::demo::DemoArgs),
     /// Run the gateway in front of the upstream named in the configuration.
     Serve {
@@ -42,10 +43,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr through `tracing`; `RUST_LOG` filters them (default `info`).
-pub fn init_logging(format: LogFormat) {
+/// Logs go to stderr through `tracing`; `RUST_LOG` filters them (default `default_level`).
+pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -14,7 +14,12 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
-    cli::init_logging(cli.log_format);
+    // The demo prints its own report; per-request logs would drown it.
+    let default_level = match cli.command {
+        cli::Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    cli::init_logging(cli.log_format, default_level);
     match cli.command {
         cli::Command::Demo(args) => demo::run(&args),
         cli::Command::CheckConfig { file } => check_config::run(&file),

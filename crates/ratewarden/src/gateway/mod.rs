@@ -42,97 +42,129 @@ pub struct Gateway {
     delayed: tokio::sync::Semaphore,
 }
 
-/// Runs the gateway until SIGTERM or Ctrl-C.
+/// Runs the gateway until SIGTERM or Ctrl-C; SIGHUP reloads `config_path`.
 pub async fn serve(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
-    let StoreConfig::Memory { max_keys } = config.store;
-    let store = Arc::new(MemoryStore::new(
-        NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN),
-    ));
-    let _janitor = store.spawn_janitor(Duration::from_secs(10));
-    let metrics = Arc::new(Metrics::new());
-    let s = &config.server;
-    let gateway = Arc::new(Gateway {
-        policy: ArcSwap::from_pointee(config.policy.clone()),
-        store,
-        upstream: forward::Upstream::new(
-            s.upstream.clone(),
-            s.upstream_connect_timeout,
-            s.upstream_timeout,
-        ),
-        metrics: metrics.clone(),
-        clock: SystemClock::new(),
-        delayed: tokio::sync::Semaphore::new(s.max_delayed),
-    });
+    let bound = Bound::new(config).await?;
+    tokio::spawn(reload_on_sighup(config_path, bound.gateway.clone()));
+    bound.run(shutdown_signal()).await
+}
 
-    let listener = TcpListener::bind(s.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, upstream = %s.upstream, rules = config.policy.rules.len(), "gateway listening");
-    if let Some(admin) = s.admin_listen {
-        let admin_listener = TcpListener::bind(admin).await?;
-        tracing::info!(listen = %admin_listener.local_addr()?, "admin listening");
-        let router = crate::admin::router(metrics.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, router).await {
-                tracing::error!(error = %e, "admin server stopped");
-            }
+/// A gateway whose sockets are bound, not yet serving.
+pub struct Bound {
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    builder: Builder<TokioExecutor>,
+}
+
+impl Bound {
+    /// Binds the gateway's listener (and admin port) for `config`.
+    pub async fn new(config: Config) -> anyhow::Result<Bound> {
+        let StoreConfig::Memory { max_keys } = config.store;
+        let store = Arc::new(MemoryStore::new(
+            NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN),
+        ));
+        let _janitor = store.spawn_janitor(Duration::from_secs(10));
+        let metrics = Arc::new(Metrics::new());
+        let s = &config.server;
+        let gateway = Arc::new(Gateway {
+            policy: ArcSwap::from_pointee(config.policy.clone()),
+            store,
+            upstream: forward::Upstream::new(
+                s.upstream.clone(),
+                s.upstream_connect_timeout,
+                s.upstream_timeout,
+            ),
+            metrics: metrics.clone(),
+            clock: SystemClock::new(),
+            delayed: tokio::sync::Semaphore::new(s.max_delayed),
         });
+        let listener = TcpListener::bind(s.listen).await?;
+        tracing::info!(listen = %listener.local_addr()?, upstream = %s.upstream, rules = config.policy.rules.len(), "gateway listening");
+        if let Some(admin) = s.admin_listen {
+            let admin_listener = TcpListener::bind(admin).await?;
+            tracing::info!(listen = %admin_listener.local_addr()?, "admin listening");
+            let router = crate::admin::router(metrics.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin_listener, router).await {
+                    tracing::error!(error = %e, "admin server stopped");
+                }
+            });
+        }
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(s.header_timeout)
+            .max_headers(s.max_headers)
+            .max_buf_size(s.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            // Rapid reset (CVE-2023-44487): a client that resets streams faster than it
+            // lets them run is cut off.
+            .max_pending_accept_reset_streams(64)
+            .max_local_error_reset_streams(256)
+            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+        Ok(Bound {
+            listener,
+            gateway,
+            builder,
+        })
     }
-    tokio::spawn(reload_on_sighup(config_path, gateway.clone()));
 
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(s.header_timeout)
-        .max_headers(s.max_headers)
-        .max_buf_size(s.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        // Rapid reset (CVE-2023-44487): a client that resets streams faster than it
-        // lets them run is cut off.
-        .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(256)
-        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let gateway = gateway.clone();
-                let service = service_fn(move |request| {
+    /// Where the gateway listens.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests (30 s at most).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let Bound {
+            listener,
+            gateway,
+            builder,
+        } = self;
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
                     let gateway = gateway.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handler::handle(&gateway, peer, request).await) }
-                });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => {
-                tracing::info!("shutting down: draining in-flight requests");
-                break;
+                    let service = service_fn(move |request| {
+                        let gateway = gateway.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handler::handle(&gateway, peer, request).await) }
+                    });
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection.into_owned());
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut shutdown => {
+                    tracing::info!("shutting down: draining in-flight requests");
+                    break;
+                }
             }
         }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections closed"),
+            () = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("drain timed out after 30 s"),
+        }
+        Ok(())
     }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("drain timed out after 30 s"),
-    }
-    Ok(())
 }
 
 async fn shutdown_signal() {
