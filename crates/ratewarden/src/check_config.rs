@@ -54,6 +54,9 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
         if let Some(p) = &route.path_prefix {
             on.push(format!("path under {p}"));
         }
+        for p in &route.except_path_prefixes {
+            on.push(format!("not under {p}"));
+        }
         if !route.methods.is_empty() {
             on.push(format!("methods {}", route.methods.join(",")));
         }

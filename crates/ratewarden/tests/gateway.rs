@@ -314,3 +314,67 @@ fn check_config_names_every_error_with_its_field() {
         "serve refuses an invalid config"
     );
 }
+
+#[test]
+#[allow(clippy::disallowed_methods)] // the delay itself is the behaviour under test
+fn delay_holds_requests_until_their_turn_and_log_only_never_rejects() {
+    let (gw, _upstream) = start(
+        r#"
+[[rules]]
+name = "paced"
+match = { path_prefix = "/paced" }
+rate = "10/s"
+burst = 4
+action = "delay"
+
+[[rules]]
+name = "shadow"
+match = { path_prefix = "/shadow" }
+rate = "1/h"
+burst = 1
+action = "log_only"
+"#,
+    );
+    let gw = std::sync::Arc::new(gw);
+    let started = std::time::Instant::now();
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let gw = gw.clone();
+            std::thread::spawn(move || {
+                let r = gw.get("127.0.4.1", "/paced", &[]);
+                (r.status, std::time::Instant::now())
+            })
+        })
+        .collect();
+    let results: Vec<(u16, std::time::Instant)> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .collect();
+    let passed: Vec<_> = results.iter().filter(|(s, _)| *s == 200).collect();
+    let limited = results.iter().filter(|(s, _)| *s == 429).count();
+    assert_eq!(
+        (passed.len(), limited),
+        (4, 2),
+        "a burst of 4 is queued, the rest refused"
+    );
+    let last = passed.iter().map(|(_, t)| *t).max().expect("some passed");
+    // The fourth admitted request waits three intervals of 100 ms.
+    assert!(
+        last.duration_since(started) >= Duration::from_millis(280),
+        "{:?}",
+        last.duration_since(started)
+    );
+
+    for _ in 0..5 {
+        assert_eq!(gw.get("127.0.4.2", "/shadow", &[]).status, 200);
+    }
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(r#"ratewarden_requests_total{rule="shadow",decision="shadow_limited"} 4"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"ratewarden_requests_total{rule="paced",decision="delayed"} 3"#),
+        "{metrics}"
+    );
+}

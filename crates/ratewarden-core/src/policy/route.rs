@@ -10,6 +10,9 @@ pub struct RouteMatch {
     pub path: Option<CanonicalPath>,
     /// The canonical path must be this or lie under it (whole segments).
     pub path_prefix: Option<CanonicalPath>,
+    /// ...and must not lie under any of these (to carve a more specific route out of a
+    /// broad one, as nginx's longest-prefix `location` does).
+    pub except_path_prefixes: Vec<CanonicalPath>,
     /// The method must be one of these (upper case); empty: any.
     pub methods: Vec<String>,
     /// The host must be one of these (lower case, no port); empty: any.
@@ -28,6 +31,13 @@ impl RouteMatch {
             if !request.path.starts_with(prefix) {
                 return false;
             }
+        }
+        if self
+            .except_path_prefixes
+            .iter()
+            .any(|p| request.path.starts_with(p))
+        {
+            return false;
         }
         if !self.methods.is_empty()
             && !self

@@ -73,6 +73,28 @@ fn every_matching_rule_applies_in_order() {
 }
 
 #[test]
+fn except_prefixes_carve_out_specific_routes() {
+    let mut general = rule("api", prefix("/api/v1/"), "ip");
+    general.route.except_path_prefixes = vec![CanonicalPath::parse("/api/v1/auth/").expect("path")];
+    let policy = Policy {
+        rules: vec![general, rule("auth", prefix("/api/v1/auth/"), "ip")],
+        ..Policy::default()
+    };
+    let names = |p: &str| -> Vec<String> {
+        let path = CanonicalPath::parse(p).expect("path");
+        let none = |_: &str| None;
+        let applicable = policy.evaluate(&facts("GET", &path, "198.51.100.1", &none));
+        applicable
+            .checks
+            .iter()
+            .map(|(r, _)| r.name.as_str().to_owned())
+            .collect()
+    };
+    assert_eq!(names("/api/v1/users"), ["api"]);
+    assert_eq!(names("/API/v1/Auth/login"), ["auth"]);
+}
+
+#[test]
 fn keys_cannot_be_forged_through_header_values() {
     let template = KeyTemplate::parse("header:X-A + header:x-b").expect("key");
     let path = CanonicalPath::parse("/").expect("path");

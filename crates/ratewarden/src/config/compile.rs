@@ -254,6 +254,12 @@ fn rule(raw: &RawRule, field: &str, errors: &mut Errors) -> Option<Rule> {
             None
         }
     };
+    if raw.action.as_deref() == Some("delay") && !matches!(limit, Some(Limit::Gcra(_)) | None) {
+        errors.add(
+            f("action"),
+            "delay needs algorithm = \"gcra\" (requests are held until their turn at the rate)",
+        );
+    }
     if let (Some(limit), Some(cost)) = (limit, cost) {
         errors.check(&f("cost"), limit.check_cost(cost));
     }
@@ -308,6 +314,19 @@ fn route(raw: &RawMatch, field: &str, errors: &mut Errors) -> Option<RouteMatch>
     };
     let exact = path(errors, "path", &raw.path);
     let prefix = path(errors, "path_prefix", &raw.path_prefix);
+    let except: Vec<CanonicalPath> = raw
+        .except_path_prefixes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            path(
+                errors,
+                &format!("except_path_prefixes[{i}]"),
+                &Some(p.clone()),
+            )
+            .flatten()
+        })
+        .collect();
     let mut methods = Vec::new();
     for (i, m) in raw.methods.iter().enumerate() {
         if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -327,6 +346,7 @@ fn route(raw: &RawMatch, field: &str, errors: &mut Errors) -> Option<RouteMatch>
     Some(RouteMatch {
         path: exact?,
         path_prefix: prefix?,
+        except_path_prefixes: except,
         methods,
         hosts,
     })

@@ -70,6 +70,8 @@ pub struct RawMatch {
     pub path: Option<String>,
     pub path_prefix: Option<String>,
     #[serde(default)]
+    pub except_path_prefixes: Vec<String>,
+    #[serde(default)]
     pub methods: Vec<String>,
     #[serde(default)]
     pub hosts: Vec<String>,

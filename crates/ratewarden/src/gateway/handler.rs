@@ -11,12 +11,8 @@ use ratewarden_core::clock::Clock;
 use ratewarden_core::identity::{client_address, client_network};
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, RequestFacts, Rule};
-use ratewarden_core::Decision;
 use ratewarden_store::{Check, CounterKey, Decisions, Store};
 use std::net::SocketAddr;
-
-/// Most times a delayed request waits and asks again before it is rejected.
-const DELAY_ATTEMPTS: usize = 3;
 
 /// Handles one request.
 pub async fn handle(
@@ -89,17 +85,38 @@ pub async fn handle(
         })
         .collect();
     let mut decisions = decide(gateway, &checks).await;
-    let mut attempts = 0;
-    while !decisions.allowed() && attempts < DELAY_ATTEMPTS {
-        let Some(wait) = delay_for(&enforced, &decisions) else {
-            break;
-        };
-        let Ok(_permit) = gateway.delayed.try_acquire() else {
-            break;
-        };
-        tokio::time::sleep(wait).await;
-        decisions = decide(gateway, &checks).await;
-        attempts += 1;
+    // `delay` rules (nginx's limit_req without nodelay): an admitted request is held
+    // until its turn at the steady rate; beyond the burst it was denied anyway.
+    let wait = if decisions.allowed() {
+        delay_for(&enforced, &decisions)
+    } else {
+        std::time::Duration::ZERO
+    };
+    let mut delayed = false;
+    if !wait.is_zero() {
+        match gateway.delayed.try_acquire() {
+            Ok(_permit) => {
+                tokio::time::sleep(wait).await;
+                delayed = true;
+            }
+            Err(_) => {
+                // Too many requests already held: refuse rather than queue without bound.
+                // The admission stays charged, which only makes the limit stricter.
+                for (i, ((rule, _), d)) in enforced
+                    .iter()
+                    .zip(decisions.clone().as_slice())
+                    .enumerate()
+                {
+                    if rule.action == Action::Delay {
+                        let mut denied = *d;
+                        denied.allowed = false;
+                        denied.retry_after =
+                            ratewarden_core::Nanos::from(wait).max(ratewarden_core::Nanos(1));
+                        decisions.set(i, denied);
+                    }
+                }
+            }
+        }
     }
     for (rule, key) in &shadow {
         if let Ok(check) = Check::new(CounterKey::new(&rule.name, key), rule.limit, rule.cost) {
@@ -147,11 +164,7 @@ pub async fn handle(
         return responses::too_many_requests(&outcomes, speaker);
     }
     for (rule, _) in &enforced {
-        count(
-            gateway,
-            rule,
-            if attempts > 0 { "delayed" } else { "allowed" },
-        );
+        count(gateway, rule, if delayed { "delayed" } else { "allowed" });
     }
     let mut response = gateway.upstream.forward(request, client.ip, metrics).await;
     responses::add_rate_limit_headers(response.headers_mut(), &outcomes, speaker);
@@ -166,25 +179,28 @@ async fn decide(gateway: &Gateway, checks: &[Check<'_>]) -> Decisions {
     gateway.store.decide(checks).await.unwrap_or_default()
 }
 
-/// How long to hold a request that only `delay` rules denied, if they all allow waiting
-/// that long (at most the time their bucket takes to refill).
-fn delay_for(enforced: &[&(&Rule, String)], decisions: &Decisions) -> Option<std::time::Duration> {
+/// How long to hold an admitted request for its `delay` rules: until its turn at the
+/// steady rate, i.e. the time its GCRA charge runs ahead of the present, less the one
+/// interval a request may always have.
+fn delay_for(enforced: &[&(&Rule, String)], decisions: &Decisions) -> std::time::Duration {
     let mut wait = ratewarden_core::Nanos::ZERO;
     for ((rule, _), decision) in enforced
         .iter()
         .map(|c| (&c.0, &c.1))
         .zip(decisions.as_slice())
     {
-        let decision: &Decision = decision;
-        if decision.allowed {
+        if rule.action != Action::Delay {
             continue;
         }
-        if rule.action != Action::Delay || decision.retry_after > rule.limit.window() {
-            return None;
+        if let ratewarden_core::Limit::Gcra(g) = rule.limit {
+            let ahead = decision
+                .reset_after
+                .as_nanos()
+                .saturating_sub(u64::from(rule.cost) * g.emission_interval().as_nanos());
+            wait = wait.max(ratewarden_core::Nanos(ahead));
         }
-        wait = wait.max(decision.retry_after);
     }
-    Some(wait.to_duration())
+    wait.to_duration()
 }
 
 fn count(gateway: &Gateway, rule: &Rule, decision: &'static str) {
