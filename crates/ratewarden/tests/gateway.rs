@@ -378,3 +378,66 @@ action = "log_only"
         "{metrics}"
     );
 }
+
+#[test]
+fn a_slow_upstream_is_a_504_with_a_json_body() {
+    let (gw, _upstream) = start(AUTH_RULES);
+    let r = gw.get("127.0.0.6", "/slow/3000", &[]);
+    assert_eq!(r.status, 504, "{}", r.body);
+    let body: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(body["error"], "upstream_timeout");
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight() {
+    let (mut gw, _upstream) = start(AUTH_RULES);
+    let gw_addr = gw.address();
+    let in_flight = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(gw_addr)?;
+        stream.write_all(b"GET /slow/700 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Ok::<_, std::io::Error>(reply.split(' ').nth(1).unwrap_or("").to_owned())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(gw.terminate(), Some(0));
+    let status = in_flight.join().expect("client").expect("reply");
+    assert_eq!(
+        status, "200",
+        "the request in flight was answered before the gateway stopped"
+    );
+}
+
+#[test]
+fn h2c_clients_are_limited_like_http1_clients() {
+    let (gw, _upstream) = start(AUTH_RULES);
+    let addr = gw.address();
+    let statuses = gw.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 prior knowledge");
+        tokio::spawn(connection);
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let request = http::Request::builder()
+                .uri(format!("http://{addr}/api/v1/auth/login"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            statuses.push(
+                sender
+                    .send_request(request)
+                    .await
+                    .expect("response")
+                    .status()
+                    .as_u16(),
+            );
+        }
+        statuses
+    });
+    assert_eq!(statuses, [200, 200, 429]);
+}

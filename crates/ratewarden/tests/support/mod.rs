@@ -95,7 +95,16 @@ impl Upstream {
                             log.push(seen);
                         }
                         let body = format!("upstream saw {}", req.uri());
+                        // /slow/N: answer after N milliseconds.
+                        let pause = req
+                            .uri()
+                            .path()
+                            .strip_prefix("/slow/")
+                            .and_then(|ms| ms.parse::<u64>().ok());
                         async move {
+                            if let Some(ms) = pause {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
                             Ok::<_, std::convert::Infallible>(Response::new(Full::new(
                                 Bytes::from(body),
                             )))
@@ -283,6 +292,31 @@ impl Gateway {
     /// Replaces the configuration file.
     pub fn rewrite_config(&self, text: &str) {
         std::fs::write(&self.config, text).expect("rewrite config");
+    }
+
+    /// Where the gateway listens.
+    pub fn address(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "gateway did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `f` on the shared test runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        runtime().block_on(f)
     }
 
     /// Sends SIGHUP and waits until the gateway has counted the reload.
