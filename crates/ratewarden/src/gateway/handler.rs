@@ -1,6 +1,7 @@
 //! One request, start to finish: refuse what cannot be read, identify the client,
 //! evaluate the policy, ask the store once, then answer or forward.
 
+use super::forward::Upstream;
 use super::responses::{self, RuleOutcome};
 use super::{Body, Gateway};
 use crate::metrics::{Refusal, RuleDecision};
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 /// Handles one request.
 pub async fn handle(
     gateway: &Gateway,
+    upstream: &Upstream,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Body> {
@@ -166,7 +168,7 @@ pub async fn handle(
     for (rule, _) in &enforced {
         count(gateway, rule, if delayed { "delayed" } else { "allowed" });
     }
-    let mut response = gateway.upstream.forward(request, client.ip, metrics).await;
+    let mut response = upstream.forward(request, client.ip, metrics).await;
     responses::add_rate_limit_headers(response.headers_mut(), &outcomes, speaker);
     response
 }

@@ -32,11 +32,18 @@ use tokio::net::TcpListener;
 /// Every body the gateway sends.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// How to reach the upstream; each worker builds its own pooled client from it.
+struct UpstreamSettings {
+    base: http::Uri,
+    connect_timeout: Duration,
+    timeout: Duration,
+}
+
 /// What every request handler shares.
 pub struct Gateway {
     policy: ArcSwap<Policy>,
     store: Arc<MemoryStore<SystemClock>>,
-    upstream: forward::Upstream,
+    upstream: UpstreamSettings,
     metrics: Arc<Metrics>,
     clock: SystemClock,
     delayed: tokio::sync::Semaphore,
@@ -69,16 +76,19 @@ impl Bound {
         let gateway = Arc::new(Gateway {
             policy: ArcSwap::from_pointee(config.policy.clone()),
             store,
-            upstream: forward::Upstream::new(
-                s.upstream.clone(),
-                s.upstream_connect_timeout,
-                s.upstream_timeout,
-            ),
+            upstream: UpstreamSettings {
+                base: s.upstream.clone(),
+                connect_timeout: s.upstream_connect_timeout,
+                timeout: s.upstream_timeout,
+            },
             metrics: metrics.clone(),
             clock: SystemClock::new(),
             delayed: tokio::sync::Semaphore::new(s.max_delayed),
         });
-        let listener = TcpListener::bind(s.listen).await?;
+        // Every worker listens on the same port (SO_REUSEPORT), this one included.
+        let listener = reuseport_listener(s.listen)?;
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         tracing::info!(listen = %listener.local_addr()?, upstream = %s.upstream, rules = config.policy.rules.len(), "gateway listening");
         if let Some(admin) = s.admin_listen {
             let admin_listener = TcpListener::bind(admin).await?;
@@ -119,52 +129,120 @@ impl Bound {
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests (30 s at most).
+    ///
+    /// One accept loop per core, each on its own single-threaded runtime with its own
+    /// `SO_REUSEPORT` listener and upstream connection pool, as nginx runs one worker
+    /// process per core: a request is read, decided, forwarded and answered on one
+    /// thread, without cross-thread wake-ups. The store and the policy are shared.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let Bound {
             listener,
             gateway,
             builder,
         } = self;
-        let graceful = GracefulShutdown::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let gateway = gateway.clone();
-                    let service = service_fn(move |request| {
-                        let gateway = gateway.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handler::handle(&gateway, peer, request).await) }
-                    });
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection.into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
-                        }
-                    });
-                }
-                () = &mut shutdown => {
-                    tracing::info!("shutting down: draining in-flight requests");
-                    break;
-                }
-            }
+        let address = listener.local_addr()?;
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 64);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut threads = Vec::with_capacity(workers);
+        let mut first = Some(listener);
+        for worker in 0..workers {
+            let listener = match first.take() {
+                Some(l) => l.into_std()?,
+                None => reuseport_listener(address)?,
+            };
+            let (gateway, builder, stopped) = (gateway.clone(), builder.clone(), stopped.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("ratewarden-worker-{worker}"))
+                    .spawn(move || -> anyhow::Result<()> {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        runtime.block_on(accept_loop(listener, gateway, builder, stopped))
+                    })?,
+            );
         }
-        drop(listener);
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("drain timed out after 30 s"),
-        }
-        Ok(())
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = stop.send(true);
+        let joined = tokio::task::spawn_blocking(move || {
+            threads
+                .into_iter()
+                .map(|t| t.join().map_err(|_| anyhow::anyhow!("worker panicked"))?)
+                .collect::<anyhow::Result<Vec<()>>>()
+        })
+        .await?;
+        joined.map(|_| ())
     }
+}
+
+/// A listener on `address` sharing the port with the others (`SO_REUSEPORT`).
+fn reuseport_listener(address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)?.into_std()
+}
+
+/// One worker: accepts, serves, and on stop drains its connections (30 s at most).
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    gateway: Arc<Gateway>,
+    builder: Builder<TokioExecutor>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let upstream = Arc::new(forward::Upstream::new(
+        gateway.upstream.base.clone(),
+        gateway.upstream.connect_timeout,
+        gateway.upstream.timeout,
+    ));
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let (gateway, upstream) = (gateway.clone(), upstream.clone());
+                let service = service_fn(move |request| {
+                    let (gateway, upstream) = (gateway.clone(), upstream.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(handler::handle(&gateway, &upstream, peer, request).await)
+                    }
+                });
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stopped.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("drain timed out after 30 s"),
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
