@@ -186,11 +186,18 @@ fn clients(raw: &RawClients, errors: &mut Errors) -> ClientPolicy {
 
 fn rule(raw: &RawRule, field: &str, errors: &mut Errors) -> Option<Rule> {
     let f = |name: &str| format!("{field}.{name}");
-    if raw.name.trim().is_empty() || raw.name.contains(['"', '\\', ' ']) {
+    // Names appear unescaped in JSON bodies, structured-field headers and metric labels.
+    let name_ok = !raw.name.is_empty()
+        && raw.name.len() <= 64
+        && raw
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if !name_ok {
         errors.add(
             f("name"),
             format!(
-                "{:?} is not a rule name; use letters, digits, '_' or '-'",
+                "{:?} is not a rule name; use up to 64 letters, digits, '_', '-', '.' or ':'",
                 raw.name
             ),
         );
@@ -284,7 +291,7 @@ fn rule(raw: &RawRule, field: &str, errors: &mut Errors) -> Option<Rule> {
     let allow = networks(errors, "allow_cidrs", &raw.allow_cidrs);
     let deny = networks(errors, "deny_cidrs", &raw.deny_cidrs);
     Some(Rule {
-        name: RuleName::new(raw.name.trim()),
+        name: RuleName::new(&raw.name),
         route: route?,
         key: key?,
         limit: limit?,

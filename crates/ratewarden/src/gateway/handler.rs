@@ -162,7 +162,9 @@ pub async fn handle(
             );
         }
         let limited_by = outcomes.get(speaker).map_or("", |o| o.name);
-        tracing::info!(rule = limited_by, client = %client.ip, path = %path, method = %request.method(), "rate limited");
+        // Per-request lines at debug: under a flood, an info line per 429 would turn the
+        // attack on the log pipeline. Metrics count every decision.
+        tracing::debug!(rule = limited_by, client = %client.ip, path = %path, method = %request.method(), "rate limited");
         return responses::too_many_requests(&outcomes, speaker);
     }
     for (rule, _) in &enforced {
@@ -206,14 +208,28 @@ fn delay_for(enforced: &[&(&Rule, String)], decisions: &Decisions) -> std::time:
 }
 
 fn count(gateway: &Gateway, rule: &Rule, decision: &'static str) {
-    gateway
-        .metrics
-        .requests
-        .get_or_create(&RuleDecision {
-            rule: rule.name.as_str().to_owned(),
-            decision,
-        })
-        .inc();
+    thread_local! {
+        /// Counter handles per (rule, decision), so the request path neither allocates
+        /// a label set nor takes the metric family's lock.
+        static COUNTERS: std::cell::RefCell<std::collections::HashMap<(u64, &'static str), prometheus_client::metrics::counter::Counter>> =
+            std::cell::RefCell::default();
+    }
+    COUNTERS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        cache
+            .entry((rule.name.fingerprint(), decision))
+            .or_insert_with(|| {
+                gateway
+                    .metrics
+                    .requests
+                    .get_or_create(&RuleDecision {
+                        rule: rule.name.as_str().to_owned(),
+                        decision,
+                    })
+                    .clone()
+            })
+            .inc();
+    });
 }
 
 fn strip_port(host: &str) -> &str {

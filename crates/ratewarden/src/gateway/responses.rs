@@ -90,17 +90,24 @@ pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Respon
         .unwrap_or(1)
         .clamp(1, 86_400 * 366);
     let rule = outcomes.get(speaker).map_or("", |o| o.name);
-    let body = serde_json::json!({
-        "type": "https://ratewarden.dev/problems/rate-limited",
-        "title": "Too Many Requests",
-        "status": 429,
-        "detail": format!("rate limit {rule:?} exceeded; retry in {retry_after} s"),
-        "error": "rate_limited",
-        "rule": rule,
-        "retry_after": retry_after,
-        "violated-policies": violated,
-    });
-    let mut response = problem(StatusCode::TOO_MANY_REQUESTS, &body);
+    // Written by hand rather than through serde_json: this is the hot path under attack.
+    // Rule names are restricted by configuration to characters that need no escaping
+    // in JSON or in a structured-field string.
+    let mut body = String::with_capacity(256);
+    let _ = write!(
+        body,
+        r#"{{"type":"https://ratewarden.dev/problems/rate-limited","title":"Too Many Requests","status":429,"detail":"rate limit \"{rule}\" exceeded; retry in {retry_after} s","error":"rate_limited","rule":"{rule}","retry_after":{retry_after},"violated-policies":["#
+    );
+    for (i, name) in violated.iter().enumerate() {
+        let _ = write!(body, "{}\"{name}\"", if i > 0 { "," } else { "" });
+    }
+    body.push_str("]}");
+    let mut response = Response::new(full(body));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     let headers = response.headers_mut();
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
     add_rate_limit_headers(headers, outcomes, speaker);
