@@ -237,6 +237,19 @@ fn upstream_down_is_a_502_with_a_json_body() {
     assert_eq!(r.status, 502);
     let body: serde_json::Value = serde_json::from_str(&r.body).expect("json");
     assert_eq!(body["error"], "upstream_unavailable");
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(r#"ratewarden_upstream_errors_total{kind="connect"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"ratewarden_requests_total{rule="api",decision="allowed"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ratewarden_decision_seconds_count 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
