@@ -179,8 +179,15 @@ async fn decide(gateway: &Gateway, checks: &[Check<'_>]) -> Decisions {
     if checks.is_empty() {
         return Decisions::default();
     }
-    // The memory store cannot fail; a store that can will come with its failure policy.
-    gateway.store.decide(checks).await.unwrap_or_default()
+    // The memory store cannot fail; a store that can will come with its failure policy
+    // (fail open, fail closed, local fallback). Until then an error is loud, not silent.
+    match gateway.store.decide(checks).await {
+        Ok(decisions) => decisions,
+        Err(e) => {
+            tracing::error!(error = %e, "store failed; request allowed");
+            Decisions::default()
+        }
+    }
 }
 
 /// How long to hold an admitted request for its `delay` rules: until its turn at the
