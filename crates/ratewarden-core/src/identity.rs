@@ -122,7 +122,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 /// `::ffff:10.0.0.0/104` is `10.0.0.0/8`; every other network is itself (truncated).
-fn canonical_network(net: IpNet) -> IpNet {
+pub fn canonical_network(net: IpNet) -> IpNet {
     if let IpNet::V6(v6) = net {
         if let (Some(v4), true) = (v6.network().to_ipv4_mapped(), v6.prefix_len() >= 96) {
             if let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {

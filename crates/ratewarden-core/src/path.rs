@@ -36,6 +36,11 @@ pub enum PathError {
     /// `..` climbing above `/`.
     #[error("path climbs above the root")]
     AboveRoot,
+    /// Dot segments next to separators that are not a plain `/` (`%2F`, `%5C`, `\`,
+    /// fullwidth `／`): servers disagree on whether `..` removal comes before or after
+    /// decoding, so the path names no one resource.
+    #[error("dot segments combined with encoded or non-standard separators")]
+    AmbiguousSeparators,
     /// Longer than [`MAX_PATH_BYTES`].
     #[error("path longer than {MAX_PATH_BYTES} bytes")]
     TooLong,
@@ -99,10 +104,17 @@ fn canonicalize_fully(raw: &[u8]) -> Result<CanonicalPath, PathError> {
     }
     // Compatibility forms (fullwidth letters, ligatures) and case fold to one spelling.
     let folded: String = text.nfkc().collect::<String>().to_lowercase();
+    let plain_slashes = raw.iter().filter(|&&b| b == b'/').count();
+    let separators = folded.chars().filter(|&c| c == '/' || c == '\\').count();
     let mut segments: Vec<&str> = Vec::new();
     for segment in folded.split(['/', '\\']) {
         // Matrix parameters (`login;jsessionid=...`) are not part of the resource.
         let segment = segment.split(';').next().unwrap_or("");
+        if separators > plain_slashes && (segment == "." || segment == "..") {
+            // `/api/z%2Fy/../v1/auth` is `/api/v1/auth` to a server that removes dot
+            // segments before decoding, and `/api/z/v1/auth` to one that decodes first.
+            return Err(PathError::AmbiguousSeparators);
+        }
         match segment {
             "" | "." => {}
             ".." => {
@@ -234,6 +246,20 @@ mod tests {
             Err(PathError::ControlCharacter)
         );
         assert_eq!(canon("/../etc/passwd"), Err(PathError::AboveRoot));
+        for ambiguous in [
+            "/api/z%2Fy/../v1/auth/login",
+            "/api/z%5cy/../v1/auth/login",
+            "/api/z\\y/../v1/auth/login",
+            "/api/z\u{ff0f}y/../v1/auth/login",
+            "/api%2F..%2Fv1/auth",
+            "/api/x%2F./auth",
+        ] {
+            assert_eq!(
+                canon(ambiguous),
+                Err(PathError::AmbiguousSeparators),
+                "{ambiguous}"
+            );
+        }
         assert_eq!(canon("/a/../../b"), Err(PathError::AboveRoot));
         assert_eq!(canon(&"/a".repeat(MAX_PATH_BYTES)), Err(PathError::TooLong));
         assert_eq!(

@@ -19,6 +19,20 @@ impl RuleName {
         }
     }
 
+    /// A rule name whose fingerprint also covers `version` (a rendering of the rule's
+    /// limit), so a store keeps separate counters for the same name under different
+    /// parameters.
+    pub fn versioned(name: &str, version: &str) -> RuleName {
+        let mut bytes = Vec::with_capacity(name.len() + 1 + version.len());
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0xff);
+        bytes.extend_from_slice(version.as_bytes());
+        RuleName {
+            name: name.into(),
+            fingerprint: siphasher::sip::SipHasher13::new_with_keys(0, 0).hash(&bytes),
+        }
+    }
+
     /// The name.
     #[inline]
     pub fn as_str(&self) -> &str {

@@ -29,7 +29,7 @@ pub struct UpstreamError {
 /// Why a request was refused before any rule ran.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refusal {
-    /// bad_path.
+    /// bad_path, bad_host.
     pub reason: &'static str,
 }
 

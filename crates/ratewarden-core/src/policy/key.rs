@@ -10,9 +10,10 @@
 use super::RequestFacts;
 use std::fmt::Write as _;
 
-/// Longest header value used as is; longer values are cut (the key space stays bounded
-/// and a 100 KB header cannot make a 100 KB key).
-const MAX_VALUE_BYTES: usize = 256;
+/// Longest header value used as is; a longer one is kept as its first bytes and a digest
+/// of the whole, so keys stay short and long values with a shared prefix (JWTs) stay
+/// apart.
+const MAX_VALUE_BYTES: usize = 128;
 
 /// One part of a key template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,10 +106,12 @@ impl KeyTemplate {
                 KeyPart::Method => push(&mut key, "method", request.method),
                 KeyPart::Host => push(&mut key, "host", request.host.unwrap_or("")),
                 KeyPart::Header(name) => match (request.header)(name) {
-                    Some(value) => {
-                        let value = &value[..value.len().min(MAX_VALUE_BYTES)];
-                        push(&mut key, name, &String::from_utf8_lossy(value));
+                    Some(value) if value.len() > MAX_VALUE_BYTES => {
+                        let digest = siphasher::sip::SipHasher13::new_with_keys(0, 0).hash(value);
+                        let shown = String::from_utf8_lossy(&value[..MAX_VALUE_BYTES]);
+                        push(&mut key, name, &format!("{shown}#{digest:016x}"));
                     }
+                    Some(value) => push(&mut key, name, &String::from_utf8_lossy(value)),
                     None => push(
                         &mut key,
                         "no-header-ip",

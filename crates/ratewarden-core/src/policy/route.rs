@@ -39,12 +39,12 @@ impl RouteMatch {
         {
             return false;
         }
-        if !self.methods.is_empty()
-            && !self
-                .methods
-                .iter()
-                .any(|m| m.eq_ignore_ascii_case(request.method))
-        {
+        // HEAD is served by the GET handler almost everywhere: a GET rule covers it.
+        let method_fits = |m: &String| {
+            m.eq_ignore_ascii_case(request.method)
+                || (m == "GET" && request.method.eq_ignore_ascii_case("HEAD"))
+        };
+        if !self.methods.is_empty() && !self.methods.iter().any(method_fits) {
             return false;
         }
         if !self.hosts.is_empty() {

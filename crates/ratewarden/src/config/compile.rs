@@ -11,6 +11,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The longest a `delay` rule may hold a request.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
 /// Collects errors while validating.
 #[derive(Default)]
 struct Errors(Vec<ConfigError>);
@@ -71,8 +74,10 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
     let listen = errors.check("server.listen", parse_socket(&raw.listen));
     let upstream = errors.check("server.upstream", parse_upstream(&raw.upstream));
     let admin_listen = match &raw.admin_listen {
-        Some(a) => Some(errors.check("server.admin_listen", parse_socket(a))?),
-        None => None,
+        Some(a) => errors
+            .check("server.admin_listen", parse_socket(a))
+            .map(Some),
+        None => Some(None),
     };
     let duration =
         |errors: &mut Errors, field: &str, value: &Option<String>, default: u64| match value {
@@ -87,26 +92,35 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         5,
     );
     let upstream_timeout = duration(errors, "server.upstream_timeout", &raw.upstream_timeout, 60);
-    let positive = |errors: &mut Errors, field: &str, value: Option<u64>, default: u64| {
+    // Upper bounds too: hyper allocates for the header count on every request, and a
+    // semaphore panics past 2^61 permits.
+    let bounded = |errors: &mut Errors, field: &str, value: Option<u64>, default: u64, max: u64| {
         let v = value.unwrap_or(default);
-        if v == 0 {
-            errors.add(field, "must be at least 1");
+        if v == 0 || v > max {
+            errors.add(field, format!("{v} is out of range: 1 to {max}"));
             return None;
         }
         usize::try_from(v).ok()
     };
-    let max_header_bytes = positive(
+    let max_header_bytes = bounded(
         errors,
         "server.max_header_bytes",
         raw.max_header_bytes,
         16 * 1024,
+        1024 * 1024,
     );
-    let max_headers = positive(errors, "server.max_headers", raw.max_headers, 100);
-    let max_delayed = positive(errors, "server.max_delayed", raw.max_delayed, 1024);
+    let max_headers = bounded(errors, "server.max_headers", raw.max_headers, 100, 1000);
+    let max_delayed = bounded(
+        errors,
+        "server.max_delayed",
+        raw.max_delayed,
+        1024,
+        1_000_000,
+    );
     Some(ServerConfig {
         listen: listen?,
         upstream: upstream?,
-        admin_listen,
+        admin_listen: admin_listen?,
         header_timeout: header_timeout?,
         upstream_connect_timeout: connect?,
         upstream_timeout: upstream_timeout?,
@@ -223,7 +237,13 @@ fn rule(raw: &RawRule, field: &str, errors: &mut Errors) -> Option<Rule> {
                         return None;
                     }
                 };
-                Gcra::new(rate, burst).map(Limit::Gcra)
+                match Gcra::new(rate, burst) {
+                    Ok(g) => Ok(Limit::Gcra(g)),
+                    Err(e) => {
+                        errors.add(f("burst"), e.to_string());
+                        return None;
+                    }
+                }
             }
             "sliding_window" | "fixed_window" => {
                 if raw.burst.is_some() {
@@ -261,6 +281,22 @@ fn rule(raw: &RawRule, field: &str, errors: &mut Errors) -> Option<Rule> {
             None
         }
     };
+    if let (Some("delay"), Some(Limit::Gcra(g))) = (raw.action.as_deref(), limit) {
+        // The last request a full burst queues waits (burst - 1) intervals.
+        let longest = g
+            .refill_time()
+            .as_nanos()
+            .saturating_sub(g.emission_interval().as_nanos());
+        if longest > MAX_DELAY.as_nanos() as u64 {
+            errors.add(
+                f("burst"),
+                format!(
+                    "with action = \"delay\" a full burst would hold requests for up to {:?}; at most {MAX_DELAY:?} (lower the burst, or use reject)",
+                    Duration::from_nanos(longest)
+                ),
+            );
+        }
+    }
     if raw.action.as_deref() == Some("delay") && !matches!(limit, Some(Limit::Gcra(_)) | None) {
         errors.add(
             f("action"),
@@ -290,8 +326,12 @@ fn rule(raw: &RawRule, field: &str, errors: &mut Errors) -> Option<Rule> {
     };
     let allow = networks(errors, "allow_cidrs", &raw.allow_cidrs);
     let deny = networks(errors, "deny_cidrs", &raw.deny_cidrs);
+    // Counters belong to a rule's name and limit: a reload that keeps both keeps the
+    // counters, one that changes the limit starts them afresh rather than reading old
+    // state under new parameters.
+    let version = format!("{limit:?}/{cost:?}");
     Some(Rule {
-        name: RuleName::new(&raw.name),
+        name: RuleName::versioned(&raw.name, &version),
         route: route?,
         key: key?,
         limit: limit?,
@@ -368,6 +408,11 @@ fn parse_upstream(text: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = text
         .parse()
         .map_err(|_| format!("{text:?} is not a URL, such as \"http://127.0.0.1:8000\""))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "{text:?}: credentials in the upstream URL are not supported"
+        ));
+    }
     match (uri.scheme_str(), uri.authority()) {
         (Some("http"), Some(_)) if uri.path() == "/" || uri.path().is_empty() => Ok(uri),
         (Some("http"), Some(_)) => Err(format!(
@@ -386,6 +431,7 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(ratewarden_core::identity::canonical_network)
         .map_err(|_| format!("{text:?} is not an IP network, such as \"10.0.0.0/8\""))
 }
 

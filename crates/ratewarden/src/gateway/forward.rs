@@ -59,6 +59,7 @@ impl Upstream {
         metrics: &Metrics,
     ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
+        let client_authority = parts.uri.authority().cloned();
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -83,7 +84,9 @@ impl Upstream {
         }
         parts.headers.remove("forwarded");
         if !parts.headers.contains_key(http::header::HOST) {
-            if let Some(authority) = self.base.authority() {
+            // HTTP/2 names the host in :authority: the upstream hears the same host the
+            // rules saw (the handler refused requests without one).
+            if let Some(authority) = client_authority.as_ref().or(self.base.authority()) {
                 if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                     parts.headers.insert(http::header::HOST, v);
                 }
@@ -128,7 +131,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        headers.remove(name);
+        // `Connection: host` must not take away the Host the rules matched on.
+        if name != http::header::HOST {
+            headers.remove(name);
+        }
     }
     for name in HOP_BY_HOP {
         headers.remove(name);

@@ -53,11 +53,10 @@ pub async fn handle(
     if client.spoofed_forwarding {
         metrics.spoofed_forwarding.inc();
     }
-    let host = headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().host())
-        .map(|h| strip_port(h).to_ascii_lowercase());
+    let host = match request_host(&request) {
+        Ok(host) => host,
+        Err(detail) => return refuse("bad_host", detail),
+    };
     let applicable = {
         let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes());
         let facts = RequestFacts {
@@ -237,6 +236,36 @@ fn count(gateway: &Gateway, rule: &Rule, decision: &'static str) {
             })
             .inc();
     });
+}
+
+/// The host a request is for, lower case, without port or trailing dot. HTTP/1.1 must
+/// carry exactly one `Host` (RFC 9112, section 3.2); HTTP/2 names it in `:authority`,
+/// and a `host` header, if any, must agree. Anything else is refused, since the
+/// upstream might pick the other value than the one the rules saw.
+fn request_host(request: &Request<Incoming>) -> Result<Option<String>, &'static str> {
+    let mut values = request.headers().get_all(HOST).iter();
+    let header = values.next();
+    if values.next().is_some() {
+        return Err("several Host headers");
+    }
+    let header = match header {
+        Some(v) => Some(v.to_str().map_err(|_| "unreadable Host header")?),
+        None => None,
+    };
+    let authority = request.uri().authority().map(|a| a.as_str());
+    let host = match (header, authority) {
+        (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => {
+            return Err("Host differs from the request's authority")
+        }
+        (Some(h), _) => h,
+        (None, Some(a)) => a,
+        (None, None) if request.version() == http::Version::HTTP_11 => {
+            return Err("missing Host header")
+        }
+        (None, None) => return Ok(None),
+    };
+    let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
+    Ok(Some(host))
 }
 
 fn strip_port(host: &str) -> &str {
