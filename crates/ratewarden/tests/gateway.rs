@@ -281,15 +281,50 @@ fn reload_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
     assert_eq!(gw.get("127.0.3.2", "/api/v1/auth/x", &[]).status, 429);
     assert!(gw.metrics().contains(r#"decision="rejected""#));
 
-    // A valid file with a looser auth rule: applied; counters of the rule carry over.
+    // A valid file with a looser auth rule: applied. The unchanged api rule keeps its
+    // counters (127.0.3.1 spent 2 of 10 on it); the changed auth rule starts afresh.
     let looser = AUTH_RULES.replace("burst = 2", "burst = 4");
     gw.rewrite_config(&config(listen, upstream.port, admin, &looser));
     gw.reload();
-    assert_eq!(gw.get("127.0.3.3", "/api/v1/auth/x", &[]).status, 200);
-    let statuses: Vec<u16> = (0..4)
-        .map(|_| gw.get("127.0.3.3", "/api/v1/auth/x", &[]).status)
+    let api = gw.get("127.0.3.1", "/api/v1/users", &[]);
+    assert_eq!(
+        api.header("x-ratelimit-remaining"),
+        Some("7"),
+        "api counters kept across the reload"
+    );
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| gw.get("127.0.3.1", "/api/v1/auth/x", &[]).status)
         .collect();
-    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429],
+        "the new auth limit applies from a fresh count"
+    );
+}
+
+#[test]
+fn host_ambiguity_is_refused() {
+    let (gw, upstream) = start(AUTH_RULES);
+    let two = gw.raw(
+        "127.0.0.9",
+        b"GET /api/v1/users HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    let none = gw.raw(
+        "127.0.0.9",
+        b"GET /api/v1/users HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(none.starts_with("HTTP/1.1 400"), "{none}");
+    let drop_host = gw.raw(
+        "127.0.0.9",
+        b"GET /api/v1/users HTTP/1.1\r\nHost: a.test\r\nConnection: close, host\r\n\r\n",
+    );
+    assert!(drop_host.starts_with("HTTP/1.1 200"), "{drop_host}");
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "only the well-formed request reached the upstream"
+    );
 }
 
 #[test]
@@ -336,7 +371,7 @@ fn delay_holds_requests_until_their_turn_and_log_only_never_rejects() {
 [[rules]]
 name = "paced"
 match = { path_prefix = "/paced" }
-rate = "10/s"
+rate = "4/s"
 burst = 4
 action = "delay"
 
@@ -395,7 +430,7 @@ action = "log_only"
 #[test]
 fn a_slow_upstream_is_a_504_with_a_json_body() {
     let (gw, _upstream) = start(AUTH_RULES);
-    let r = gw.get("127.0.0.6", "/slow/3000", &[]);
+    let r = gw.get("127.0.0.6", "/slow/5000", &[]);
     assert_eq!(r.status, 504, "{}", r.body);
     let body: serde_json::Value = serde_json::from_str(&r.body).expect("json");
     assert_eq!(body["error"], "upstream_timeout");
@@ -403,7 +438,7 @@ fn a_slow_upstream_is_a_504_with_a_json_body() {
 
 #[test]
 fn sigterm_drains_requests_in_flight() {
-    let (mut gw, _upstream) = start(AUTH_RULES);
+    let (mut gw, upstream) = start(AUTH_RULES);
     let gw_addr = gw.address();
     let in_flight = std::thread::spawn(move || {
         use std::io::{Read, Write};
@@ -413,7 +448,15 @@ fn sigterm_drains_requests_in_flight() {
         stream.read_to_string(&mut reply)?;
         Ok::<_, std::io::Error>(reply.split(' ').nth(1).unwrap_or("").to_owned())
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // Terminate only once the request is in flight: the upstream has it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstream.requests() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(gw.terminate(), Some(0));
     let status = in_flight.join().expect("client").expect("reply");
     assert_eq!(

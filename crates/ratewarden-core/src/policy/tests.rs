@@ -70,6 +70,16 @@ fn every_matching_rule_applies_in_order() {
     };
     assert_eq!(names("POST"), ["api", "auth", "login_post"]);
     assert_eq!(names("GET"), ["api", "auth"]);
+    let get_only = RouteMatch {
+        methods: vec!["GET".into()],
+        ..RouteMatch::default()
+    };
+    let none = |_: &str| None;
+    assert!(
+        get_only.matches(&facts("HEAD", &path, "198.51.100.1", &none)),
+        "GET rules cover HEAD"
+    );
+    assert!(!get_only.matches(&facts("DELETE", &path, "198.51.100.1", &none)));
 }
 
 #[test]

@@ -385,11 +385,23 @@ fn route(raw: &RawMatch, field: &str, errors: &mut Errors) -> Option<RouteMatch>
             methods.push(m.to_ascii_uppercase());
         }
     }
-    let hosts = raw
-        .hosts
-        .iter()
-        .map(|h| h.trim().to_ascii_lowercase())
-        .collect();
+    let mut hosts = Vec::new();
+    for (i, h) in raw.hosts.iter().enumerate() {
+        // Request hosts are compared without port or trailing dot, lower case.
+        let host = h.trim().trim_end_matches('.').to_ascii_lowercase();
+        let valid = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if valid {
+            hosts.push(host);
+        } else {
+            errors.add(
+                format!("{field}.hosts[{i}]"),
+                format!("{h:?} is not a host name (no scheme, port or path: \"api.example.com\")"),
+            );
+        }
+    }
     Some(RouteMatch {
         path: exact?,
         path_prefix: prefix?,

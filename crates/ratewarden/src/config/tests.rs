@@ -187,3 +187,53 @@ fn durations() {
     assert!(compile::parse_duration("0s").is_err());
     assert!(compile::parse_duration("5 fortnights").is_err());
 }
+
+#[test]
+fn bounds_and_shapes_are_checked() {
+    let found = errors(
+        r#"
+[server]
+listen = "127.0.0.1:1"
+upstream = "http://user:pw@127.0.0.1:2"
+admin_listen = "x"
+max_headers = 100000000
+max_delayed = 4611686018427387904
+
+[[rules]]
+name = "bad name"
+rate = "1/m"
+burst = 61
+action = "delay"
+match = { hosts = ["api.example.com:443"] }
+"#,
+    );
+    for field in [
+        "server.upstream: ",
+        "server.admin_listen: ",
+        "server.max_headers: ",
+        "server.max_delayed: ",
+        "rules[0].name: ",
+        "rules[0].burst: with action = \"delay\"",
+        "rules[0].match.hosts[0]: ",
+    ] {
+        assert!(
+            found.iter().any(|e| e.starts_with(field)),
+            "{field} missing in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_changed_limit_gets_new_counters_an_unchanged_one_keeps_them() {
+    let rules = |burst: u32| {
+        parse(&format!(
+            "{MINIMAL}\n[[rules]]\nname = \"a\"\nrate = \"10/s\"\nburst = {burst}\n[[rules]]\nname = \"b\"\nrate = \"1/s\"\n"
+        ))
+        .expect("valid")
+        .policy
+        .rules
+    };
+    let (before, after) = (rules(10), rules(20));
+    assert_ne!(before[0].name.fingerprint(), after[0].name.fingerprint());
+    assert_eq!(before[1].name.fingerprint(), after[1].name.fingerprint());
+}
