@@ -437,6 +437,7 @@ fn a_slow_upstream_is_a_504_with_a_json_body() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // waits on wall time for the request to arrive
 fn sigterm_drains_requests_in_flight() {
     let (mut gw, upstream) = start(AUTH_RULES);
     let gw_addr = gw.address();
