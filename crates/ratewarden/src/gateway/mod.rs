@@ -47,6 +47,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     clock: SystemClock,
     delayed: tokio::sync::Semaphore,
+    /// The `[server]` and `[store]` settings started with, which a reload cannot change.
+    fixed_settings: String,
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C; SIGHUP reloads `config_path`.
@@ -84,6 +86,7 @@ impl Bound {
             metrics: metrics.clone(),
             clock: SystemClock::new(),
             delayed: tokio::sync::Semaphore::new(s.max_delayed),
+            fixed_settings: fixed_settings(&config),
         });
         // Every worker listens on the same port (SO_REUSEPORT), this one included.
         let listener = reuseport_listener(s.listen)?;
@@ -245,6 +248,11 @@ async fn accept_loop(
     Ok(())
 }
 
+/// What a reload cannot change, rendered for comparison.
+fn fixed_settings(config: &Config) -> String {
+    format!("{:?} {:?}", config.server, config.store)
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -280,6 +288,12 @@ async fn reload_on_sighup(path: PathBuf, gateway: Arc<Gateway>) {
             let outcome = match config::load(&path) {
                 Ok(config) => {
                     let rules = config.policy.rules.len();
+                    if fixed_settings(&config) != gateway.fixed_settings {
+                        tracing::warn!(
+                            file = %path.display(),
+                            "[server] and [store] changes take effect only on restart; the rules are applied now"
+                        );
+                    }
                     gateway.policy.store(Arc::new(config.policy));
                     tracing::info!(file = %path.display(), rules, "configuration reloaded");
                     "applied"
