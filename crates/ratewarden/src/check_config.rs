@@ -21,8 +21,8 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
     println!("{}: valid", file.display());
     println!("listen {} -> upstream {}", s.listen, s.upstream);
     println!(
-        "limits: request head within {:?}, at most {} headers / {} bytes; upstream connect {:?}, answer {:?}; at most {} requests delayed at once",
-        s.header_timeout, s.max_headers, s.max_header_bytes, s.upstream_connect_timeout, s.upstream_timeout, s.max_delayed
+        "limits: request head within {:?}, at most {} headers / {} bytes; upstream connect {:?}, answer {:?}; at most {} requests delayed and {} connections at once",
+        s.header_timeout, s.max_headers, s.max_header_bytes, s.upstream_connect_timeout, s.upstream_timeout, s.max_delayed, s.max_connections
     );
     if let Some(admin) = s.admin_listen {
         println!("admin  {admin} (/healthz, /metrics)");

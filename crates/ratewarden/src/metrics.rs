@@ -7,6 +7,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -29,7 +30,7 @@ pub struct UpstreamError {
 /// Why a request was refused before any rule ran.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refusal {
-    /// bad_path, bad_host.
+    /// bad_path, bad_host, connection_limit.
     pub reason: &'static str,
 }
 
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub refused: Family<Refusal, Counter>,
     /// Configuration reloads, by outcome.
     pub reloads: Family<RuleDecision, Counter>,
+    /// Client connections open now.
+    pub open_connections: Gauge,
 }
 
 impl Metrics {
@@ -90,7 +93,14 @@ impl Metrics {
             "Configuration reloads (rule=\"-\"), by outcome",
             reloads.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
         Metrics {
+            open_connections,
             registry,
             requests,
             decision_seconds,

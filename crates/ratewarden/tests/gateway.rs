@@ -498,3 +498,65 @@ fn h2c_clients_are_limited_like_http1_clients() {
     });
     assert_eq!(statuses, [200, 200, 429]);
 }
+
+#[test]
+#[allow(clippy::disallowed_methods)] // waits on wall time for the held connections to be cut
+fn connections_past_the_cap_are_closed_at_once() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&config(
+        free_port(),
+        upstream.port,
+        free_port(),
+        &format!("max_connections = 2\n{AUTH_RULES}"),
+    ));
+    use std::io::Write;
+    let wait_open = |n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !gw
+            .metrics()
+            .contains(&format!("ratewarden_open_connections {n}\n"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {n} open: {}",
+                gw.metrics()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // The harness's readiness probes must be gone before the cap is tested.
+    wait_open(0);
+    // Two clients hold connections open, half-way through a request head.
+    let mut held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(gw.address()).expect("connect");
+            s.write_all(b"GET /api/v1/users HTTP/1.1\r\n")
+                .expect("write");
+            s
+        })
+        .collect();
+    wait_open(2);
+    let third = gw.get("127.0.5.1", "/api/v1/users", &[]);
+    assert_eq!(
+        third.status,
+        0,
+        "a third connection is closed without an answer: {}",
+        gw.metrics()
+    );
+    assert!(gw
+        .metrics()
+        .contains(r#"ratewarden_refused_total{reason="connection_limit"}"#));
+    // The header timeout (1 s) frees the held ones; service resumes by itself.
+    held.clear();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if gw.get("127.0.5.2", "/api/v1/users", &[]).status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "service did not resume"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

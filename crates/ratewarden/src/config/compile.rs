@@ -117,6 +117,13 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         1024,
         1_000_000,
     );
+    let max_connections = bounded(
+        errors,
+        "server.max_connections",
+        raw.max_connections,
+        10_000,
+        1_000_000,
+    );
     Some(ServerConfig {
         listen: listen?,
         upstream: upstream?,
@@ -127,6 +134,7 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         max_header_bytes: max_header_bytes?,
         max_headers: max_headers?,
         max_delayed: max_delayed?,
+        max_connections: max_connections?,
     })
 }
 

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// Most requests held by `delay` rules at once; beyond, they are rejected.
     pub max_delayed: usize,
+    /// Most client connections open at once; beyond, new ones are closed on accept.
+    pub max_connections: usize,
 }
 
 /// `[store]`.

@@ -28,6 +28,7 @@ pub struct RawServer {
     pub max_header_bytes: Option<u64>,
     pub max_headers: Option<u64>,
     pub max_delayed: Option<u64>,
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -49,6 +49,8 @@ pub struct Gateway {
     delayed: tokio::sync::Semaphore,
     /// The `[server]` and `[store]` settings started with, which a reload cannot change.
     fixed_settings: String,
+    /// One permit per open client connection.
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C; SIGHUP reloads `config_path`.
@@ -87,6 +89,7 @@ impl Bound {
             clock: SystemClock::new(),
             delayed: tokio::sync::Semaphore::new(s.max_delayed),
             fixed_settings: fixed_settings(&config),
+            connections: Arc::new(tokio::sync::Semaphore::new(s.max_connections)),
         });
         // Every worker listens on the same port (SO_REUSEPORT), this one included.
         let listener = reuseport_listener(s.listen)?;
@@ -118,7 +121,10 @@ impl Bound {
             // lets them run is cut off.
             .max_pending_accept_reset_streams(64)
             .max_local_error_reset_streams(256)
-            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+            // Pings find peers that vanished without closing.
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
         Ok(Bound {
             listener,
             gateway,
@@ -221,7 +227,16 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                // Past the connection cap, close at once: file descriptors and memory
+                // stay bounded whatever the number of clients.
+                let Ok(permit) = gateway.connections.clone().try_acquire_owned() else {
+                    gateway.metrics.refused.get_or_create(&crate::metrics::Refusal { reason: "connection_limit" }).inc();
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
+                let open = gateway.metrics.open_connections.clone();
+                open.inc();
                 let (gateway, upstream) = (gateway.clone(), upstream.clone());
                 let service = service_fn(move |request| {
                     let (gateway, upstream) = (gateway.clone(), upstream.clone());
@@ -235,6 +250,8 @@ async fn accept_loop(
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
+                    open.dec();
+                    drop(permit);
                 });
             }
             _ = stopped.changed() => break,
