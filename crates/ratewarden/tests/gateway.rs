@@ -560,3 +560,57 @@ fn connections_past_the_cap_are_closed_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn an_http2_rapid_reset_flood_is_cut_off_and_others_are_served() {
+    let (gw, _upstream) = start(AUTH_RULES);
+    let addr = gw.address();
+    // CVE-2023-44487: open streams and reset them at once, as fast as possible.
+    let outcome = gw.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+        let driver = tokio::spawn(connection);
+        let mut sent = 0u32;
+        for _ in 0..20_000 {
+            let request = http::Request::builder()
+                .uri(format!("http://{addr}/api/v1/users"))
+                .body(())
+                .expect("request");
+            match client.send_request(request, true) {
+                Ok((_response, mut stream)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    sent += 1;
+                }
+                Err(_) => break,
+            }
+            if sent % 64 == 0 {
+                tokio::task::yield_now().await;
+                if driver.is_finished() {
+                    break;
+                }
+            }
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+        // The server ends it with GOAWAY ENHANCE_YOUR_CALM.
+        let calm = matches!(
+            &ended,
+            Ok(Ok(Err(e))) if e.is_go_away() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        );
+        (sent, calm)
+    });
+    assert!(
+        outcome.1,
+        "the server did not close the flood with GOAWAY (after {} streams)",
+        outcome.0
+    );
+    assert!(
+        outcome.0 < 20_000,
+        "the server let all {} resets through",
+        outcome.0
+    );
+    assert_eq!(
+        gw.get("127.0.6.1", "/api/v1/users", &[]).status,
+        200,
+        "others are still served"
+    );
+}
