@@ -86,6 +86,10 @@ pub async fn handle(
         })
         .collect();
     let mut decisions = decide(gateway, &checks).await;
+    let elapsed = gateway.clock.now().saturating_since(started);
+    metrics
+        .decision_seconds
+        .observe(elapsed.as_nanos() as f64 / 1e9);
     // `delay` rules (nginx's limit_req without nodelay): an admitted request is held
     // until its turn at the steady rate; beyond the burst it was denied anyway.
     let wait = if decisions.allowed() {
@@ -133,10 +137,6 @@ pub async fn handle(
             count(gateway, rule, verdict);
         }
     }
-    let elapsed = gateway.clock.now().saturating_since(started);
-    metrics
-        .decision_seconds
-        .observe(elapsed.as_nanos() as f64 / 1e9);
 
     let outcomes: Vec<RuleOutcome<'_>> = enforced
         .iter()
