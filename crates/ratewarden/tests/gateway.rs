@@ -253,14 +253,34 @@ fn upstream_down_is_a_502_with_a_json_body() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // measures how long the server keeps a silent connection
 fn a_slowloris_client_is_cut_off_while_others_are_served() {
     let (gw, _upstream) = start(AUTH_RULES);
     let slow = gw.slow_header("127.0.0.7", Duration::from_millis(400));
+    // And one that connects and never sends a byte.
+    let silent = {
+        let address = gw.address();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect(address).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let started = std::time::Instant::now();
+            let mut buf = [0u8; 1];
+            let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+            (closed, started.elapsed())
+        })
+    };
     assert_eq!(gw.get("127.0.0.8", "/api/v1/users", &[]).status, 200);
     let cut_after = slow.join().expect("slow client");
     assert!(
         cut_after < Duration::from_secs(4),
         "slow client held on for {cut_after:?}"
+    );
+    let (closed, silent_for) = silent.join().expect("silent client");
+    assert!(
+        closed && silent_for < Duration::from_secs(4),
+        "silent client held on for {silent_for:?}"
     );
 }
 
@@ -503,12 +523,16 @@ fn h2c_clients_are_limited_like_http1_clients() {
 #[allow(clippy::disallowed_methods)] // waits on wall time for the held connections to be cut
 fn connections_past_the_cap_are_closed_at_once() {
     let upstream = Upstream::start();
-    let gw = Gateway::start(&config(
-        free_port(),
-        upstream.port,
-        free_port(),
-        &format!("max_connections = 2\n{AUTH_RULES}"),
-    ));
+    // A long header timeout, so the held connections outlast a slow, loaded test run.
+    let gw = Gateway::start(
+        &config(
+            free_port(),
+            upstream.port,
+            free_port(),
+            &format!("max_connections = 2\n{AUTH_RULES}"),
+        )
+        .replace("header_timeout = \"1s\"", "header_timeout = \"30s\""),
+    );
     use std::io::Write;
     let wait_open = |n: usize| {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -546,7 +570,7 @@ fn connections_past_the_cap_are_closed_at_once() {
     assert!(gw
         .metrics()
         .contains(r#"ratewarden_refused_total{reason="connection_limit"}"#));
-    // The header timeout (1 s) frees the held ones; service resumes by itself.
+    // Closing the held ones frees their places; service resumes by itself.
     held.clear();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {

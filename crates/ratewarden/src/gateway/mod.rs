@@ -51,6 +51,8 @@ pub struct Gateway {
     fixed_settings: String,
     /// One permit per open client connection.
     connections: Arc<tokio::sync::Semaphore>,
+    /// How long a client may take to send a request head, from the moment it connects.
+    header_timeout: Duration,
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C; SIGHUP reloads `config_path`.
@@ -90,6 +92,7 @@ impl Bound {
             delayed: tokio::sync::Semaphore::new(s.max_delayed),
             fixed_settings: fixed_settings(&config),
             connections: Arc::new(tokio::sync::Semaphore::new(s.max_connections)),
+            header_timeout: s.header_timeout,
         });
         // Every worker listens on the same port (SO_REUSEPORT), this one included.
         let listener = reuseport_listener(s.listen)?;
@@ -237,6 +240,7 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let open = gateway.metrics.open_connections.clone();
                 open.inc();
+                let header_timeout = gateway.header_timeout;
                 let (gateway, upstream) = (gateway.clone(), upstream.clone());
                 let service = service_fn(move |request| {
                     let (gateway, upstream) = (gateway.clone(), upstream.clone());
@@ -244,11 +248,18 @@ async fn accept_loop(
                         Ok::<_, std::convert::Infallible>(handler::handle(&gateway, &upstream, peer, request).await)
                     }
                 });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
                 tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    // hyper's header timeout starts with the first byte; a client that
+                    // connects and sends nothing would otherwise hold its connection
+                    // (and a place under the cap) forever.
+                    let mut probe = [0u8; 1];
+                    let first_byte = tokio::time::timeout(header_timeout, stream.peek(&mut probe)).await;
+                    if matches!(first_byte, Ok(Ok(n)) if n > 0) {
+                        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        if let Err(e) = watcher.watch(connection.into_owned()).await {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
                     }
                     open.dec();
                     drop(permit);
