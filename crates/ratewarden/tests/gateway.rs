@@ -7,7 +7,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{free_port, Gateway, Upstream};
+use support::{eventually, free_port, Gateway, Upstream};
 
 fn config(listen: u16, upstream: u16, admin: u16, extra: &str) -> String {
     format!(
@@ -457,7 +457,6 @@ fn a_slow_upstream_is_a_504_with_a_json_body() {
 }
 
 #[test]
-#[allow(clippy::disallowed_methods)] // waits on wall time for the request to arrive
 fn sigterm_drains_requests_in_flight() {
     let (mut gw, upstream) = start(AUTH_RULES);
     let gw_addr = gw.address();
@@ -470,14 +469,11 @@ fn sigterm_drains_requests_in_flight() {
         Ok::<_, std::io::Error>(reply.split(' ').nth(1).unwrap_or("").to_owned())
     });
     // Terminate only once the request is in flight: the upstream has it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while upstream.requests() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "request never reached the upstream"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually(
+        "request never reached the upstream",
+        Duration::from_secs(10),
+        || upstream.requests() > 0,
+    );
     assert_eq!(gw.terminate(), Some(0));
     let status = in_flight.join().expect("client").expect("reply");
     assert_eq!(
@@ -520,7 +516,6 @@ fn h2c_clients_are_limited_like_http1_clients() {
 }
 
 #[test]
-#[allow(clippy::disallowed_methods)] // waits on wall time for the held connections to be cut
 fn connections_past_the_cap_are_closed_at_once() {
     let upstream = Upstream::start();
     // A long header timeout, so the held connections outlast a slow, loaded test run.
@@ -535,18 +530,14 @@ fn connections_past_the_cap_are_closed_at_once() {
     );
     use std::io::Write;
     let wait_open = |n: usize| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !gw
-            .metrics()
-            .contains(&format!("ratewarden_open_connections {n}\n"))
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never {n} open: {}",
+        eventually(
+            &format!("never {n} connections open"),
+            Duration::from_secs(5),
+            || {
                 gw.metrics()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+                    .contains(&format!("ratewarden_open_connections {n}\n"))
+            },
+        );
     };
     // The harness's readiness probes must be gone before the cap is tested.
     wait_open(0);
@@ -572,17 +563,9 @@ fn connections_past_the_cap_are_closed_at_once() {
         .contains(r#"ratewarden_refused_total{reason="connection_limit"}"#));
     // Closing the held ones frees their places; service resumes by itself.
     held.clear();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if gw.get("127.0.5.2", "/api/v1/users", &[]).status == 200 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "service did not resume"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("service did not resume", Duration::from_secs(5), || {
+        gw.get("127.0.5.2", "/api/v1/users", &[]).status == 200
+    });
 }
 
 #[test]

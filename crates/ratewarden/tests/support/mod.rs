@@ -36,6 +36,15 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Polls `condition` every 10 ms until it holds; fails with `what` after `within`.
+pub fn eventually(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what} (waited {within:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A fresh directory under the system temp dir.
 pub fn temp_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -333,11 +342,9 @@ impl Gateway {
             .status()
             .expect("kill -HUP");
         assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reloads(self.metrics()) <= before {
-            assert!(Instant::now() < deadline, "reload not seen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually("reload not seen", Duration::from_secs(10), || {
+            reloads(self.metrics()) > before
+        });
     }
 }
 
