@@ -6,7 +6,10 @@
 //! - [`algorithm`]: GCRA, sliding window and fixed window, each a pure function of
 //!   (state, now, cost) returning a [`Decision`] and the next state;
 //! - [`time`] and [`clock`]: timestamps in nanoseconds since the Unix epoch, and the
-//!   [`Clock`](clock::Clock) trait through which everything else reads time.
+//!   [`Clock`](clock::Clock) trait through which everything else reads time;
+//! - [`identity`]: the client's address from the peer and trusted forwarding headers;
+//! - [`path`]: the canonical form of request paths that rules match on;
+//! - [`policy`] and [`rule_name`]: compiled rules, route matching and counter keys.
 //!
 //! It does no I/O and keeps no state of its own: where state lives (memory, Redis) is
 //! the business of `ratewarden-store`, and how a decision becomes HTTP headers is the

@@ -40,6 +40,26 @@ fn one(store: &MemoryStore<ManualClock>, rule: &str, client: &str, limit: Limit)
         .allowed()
 }
 
+/// Runs `attempt` `per_thread` times on each of 8 threads started together; returns how
+/// many attempts were admitted.
+fn admitted_by_eight_threads(per_thread: usize, attempt: impl Fn() -> bool + Sync) -> u64 {
+    let admitted = AtomicU64::new(0);
+    let start = Barrier::new(8);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                start.wait();
+                for _ in 0..per_thread {
+                    if attempt() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    admitted.into_inner()
+}
+
 #[test]
 fn eight_threads_on_one_key_admit_exactly_the_limit() {
     for (name, limit) in every_algorithm("1000/h", 1000) {
@@ -48,30 +68,10 @@ fn eight_threads_on_one_key_admit_exactly_the_limit() {
         let mut retries_seen = false;
         // On a busy 2-core machine the threads may not overlap in a given round.
         for round in 0..500 {
-            let store = Arc::new(store(10_000));
-            let admitted = Arc::new(AtomicU64::new(0));
-            let start = Arc::new(Barrier::new(8));
-            let threads: Vec<_> = (0..8)
-                .map(|_| {
-                    let (store, admitted, start) = (store.clone(), admitted.clone(), start.clone());
-                    std::thread::spawn(move || {
-                        start.wait();
-                        for _ in 0..3_000 {
-                            if one(&store, "api", "hot-client", limit) {
-                                admitted.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    })
-                })
-                .collect();
-            for t in threads {
-                t.join().expect("thread");
-            }
-            assert_eq!(
-                admitted.load(Ordering::Relaxed),
-                1_000,
-                "{name}, round {round}"
-            );
+            let store = store(10_000);
+            let admitted =
+                admitted_by_eight_threads(3_000, || one(&store, "api", "hot-client", limit));
+            assert_eq!(admitted, 1_000, "{name}, round {round}");
             if store.stats().cas_retries > 0 {
                 retries_seen = true;
                 break;
@@ -122,32 +122,17 @@ fn racing_requests_with_several_rules_never_leak_charges() {
         let [(_, narrow), ..] = every_algorithm("600/h", 600);
         let mut refunds_seen = false;
         for _round in 0..300 {
-            let store = Arc::new(store(10_000));
-            let admitted = Arc::new(AtomicU64::new(0));
-            let start = Arc::new(Barrier::new(8));
-            let threads: Vec<_> = (0..8)
-                .map(|_| {
-                    let (store, admitted, start) = (store.clone(), admitted.clone(), start.clone());
-                    std::thread::spawn(move || {
-                        let (wide_rule, narrow_rule) =
-                            (RuleName::new("wide"), RuleName::new("narrow"));
-                        start.wait();
-                        for _ in 0..200 {
-                            let d = store.decide_now(&[
-                                Check::one(CounterKey::new(&wide_rule, "all"), wide),
-                                Check::one(CounterKey::new(&narrow_rule, "all"), narrow),
-                            ]);
-                            if d.allowed() {
-                                admitted.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    })
-                })
-                .collect();
-            for t in threads {
-                t.join().expect("thread");
-            }
-            assert_eq!(admitted.load(Ordering::Relaxed), 600, "{name}");
+            let store = store(10_000);
+            let (wide_rule, narrow_rule) = (RuleName::new("wide"), RuleName::new("narrow"));
+            let admitted = admitted_by_eight_threads(200, || {
+                store
+                    .decide_now(&[
+                        Check::one(CounterKey::new(&wide_rule, "all"), wide),
+                        Check::one(CounterKey::new(&narrow_rule, "all"), narrow),
+                    ])
+                    .allowed()
+            });
+            assert_eq!(admitted, 600, "{name}");
             let rule = RuleName::new("wide");
             let peek = store
                 .decide_now(&[Check::new(CounterKey::new(&rule, "all"), wide, 0).expect("peek")]);
