@@ -1,0 +1,152 @@
+//! Connections to one Redis server or one Redis Cluster, made lazily and remade when
+//! the server turns out to be a read-only replica.
+//!
+//! One multiplexed connection carries every request: commands from concurrent requests
+//! are written back to back without waiting for each other's replies (pipelining), so
+//! a busy gateway pays one round trip per batch, not per request. For a cluster, the
+//! cluster client keeps one such connection per node and routes each call by its
+//! keys' hash slot, following MOVED and ASK redirections.
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisError, RedisResult};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where Redis is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server (or a proxy in front of several), by URL: `redis://host:port/db`.
+    Server(String),
+    /// The seed nodes of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for RedisTarget {
+    /// URLs may carry a password; it never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisTarget::Server(url) => write!(f, "Server({})", redacted(url)),
+            RedisTarget::Cluster(urls) => f
+                .debug_list()
+                .entries(urls.iter().map(|u| redacted(u)))
+                .finish(),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A live connection, cheap to clone (clones share the socket).
+#[derive(Clone)]
+pub(crate) enum Live {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+enum Client {
+    Server(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// The connection, made on first use and remade after [`Connection::reset`].
+pub(crate) struct Connection {
+    client: Client,
+    timeout: Duration,
+    live: ArcSwapOption<Live>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Connection {
+    /// Checks the target's URLs; connects nothing yet.
+    pub(crate) fn new(target: &RedisTarget, timeout: Duration) -> RedisResult<Connection> {
+        let client = match target {
+            RedisTarget::Server(url) => Client::Server(redis::Client::open(url.as_str())?),
+            RedisTarget::Cluster(urls) => Client::Cluster(
+                redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()?,
+            ),
+        };
+        Ok(Connection {
+            client,
+            timeout,
+            live: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The live connection, connecting first if there is none. The caller bounds the
+    /// wait with its own timeout.
+    pub(crate) async fn get(&self) -> RedisResult<Live> {
+        if let Some(live) = self.live.load_full() {
+            return Ok((*live).clone());
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(live) = self.live.load_full() {
+            return Ok((*live).clone());
+        }
+        let live = match &self.client {
+            Client::Server(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    // Reconnection is retried by the next request, paced by the breaker.
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(100));
+                Live::Server(ConnectionManager::new_with_config(client.clone(), config).await?)
+            }
+            Client::Cluster(client) => Live::Cluster(client.get_async_connection().await?),
+        };
+        self.live.store(Some(Arc::new(live.clone())));
+        Ok(live)
+    }
+
+    /// Drops the connection, so the next call connects afresh: after a READONLY answer
+    /// (the server was demoted to a replica; the name may now lead to the new primary)
+    /// or an error the connection cannot recover from by itself.
+    pub(crate) fn reset(&self) {
+        self.live.store(None);
+    }
+}
+
+/// Whether an error means the connection should be remade.
+pub(crate) fn needs_new_connection(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+    ) || error.is_unrecoverable_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_debug_output() {
+        let t = RedisTarget::Server("redis://app:s3cret@redis.internal:6379/0".into());
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redis.internal:6379"), "{shown}");
+        let c = RedisTarget::Cluster(vec!["redis://:pw@a:7000".into(), "redis://b:7001".into()]);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pw@"), "{shown}");
+        assert!(shown.contains("b:7001"), "{shown}");
+    }
+}
