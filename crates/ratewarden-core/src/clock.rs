@@ -39,6 +39,18 @@ pub struct SystemClock {
     anchor_unix: u64,
 }
 
+/// Added to the wall clock by every [`SystemClock`] made after it is set; see
+/// [`shift_system_clocks`].
+static SHIFT_NANOS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Makes every [`SystemClock`] created from now on read `by_nanos` later (earlier when
+/// negative) than the wall clock, as on a host whose clock is that far off. For tests
+/// that run several gateways with disagreeing clocks on one machine; call it once, at
+/// startup.
+pub fn shift_system_clocks(by_nanos: i64) {
+    SHIFT_NANOS.store(by_nanos, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl SystemClock {
     /// A clock anchored at the current wall-clock time.
     #[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
@@ -46,7 +58,8 @@ impl SystemClock {
         let anchor_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| Nanos::from(d).as_nanos())
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .saturating_add_signed(SHIFT_NANOS.load(std::sync::atomic::Ordering::Relaxed));
         let monotonic = quanta::Clock::new();
         let anchor_raw = monotonic.raw();
         SystemClock {

@@ -27,8 +27,26 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
     if let Some(admin) = s.admin_listen {
         println!("admin  {admin} (/healthz, /metrics)");
     }
-    match config.store {
+    match &config.store {
         StoreConfig::Memory { max_keys } => println!("store  memory, at most {max_keys} counters"),
+        StoreConfig::Redis {
+            settings,
+            on_error,
+            max_keys,
+        } => {
+            println!(
+                "store  redis {:?}, keys {}:v1:{{client}}:rule, timeout {:?}, on_error {}{}",
+                settings.target,
+                settings.key_prefix,
+                settings.timeout,
+                on_error.as_str(),
+                if *on_error == ratewarden_store::FailurePolicy::Local {
+                    format!(" (at most {max_keys} counters per instance meanwhile)")
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     let clients = &config.policy.clients;
     println!(

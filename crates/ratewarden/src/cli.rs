@@ -25,6 +25,10 @@ pub enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: std::path::PathBuf,
+        /// Testing aid: run as if this host's clock were this many milliseconds off
+        /// (negative: behind), to show that instances sharing Redis agree anyway.
+        #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+        clock_offset_ms: i64,
     },
     /// Validate a configuration file: print the compiled rules, or every error with its
     /// field path (exit code 1).

@@ -23,7 +23,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Demo(args) => demo::run(&args),
         cli::Command::CheckConfig { file } => check_config::run(&file),
-        cli::Command::Serve { config: path } => {
+        cli::Command::Serve {
+            config: path,
+            clock_offset_ms,
+        } => {
+            ratewarden_core::clock::shift_system_clocks(clock_offset_ms.saturating_mul(1_000_000));
             let config = match config::load(&path) {
                 Ok(c) => c,
                 Err(errors) => {

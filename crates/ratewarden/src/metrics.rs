@@ -34,6 +34,20 @@ pub struct Refusal {
     pub reason: &'static str,
 }
 
+/// A store failure, by kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreFailure {
+    /// timeout, unavailable, circuit_open, protocol.
+    pub kind: &'static str,
+}
+
+/// The failure policy applied to a request the store could not decide.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Fallback {
+    /// allow, deny, local.
+    pub on_error: &'static str,
+}
+
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +65,10 @@ pub struct Metrics {
     pub reloads: Family<RuleDecision, Counter>,
     /// Client connections open now.
     pub open_connections: Gauge,
+    /// Store failures.
+    pub store_errors: Family<StoreFailure, Counter>,
+    /// Requests decided by the failure policy instead of the store.
+    pub store_fallbacks: Family<Fallback, Counter>,
 }
 
 impl Metrics {
@@ -99,7 +117,21 @@ impl Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
+        let store_errors = Family::<StoreFailure, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Store calls that failed, by kind (circuit_open: not attempted, Redis failing)",
+            store_errors.clone(),
+        );
+        let store_fallbacks = Family::<Fallback, Counter>::default();
+        registry.register(
+            "store_fallbacks",
+            "Requests decided by the failure policy (store.on_error) because the store could not",
+            store_fallbacks.clone(),
+        );
         Metrics {
+            store_errors,
+            store_fallbacks,
             open_connections,
             registry,
             requests,

@@ -6,6 +6,8 @@ use ipnet::IpNet;
 use ratewarden_core::identity::{ForwardingHeader, TrustedProxies};
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, ClientPolicy, KeyTemplate, Policy, RouteMatch, Rule};
+use ratewarden_store::failure::FailurePolicy;
+use ratewarden_store::redis::{RedisSettings, RedisTarget};
 use ratewarden_core::{FixedWindow, Gcra, Limit, Rate, RuleName, SlidingWindow};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -57,6 +59,15 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
             rule(r, &field, &mut errors)
         })
         .collect();
+    if let Some(StoreConfig::Redis { .. }) = store {
+        for (i, rule) in rules.iter().enumerate() {
+            if let Some(rule) = rule {
+                if let Err(e) = ratewarden_store::redis::check_limit(&rule.limit) {
+                    errors.add(format!("rules[{i}].rate"), e.to_string());
+                }
+            }
+        }
+    }
     match (server, store, errors.0.is_empty()) {
         (Some(server), Some(store), true) => Ok(Config {
             server,
@@ -138,29 +149,123 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
     })
 }
 
+/// The longest `store.timeout`: a decision waits at most this for Redis.
+const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn store(raw: &RawStore, errors: &mut Errors) -> Option<StoreConfig> {
+    let max_keys = match raw.max_keys {
+        Some(n) if n < 1 => {
+            errors.add("store.max_keys", format!("{n} is not a positive number of keys"));
+            return None;
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => 1_000_000,
+    };
     match raw.kind.as_deref().unwrap_or("memory") {
         "memory" => {
-            let max_keys = raw.max_keys.unwrap_or(1_000_000);
-            if max_keys < 1 {
-                errors.add(
-                    "store.max_keys",
-                    format!("{max_keys} is not a positive number of keys"),
-                );
-                return None;
+            for (field, given) in [
+                ("url", raw.url.is_some()),
+                ("cluster", raw.cluster.is_some()),
+                ("timeout", raw.timeout.is_some()),
+                ("on_error", raw.on_error.is_some()),
+                ("key_prefix", raw.key_prefix.is_some()),
+            ] {
+                if given {
+                    errors.add(format!("store.{field}"), "only applies to kind = \"redis\"");
+                }
             }
-            Some(StoreConfig::Memory {
-                max_keys: usize::try_from(max_keys).unwrap_or(usize::MAX),
-            })
+            Some(StoreConfig::Memory { max_keys })
         }
+        "redis" => redis_store(raw, max_keys, errors),
         other => {
             errors.add(
                 "store.kind",
-                format!("{other:?} is not a store kind; use \"memory\""),
+                format!("{other:?} is not a store kind; use \"memory\" or \"redis\""),
             );
             None
         }
     }
+}
+
+fn redis_store(raw: &RawStore, max_keys: usize, errors: &mut Errors) -> Option<StoreConfig> {
+    let target = match (&raw.url, &raw.cluster) {
+        (Some(url), None) => errors
+            .check("store.url", redis_url(url))
+            .map(|()| RedisTarget::Server(url.clone())),
+        (None, Some(urls)) if urls.is_empty() => {
+            errors.add("store.cluster", "lists no node; give at least one seed node URL");
+            None
+        }
+        (None, Some(urls)) => {
+            let before = errors.0.len();
+            for (i, url) in urls.iter().enumerate() {
+                errors.check(&format!("store.cluster[{i}]"), redis_url(url));
+            }
+            (errors.0.len() == before).then(|| RedisTarget::Cluster(urls.clone()))
+        }
+        (Some(_), Some(_)) => {
+            errors.add("store.cluster", "give either url (one server) or cluster (seed nodes), not both");
+            None
+        }
+        (None, None) => {
+            errors.add("store.url", "kind = \"redis\" needs url = \"redis://host:port\" or cluster = [...]");
+            None
+        }
+    };
+    let timeout = match raw.timeout.as_deref() {
+        None => Some(Duration::from_millis(50)),
+        Some(t) => errors
+            .check("store.timeout", parse_duration(t))
+            .and_then(|d| {
+                if d > MAX_STORE_TIMEOUT {
+                    errors.add("store.timeout", format!("{t:?} is longer than the maximum of 10s: every request would wait that long on an outage"));
+                    None
+                } else {
+                    Some(d)
+                }
+            }),
+    };
+    let on_error = match raw.on_error.as_deref().unwrap_or("allow") {
+        "allow" => Some(FailurePolicy::Allow),
+        "deny" => Some(FailurePolicy::Deny),
+        "local" => Some(FailurePolicy::Local),
+        other => {
+            errors.add("store.on_error", format!("{other:?} is not a failure policy; use \"allow\" (fail open), \"deny\" (fail closed: 503) or \"local\" (per-instance memory limits)"));
+            None
+        }
+    };
+    let key_prefix = raw.key_prefix.clone().unwrap_or_else(|| "rw".into());
+    let prefix_ok = !key_prefix.is_empty()
+        && key_prefix.len() <= 32
+        && key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if !prefix_ok {
+        errors.add("store.key_prefix", format!("{key_prefix:?}: use 1 to 32 of A-Z a-z 0-9 _ - . : (no braces: they would change the hash slot)"));
+    }
+    Some(StoreConfig::Redis {
+        settings: RedisSettings {
+            target: target?,
+            timeout: timeout?,
+            key_prefix,
+        },
+        on_error: on_error?,
+        max_keys,
+    })
+    .filter(|_| prefix_ok)
+}
+
+fn redis_url(url: &str) -> Result<(), String> {
+    let shown = ratewarden_store::redis::redacted(url);
+    if url.starts_with("rediss://") {
+        return Err(format!("{shown:?}: TLS (rediss://) is not supported by this build; use redis:// over a private network or a TLS tunnel"));
+    }
+    if !url.starts_with("redis://") {
+        return Err(format!("{shown:?} is not a Redis URL such as \"redis://127.0.0.1:6379\""));
+    }
+    let host = url["redis://".len()..].rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.starts_with('/') {
+        return Err(format!("{shown:?} names no host"));
+    }
+    Ok(())
 }
 
 fn clients(raw: &RawClients, errors: &mut Errors) -> ClientPolicy {

@@ -7,6 +7,8 @@ mod compile;
 mod raw;
 
 pub use compile::compile;
+use ratewarden_store::failure::FailurePolicy;
+use ratewarden_store::redis::RedisSettings;
 
 use ratewarden_core::policy::Policy;
 use std::fmt;
@@ -56,6 +58,15 @@ pub enum StoreConfig {
     /// In this process.
     Memory {
         /// Most counters held.
+        max_keys: usize,
+    },
+    /// In Redis, shared by every gateway using it.
+    Redis {
+        /// Where, how long to wait, key prefix.
+        settings: RedisSettings,
+        /// What to do when Redis cannot decide.
+        on_error: FailurePolicy,
+        /// Most counters the `local` fallback holds.
         max_keys: usize,
     },
 }

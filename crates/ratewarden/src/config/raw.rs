@@ -45,6 +45,11 @@ pub struct RawClients {
 pub struct RawStore {
     pub kind: Option<String>,
     pub max_keys: Option<i64>,
+    pub url: Option<String>,
+    pub cluster: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub on_error: Option<String>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,6 +2,7 @@
 //! evaluate the policy, ask the store once, then answer or forward.
 
 use super::forward::Upstream;
+use super::limiter::Verdict;
 use super::responses::{self, RuleOutcome};
 use super::{Body, Gateway};
 use crate::metrics::{Refusal, RuleDecision};
@@ -12,7 +13,7 @@ use ratewarden_core::clock::Clock;
 use ratewarden_core::identity::{client_address, client_network};
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, RequestFacts, Rule};
-use ratewarden_store::{Check, CounterKey, Decisions, Store};
+use ratewarden_store::{Check, CounterKey, Decisions};
 use std::net::SocketAddr;
 
 /// Handles one request.
@@ -85,7 +86,21 @@ pub async fn handle(
             Check::new(CounterKey::new(&rule.name, key), rule.limit, rule.cost).ok()
         })
         .collect();
-    let mut decisions = decide(gateway, &checks).await;
+    let mut decisions = match gateway.store.decide(&checks, metrics).await {
+        Verdict::Decided(d) => d,
+        Verdict::Unchecked => {
+            for (rule, _) in &enforced {
+                count(gateway, rule, "unchecked");
+            }
+            return upstream.forward(request, client.ip, metrics).await;
+        }
+        Verdict::Refused(retry_after) => {
+            for (rule, _) in &enforced {
+                count(gateway, rule, "refused_store_down");
+            }
+            return responses::limiter_unavailable(retry_after);
+        }
+    };
     let elapsed = gateway.clock.now().saturating_since(started);
     metrics
         .decision_seconds
@@ -125,7 +140,9 @@ pub async fn handle(
     }
     for (rule, key) in &shadow {
         if let Ok(check) = Check::new(CounterKey::new(&rule.name, key), rule.limit, rule.cost) {
-            let d = decide(gateway, &[check]).await;
+            let Verdict::Decided(d) = gateway.store.decide(&[check], metrics).await else {
+                continue;
+            };
             let verdict = if d.allowed() {
                 "allowed"
             } else {
@@ -172,21 +189,6 @@ pub async fn handle(
     let mut response = upstream.forward(request, client.ip, metrics).await;
     responses::add_rate_limit_headers(response.headers_mut(), &outcomes, speaker);
     response
-}
-
-async fn decide(gateway: &Gateway, checks: &[Check<'_>]) -> Decisions {
-    if checks.is_empty() {
-        return Decisions::default();
-    }
-    // The memory store cannot fail; a store that can will come with its failure policy
-    // (fail open, fail closed, local fallback). Until then an error is loud, not silent.
-    match gateway.store.decide(checks).await {
-        Ok(decisions) => decisions,
-        Err(e) => {
-            tracing::error!(error = %e, "store failed; request allowed");
-            Decisions::default()
-        }
-    }
 }
 
 /// How long to hold an admitted request for its `delay` rules: until its turn at the

@@ -9,9 +9,10 @@
 
 mod forward;
 mod handler;
+mod limiter;
 pub mod responses;
 
-use crate::config::{self, Config, StoreConfig};
+use crate::config::{self, Config};
 use crate::metrics::{Metrics, RuleDecision};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -22,8 +23,6 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use ratewarden_core::clock::SystemClock;
 use ratewarden_core::policy::Policy;
-use ratewarden_store::MemoryStore;
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +41,7 @@ struct UpstreamSettings {
 /// What every request handler shares.
 pub struct Gateway {
     policy: ArcSwap<Policy>,
-    store: Arc<MemoryStore<SystemClock>>,
+    store: limiter::Limiter,
     upstream: UpstreamSettings,
     metrics: Arc<Metrics>,
     clock: SystemClock,
@@ -72,11 +71,8 @@ pub struct Bound {
 impl Bound {
     /// Binds the gateway's listener (and admin port) for `config`.
     pub async fn new(config: Config) -> anyhow::Result<Bound> {
-        let StoreConfig::Memory { max_keys } = config.store;
-        let store = Arc::new(MemoryStore::new(
-            NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN),
-        ));
-        let _janitor = store.spawn_janitor(Duration::from_secs(10));
+        let store = limiter::Limiter::new(&config.store)?;
+        store.probe().await;
         let metrics = Arc::new(Metrics::new());
         let s = &config.server;
         let gateway = Arc::new(Gateway {

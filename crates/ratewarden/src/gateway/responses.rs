@@ -143,6 +143,25 @@ pub fn bad_request(detail: &str) -> Response<Body> {
     response
 }
 
+/// 503 when the limiter cannot decide and the failure policy is to refuse: the client
+/// did nothing wrong, so this is never a 429.
+pub fn limiter_unavailable(retry_after: std::time::Duration) -> Response<Body> {
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let body = serde_json::json!({
+        "type": "https://ratewarden.dev/problems/limiter_unavailable",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "the rate limiter's store is unavailable and the gateway is configured to refuse requests meanwhile (store.on_error = \"deny\")",
+        "error": "limiter_unavailable",
+        "retry_after": seconds,
+    });
+    let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, &body);
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 /// 502 or 504 when the upstream fails.
 pub fn upstream_failure(status: StatusCode, detail: &str) -> Response<Body> {
     let error = if status == StatusCode::GATEWAY_TIMEOUT {

@@ -201,12 +201,18 @@ fn address_of(config: &str, key: &str) -> SocketAddr {
 impl Gateway {
     /// Starts the binary with this configuration and waits until it listens.
     pub fn start(config: &str) -> Gateway {
+        Gateway::start_with(config, &[])
+    }
+
+    /// Starts the binary with this configuration and extra `serve` arguments.
+    pub fn start_with(config: &str, args: &[&str]) -> Gateway {
         let dir = temp_dir();
         let path = dir.join("ratewarden.toml");
         std::fs::write(&path, config).expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_ratewarden"))
             .args(["serve", "--config"])
             .arg(&path)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
