@@ -237,3 +237,48 @@ fn a_changed_limit_gets_new_counters_an_unchanged_one_keeps_them() {
     assert_ne!(before[0].name.fingerprint(), after[0].name.fingerprint());
     assert_eq!(before[1].name.fingerprint(), after[1].name.fingerprint());
 }
+
+#[test]
+fn the_redis_store_of_the_issue_compiles() {
+    let config = parse(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\ntimeout = \"50ms\"\non_error = \"allow\"\n"
+    ))
+    .expect("valid");
+    let StoreConfig::Redis { settings, on_error, .. } = config.store else {
+        panic!("not redis");
+    };
+    assert_eq!(settings.timeout, Duration::from_millis(50));
+    assert_eq!(settings.key_prefix, "rw");
+    assert_eq!(on_error, FailurePolicy::Allow);
+    let cluster = parse(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\ncluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\non_error = \"local\"\n"
+    ))
+    .expect("valid");
+    assert!(matches!(cluster.store, StoreConfig::Redis { on_error: FailurePolicy::Local, .. }));
+}
+
+#[test]
+fn redis_settings_are_checked_and_passwords_not_echoed() {
+    let e = errors(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"http://u:hunter2@h:1\"\ntimeout = \"30s\"\non_error = \"maybe\"\nkey_prefix = \"a{{b}}\"\n"
+    ));
+    let all = e.join("\n");
+    assert!(all.contains("store.url:"), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+    assert!(all.contains("store.timeout:"), "{all}");
+    assert!(all.contains("store.on_error: \"maybe\""), "{all}");
+    assert!(all.contains("store.key_prefix:"), "{all}");
+    assert!(errors(&format!("{MINIMAL}\n[store]\nkind = \"redis\"\n"))[0].starts_with("store.url:"));
+    assert!(errors(&format!("{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"rediss://h:1\"\n"))[0].contains("TLS"));
+    assert!(errors(&format!("{MINIMAL}\n[store]\nkind = \"redis\"\ncluster = []\n"))[0].starts_with("store.cluster:"));
+    assert!(errors(&format!("{MINIMAL}\n[store]\nurl = \"redis://h:1\"\n"))[0].starts_with("store.url: only applies"));
+}
+
+#[test]
+fn rules_the_redis_store_cannot_run_exactly_are_refused() {
+    let e = errors(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"redis://h:1\"\n[[rules]]\nname = \"yearly\"\nalgorithm = \"fixed_window\"\nrate = \"10/500d\"\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("rules[0].rate:"), "{e:?}");
+}
