@@ -19,14 +19,25 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).cloned().unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let url = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let seconds: u64 = args.get(2).map_or(5, |s| s.parse().unwrap());
     let in_flight: usize = args.get(3).map_or(64, |s| s.parse().unwrap());
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let store = Arc::new(
             RedisStore::new(
-                RedisSettings { target: RedisTarget::Server(url), timeout: Duration::from_secs(1), key_prefix: "rwbench".into() },
+                RedisSettings {
+                    target: RedisTarget::Server(url),
+                    timeout: Duration::from_secs(1),
+                    key_prefix: "rwbench".into(),
+                },
                 SystemClock::new(),
             )
             .unwrap(),
@@ -45,7 +56,9 @@ fn main() {
                         let client = format!("client-{}", n % 10_000);
                         n += in_flight;
                         let started = Instant::now();
-                        let d = store.decide(&[Check::one(CounterKey::new(&rule, &client), limit)]).await;
+                        let d = store
+                            .decide(&[Check::one(CounterKey::new(&rule, &client), limit)])
+                            .await;
                         latencies.push(started.elapsed().as_micros() as u64);
                         assert!(d.expect("decided").allowed());
                     }

@@ -41,7 +41,11 @@ fn redis_settings(target: RedisTarget) -> RedisSettings {
 
 fn redis() -> Backend<RedisStore<SystemClock>> {
     let server = RedisServer::start();
-    let store = RedisStore::new(redis_settings(RedisTarget::Server(server.url())), SystemClock::new()).unwrap();
+    let store = RedisStore::new(
+        redis_settings(RedisTarget::Server(server.url())),
+        SystemClock::new(),
+    )
+    .unwrap();
     Backend {
         store: Arc::new(store),
         _server: Some(server),
@@ -51,7 +55,11 @@ fn redis() -> Backend<RedisStore<SystemClock>> {
 
 fn redis_cluster() -> Backend<RedisStore<SystemClock>> {
     let cluster = RedisCluster::start();
-    let store = RedisStore::new(redis_settings(RedisTarget::Cluster(cluster.urls())), SystemClock::new()).unwrap();
+    let store = RedisStore::new(
+        redis_settings(RedisTarget::Cluster(cluster.urls())),
+        SystemClock::new(),
+    )
+    .unwrap();
     Backend {
         store: Arc::new(store),
         _server: None,
@@ -86,17 +94,36 @@ async fn admits_exactly_the_limit_then_denies_with_a_wait<S: Store>(store: Arc<S
         assert!(!denied.allowed(), "{limit:?}");
         assert_eq!(denied[0].remaining, 0);
         let wait = denied[0].retry_after;
-        assert!(wait > Nanos::ZERO && wait <= Nanos::from_secs(3_600), "{limit:?}: {wait:?}");
+        assert!(
+            wait > Nanos::ZERO && wait <= Nanos::from_secs(3_600),
+            "{limit:?}: {wait:?}"
+        );
     }
 }
 
 async fn clients_and_rules_have_their_own_counters<S: Store>(store: Arc<S>) {
     let [limit, ..] = every_algorithm("1/h", 1);
     let (a, b) = (RuleName::new("a"), RuleName::new("b"));
-    assert!(decide(&*store, &[Check::one(CounterKey::new(&a, "x"), limit)]).await.allowed());
-    assert!(!decide(&*store, &[Check::one(CounterKey::new(&a, "x"), limit)]).await.allowed());
-    assert!(decide(&*store, &[Check::one(CounterKey::new(&a, "y"), limit)]).await.allowed());
-    assert!(decide(&*store, &[Check::one(CounterKey::new(&b, "x"), limit)]).await.allowed());
+    assert!(
+        decide(&*store, &[Check::one(CounterKey::new(&a, "x"), limit)])
+            .await
+            .allowed()
+    );
+    assert!(
+        !decide(&*store, &[Check::one(CounterKey::new(&a, "x"), limit)])
+            .await
+            .allowed()
+    );
+    assert!(
+        decide(&*store, &[Check::one(CounterKey::new(&a, "y"), limit)])
+            .await
+            .allowed()
+    );
+    assert!(
+        decide(&*store, &[Check::one(CounterKey::new(&b, "x"), limit)])
+            .await
+            .allowed()
+    );
 }
 
 async fn a_denied_request_charges_none_of_its_limits<S: Store>(store: Arc<S>) {
@@ -119,7 +146,10 @@ async fn a_denied_request_charges_none_of_its_limits<S: Store>(store: Arc<S>) {
     }
     let alone = decide(&*store, &[both[1]]).await;
     assert!(alone.allowed());
-    assert_eq!(alone[0].remaining, 7, "only the two admitted requests and this one count");
+    assert_eq!(
+        alone[0].remaining, 7,
+        "only the two admitted requests and this one count"
+    );
 }
 
 async fn costs_take_several_units<S: Store>(store: Arc<S>) {
@@ -132,7 +162,9 @@ async fn costs_take_several_units<S: Store>(store: Arc<S>) {
         assert!(d.allowed());
         assert_eq!(d[0].remaining, 3);
         assert!(!decide(&*store, &[four]).await.allowed(), "{limit:?}");
-        assert!(decide(&*store, &[Check::new(key, limit, 3).unwrap()]).await.allowed());
+        assert!(decide(&*store, &[Check::new(key, limit, 3).unwrap()])
+            .await
+            .allowed());
     }
 }
 
@@ -165,7 +197,10 @@ async fn a_wait_is_honoured<S: Store>(store: Arc<S>) {
     let denied = decide(&*store, &[check]).await;
     assert!(!denied.allowed());
     let wait = denied[0].retry_after;
-    assert!(wait <= Nanos::from_millis(50) && wait > Nanos::ZERO, "{wait:?}");
+    assert!(
+        wait <= Nanos::from_millis(50) && wait > Nanos::ZERO,
+        "{wait:?}"
+    );
     tokio::time::sleep(wait.to_duration() + Duration::from_millis(5)).await;
     assert!(decide(&*store, &[check]).await.allowed());
 }

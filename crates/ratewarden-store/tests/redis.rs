@@ -28,7 +28,10 @@ fn store(url: String, timeout: Duration) -> RedisStore<SystemClock> {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn gcra(rate: &str, burst: u32) -> Limit {
@@ -38,12 +41,18 @@ fn gcra(rate: &str, burst: u32) -> Limit {
 /// Limits whose parameters are whole microseconds, so the script (which counts in
 /// microseconds) and the Rust functions (nanoseconds) must agree to the unit.
 fn limits() -> impl Strategy<Value = Limit> {
-    let gcra_rates = prop::sample::select(vec!["10/s", "4/s", "1/s", "100/s", "2/m", "5/m", "8/s", "20/s"]);
-    let window_rates = prop::sample::select(vec!["3/s", "10/s", "5/m", "7/10s", "2/s", "100/m", "1/s"]);
+    let gcra_rates = prop::sample::select(vec![
+        "10/s", "4/s", "1/s", "100/s", "2/m", "5/m", "8/s", "20/s",
+    ]);
+    let window_rates =
+        prop::sample::select(vec!["3/s", "10/s", "5/m", "7/10s", "2/s", "100/m", "1/s"]);
     prop_oneof![
         (gcra_rates, 1u32..6).prop_map(|(r, b)| gcra(r, b)),
-        window_rates.clone().prop_map(|r| Limit::SlidingWindow(SlidingWindow::new(r.parse().unwrap()).unwrap())),
-        window_rates.prop_map(|r| Limit::FixedWindow(FixedWindow::new(r.parse().unwrap()).unwrap())),
+        window_rates
+            .clone()
+            .prop_map(|r| Limit::SlidingWindow(SlidingWindow::new(r.parse().unwrap()).unwrap())),
+        window_rates
+            .prop_map(|r| Limit::FixedWindow(FixedWindow::new(r.parse().unwrap()).unwrap())),
     ]
 }
 
@@ -51,7 +60,10 @@ fn limits() -> impl Strategy<Value = Limit> {
 /// of this cost.
 fn steps() -> impl Strategy<Value = Vec<(i64, u32)>> {
     prop::collection::vec(
-        (prop_oneof![8 => 0i64..400_000, 1 => 0i64..5_000_000, 1 => -1_500_000i64..0], 1u32..4),
+        (
+            prop_oneof![8 => 0i64..400_000, 1 => 0i64..5_000_000, 1 => -1_500_000i64..0],
+            1u32..4,
+        ),
         1..40,
     )
 }
@@ -61,12 +73,23 @@ fn micros_ceil(n: Nanos) -> u64 {
 }
 
 fn same(rust: &Decision, lua: &Decision) -> bool {
-    let wait = |n: Nanos| if n == Nanos::MAX { u64::MAX } else { micros_ceil(n) * 1000 };
+    let wait = |n: Nanos| {
+        if n == Nanos::MAX {
+            u64::MAX
+        } else {
+            micros_ceil(n) * 1000
+        }
+    };
     rust.allowed == lua.allowed
         && rust.limit == lua.limit
         && rust.remaining == lua.remaining
         && wait(rust.reset_after) == lua.reset_after.as_nanos()
-        && wait(rust.retry_after) == (if lua.retry_after == Nanos::MAX { u64::MAX } else { lua.retry_after.as_nanos() })
+        && wait(rust.retry_after)
+            == (if lua.retry_after == Nanos::MAX {
+                u64::MAX
+            } else {
+                lua.retry_after.as_nanos()
+            })
 }
 
 #[test]
@@ -75,7 +98,10 @@ fn the_script_answers_as_the_rust_algorithms_do() {
     let rt = runtime();
     let store = store(server.url(), Duration::from_secs(5));
     let case = AtomicU64::new(0);
-    let config = ProptestConfig { cases: 300, ..ProptestConfig::default() };
+    let config = ProptestConfig {
+        cases: 300,
+        ..ProptestConfig::default()
+    };
     proptest!(config, |(limit in limits(), steps in steps())| {
         let client = format!("case-{}", case.fetch_add(1, Ordering::Relaxed));
         let rule = RuleName::new("equivalence");
@@ -101,24 +127,43 @@ fn every_key_carries_a_ttl_that_ends_with_its_state() {
     let store = store(server.url(), Duration::from_secs(5));
     let limits = [
         (gcra("10/s", 5), 100u64),
-        (Limit::SlidingWindow(SlidingWindow::new("10/m".parse().unwrap()).unwrap()), 120_000),
-        (Limit::FixedWindow(FixedWindow::new("10/h".parse().unwrap()).unwrap()), 3_600_000),
+        (
+            Limit::SlidingWindow(SlidingWindow::new("10/m".parse().unwrap()).unwrap()),
+            120_000,
+        ),
+        (
+            Limit::FixedWindow(FixedWindow::new("10/h".parse().unwrap()).unwrap()),
+            3_600_000,
+        ),
     ];
     for (n, (limit, most_ms)) in limits.into_iter().enumerate() {
         let rule = RuleName::new(&format!("ttl{n}"));
-        assert!(rt.block_on(store.decide(&[Check::one(CounterKey::new(&rule, "c"), limit)])).unwrap().allowed());
-        let keys = server.command(&["KEYS", &format!("rwtest:v1:*:ttl{n}:*")]).unwrap();
+        assert!(rt
+            .block_on(store.decide(&[Check::one(CounterKey::new(&rule, "c"), limit)]))
+            .unwrap()
+            .allowed());
+        let keys = server
+            .command(&["KEYS", &format!("rwtest:v1:*:ttl{n}:*")])
+            .unwrap();
         assert_eq!(keys, "*1", "one key for the counter");
         // KEYS answered one key; read its name through SCAN-free means: the pattern again.
         let ttl = pttl_of_pattern(&server, &format!("rwtest:v1:*:ttl{n}:*"));
-        assert!(ttl > 0 && ttl <= most_ms as i64 + 1, "{limit:?}: PTTL {ttl}");
+        assert!(
+            ttl > 0 && ttl <= most_ms as i64 + 1,
+            "{limit:?}: PTTL {ttl}"
+        );
     }
 }
 
 fn pttl_of_pattern(server: &RedisServer, pattern: &str) -> i64 {
     // The Lua one-liner reads the key name and its TTL in one step.
     let script = format!("return redis.call('PTTL', redis.call('KEYS', '{pattern}')[1])");
-    server.command(&["EVAL", &script, "0"]).unwrap().trim_start_matches(':').parse().unwrap()
+    server
+        .command(&["EVAL", &script, "0"])
+        .unwrap()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -131,11 +176,20 @@ fn script_flush_costs_one_reload() {
     let check = Check::one(CounterKey::new(&rule, "c"), limit);
     assert_eq!(rt.block_on(store.decide(&[check])).unwrap()[0].remaining, 2);
     assert_eq!(server.command(&["SCRIPT", "FLUSH"]).as_deref(), Some("+OK"));
-    assert_eq!(rt.block_on(store.decide(&[check])).unwrap()[0].remaining, 1, "reloaded, and the count went on");
+    assert_eq!(
+        rt.block_on(store.decide(&[check])).unwrap()[0].remaining,
+        1,
+        "reloaded, and the count went on"
+    );
 }
 
 /// Polls until the store decides again, or fails after `within`.
-fn recovers(rt: &tokio::runtime::Runtime, store: &RedisStore<SystemClock>, check: Check<'_>, within: Duration) {
+fn recovers(
+    rt: &tokio::runtime::Runtime,
+    store: &RedisStore<SystemClock>,
+    check: Check<'_>,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     loop {
         match rt.block_on(store.decide(&[check])) {
@@ -159,12 +213,21 @@ fn a_killed_server_fails_fast_within_the_timeout_and_is_used_again_when_back() {
     let mut kinds = Vec::new();
     for _ in 0..10 {
         let started = Instant::now();
-        let e = rt.block_on(store.decide(&[check])).expect_err("no Redis, no decision");
-        assert!(started.elapsed() < timeout + Duration::from_millis(500), "answered in {:?}", started.elapsed());
+        let e = rt
+            .block_on(store.decide(&[check]))
+            .expect_err("no Redis, no decision");
+        assert!(
+            started.elapsed() < timeout + Duration::from_millis(500),
+            "answered in {:?}",
+            started.elapsed()
+        );
         assert!(e.is_transient(), "{e}");
         kinds.push(e.kind());
     }
-    assert!(kinds.contains(&"circuit_open"), "the breaker stops the retries: {kinds:?}");
+    assert!(
+        kinds.contains(&"circuit_open"),
+        "the breaker stops the retries: {kinds:?}"
+    );
     assert!(store.is_failing_fast());
     assert!(store.retry_after() > Nanos::ZERO);
     server.restart();
@@ -181,11 +244,20 @@ fn a_paused_server_times_out_and_the_next_calls_work() {
     let rule = RuleName::new("slow");
     let check = Check::one(CounterKey::new(&rule, "c"), gcra("100/s", 100));
     assert!(rt.block_on(store.decide(&[check])).is_ok());
-    assert_eq!(server.command(&["CLIENT", "PAUSE", "1000", "ALL"]).as_deref(), Some("+OK"));
+    assert_eq!(
+        server
+            .command(&["CLIENT", "PAUSE", "1000", "ALL"])
+            .as_deref(),
+        Some("+OK")
+    );
     let started = Instant::now();
     let e = rt.block_on(store.decide(&[check])).expect_err("paused");
     assert!(matches!(e, StoreError::Timeout(_)), "{e}");
-    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
     recovers(&rt, &store, check, Duration::from_secs(10));
 }
 
@@ -199,7 +271,12 @@ fn a_server_demoted_to_a_read_only_replica_is_recovered_from() {
     let check = Check::one(CounterKey::new(&rule, "c"), gcra("100/s", 100));
     assert!(rt.block_on(store.decide(&[check])).is_ok());
     let port = primary.port().to_string();
-    assert_eq!(server.command(&["REPLICAOF", "127.0.0.1", &port]).as_deref(), Some("+OK"));
+    assert_eq!(
+        server
+            .command(&["REPLICAOF", "127.0.0.1", &port])
+            .as_deref(),
+        Some("+OK")
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let error = loop {
         match rt.block_on(store.decide(&[check])) {
@@ -209,8 +286,14 @@ fn a_server_demoted_to_a_read_only_replica_is_recovered_from() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(error.kind(), "unavailable", "{error}");
-    assert!(error.to_string().to_lowercase().contains("read only"), "{error}");
+    assert!(
+        error.to_string().to_lowercase().contains("read only"),
+        "{error}"
+    );
     // Promoted back (as a failover would point the name at a writable primary).
-    assert_eq!(server.command(&["REPLICAOF", "NO", "ONE"]).as_deref(), Some("+OK"));
+    assert_eq!(
+        server.command(&["REPLICAOF", "NO", "ONE"]).as_deref(),
+        Some("+OK")
+    );
     recovers(&rt, &store, check, Duration::from_secs(15));
 }

@@ -33,7 +33,8 @@ impl RedisServer {
     }
 
     fn start_with(port: u16, extra: &[&str]) -> RedisServer {
-        let dir = std::env::temp_dir().join(format!("ratewarden-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("ratewarden-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = RedisServer {
             port,
@@ -58,7 +59,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while command(self.port, &["PING"]).as_deref() != Some("+PONG") {
-            assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -131,7 +136,10 @@ impl RedisCluster {
                 )
             })
             .collect();
-        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let status = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -149,7 +157,10 @@ impl RedisCluster {
                 if info.contains("cluster_state:ok") {
                     break;
                 }
-                assert!(Instant::now() < deadline, "the cluster never reached state ok");
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never reached state ok"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -169,11 +180,17 @@ impl RedisCluster {
 
 /// A port free on 127.0.0.1 when asked.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn connect(port: u16) -> Option<TcpStream> {
-    let stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
+    let stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+            .ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     Some(stream)
 }

@@ -72,8 +72,15 @@ fn two_gateways_on_one_redis_admit_exactly_the_limit_in_total() {
         let b = s.spawn(|| load(&b, 8, 40));
         (a.join().unwrap(), b.join().unwrap())
     });
-    assert_eq!(admitted_a + admitted_b, 100, "a {admitted_a} + b {admitted_b}: over-admission across instances");
-    assert!(admitted_a > 0 && admitted_b > 0, "both instances served: a {admitted_a}, b {admitted_b}");
+    assert_eq!(
+        admitted_a + admitted_b,
+        100,
+        "a {admitted_a} + b {admitted_b}: over-admission across instances"
+    );
+    assert!(
+        admitted_a > 0 && admitted_b > 0,
+        "both instances served: a {admitted_a}, b {admitted_b}"
+    );
     assert_eq!(upstream.requests(), 100);
 }
 
@@ -90,11 +97,21 @@ rate = "10/m"
 "#;
     let store = redis_store(&redis.url(), "deny");
     // Each instance's own clock would put "now" in a different minute most of the time.
-    let behind = Gateway::start_with(&config(upstream.port, &store, rules), &["--clock-offset-ms", "-25000"]);
-    let ahead = Gateway::start_with(&config(upstream.port, &store, rules), &["--clock-offset-ms", "25000"]);
+    let behind = Gateway::start_with(
+        &config(upstream.port, &store, rules),
+        &["--clock-offset-ms", "-25000"],
+    );
+    let ahead = Gateway::start_with(
+        &config(upstream.port, &store, rules),
+        &["--clock-offset-ms", "25000"],
+    );
     // Stay clear of a minute boundary (by the real clock, which Redis shares here), so
     // the whole exchange falls in one window and the total must be exactly the limit.
-    let into_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 60;
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
     if into_minute >= 50 {
         std::thread::sleep(Duration::from_secs(61 - into_minute));
     }
@@ -104,19 +121,34 @@ rate = "10/m"
         let gw = if i % 2 == 0 { &behind } else { &ahead };
         let reply = gw.get("127.0.0.3", "/x", &[]);
         admitted += usize::from(reply.status == 200);
-        resets.push(reply.header("x-ratelimit-reset").unwrap().parse::<i64>().unwrap());
+        resets.push(
+            reply
+                .header("x-ratelimit-reset")
+                .unwrap()
+                .parse::<i64>()
+                .unwrap(),
+        );
     }
     assert_eq!(admitted, 10);
     let spread = resets.iter().max().unwrap() - resets.iter().min().unwrap();
-    assert!(spread <= 1, "instances disagree on the window's end: {resets:?}");
+    assert!(
+        spread <= 1,
+        "instances disagree on the window's end: {resets:?}"
+    );
 }
 
 #[test]
 fn limits_hold_across_a_redis_cluster() {
     let cluster = RedisCluster::start();
     let upstream = Upstream::start();
-    let nodes = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
-    let store = format!("kind = \"redis\"\ncluster = [{nodes}]\ntimeout = \"500ms\"\non_error = \"deny\"");
+    let nodes = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let store =
+        format!("kind = \"redis\"\ncluster = [{nodes}]\ntimeout = \"500ms\"\non_error = \"deny\"");
     let rules = r#"
 [[rules]]
 name = "per_ip"
@@ -134,14 +166,20 @@ burst = 8
     for n in 10..20 {
         let source = format!("127.0.1.{n}");
         let statuses: Vec<u16> = (0..7).map(|_| gw.get(&source, "/a", &[]).status).collect();
-        assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429], "client {source}");
+        assert_eq!(
+            statuses,
+            [200, 200, 200, 200, 200, 429, 429],
+            "client {source}"
+        );
     }
     // A user across clients (another slot than each IP): 8 in total, and the IP
     // limit's denials charged nothing to it.
     let mut admitted = 0;
     for n in 30..40 {
         let source = format!("127.0.2.{n}");
-        admitted += (0..2).filter(|_| gw.get(&source, "/a", &[("x-user", "alice")]).status == 200).count();
+        admitted += (0..2)
+            .filter(|_| gw.get(&source, "/a", &[("x-user", "alice")]).status == 200)
+            .count();
     }
     assert_eq!(admitted, 8);
 }
@@ -158,8 +196,14 @@ key = "ip"
 rate = "1/h"
 burst = 3
 "#;
-    let gw = Gateway::start(&config(upstream.port, &redis_store(&redis.url(), on_error), rules));
-    let statuses: Vec<u16> = (0..4).map(|_| gw.get("127.0.0.4", "/a", &[]).status).collect();
+    let gw = Gateway::start(&config(
+        upstream.port,
+        &redis_store(&redis.url(), on_error),
+        rules,
+    ));
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| gw.get("127.0.0.4", "/a", &[]).status)
+        .collect();
     assert_eq!(statuses, [200, 200, 200, 429]);
     redis.stop();
     (gw, redis, upstream)
@@ -181,11 +225,20 @@ fn redis_down_with_on_error_allow_lets_requests_through_and_recovers() {
         let (reply, took) = timed(&gw, "127.0.0.5");
         assert_eq!(reply.status, 200, "fail open");
         assert!(took < ANSWER_WITHIN, "answered in {took:?}");
-        assert!(reply.header("x-ratelimit-limit").is_none(), "no limit was checked, none is claimed");
+        assert!(
+            reply.header("x-ratelimit-limit").is_none(),
+            "no limit was checked, none is claimed"
+        );
     }
     let metrics = gw.metrics();
-    assert!(metrics.contains("ratewarden_store_fallbacks_total{on_error=\"allow\"}"), "{metrics}");
-    assert!(metrics.contains("ratewarden_store_errors_total{kind=\"circuit_open\"}"), "the breaker spared Redis: {metrics}");
+    assert!(
+        metrics.contains("ratewarden_store_fallbacks_total{on_error=\"allow\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ratewarden_store_errors_total{kind=\"circuit_open\"}"),
+        "the breaker spared Redis: {metrics}"
+    );
     redis.restart();
     // Back to shared, checked limits (a fresh Redis: a fresh count).
     eventually("limits checked again", Duration::from_secs(15), || {
@@ -199,27 +252,50 @@ fn redis_down_with_on_error_deny_answers_503_with_retry_after_never_429() {
     let before = upstream.requests();
     for _ in 0..20 {
         let (reply, took) = timed(&gw, "127.0.0.5");
-        assert_eq!(reply.status, 503, "fail closed, and not blaming the client with a 429");
+        assert_eq!(
+            reply.status, 503,
+            "fail closed, and not blaming the client with a 429"
+        );
         assert!(took < ANSWER_WITHIN, "answered in {took:?}");
         let wait: u64 = reply.header("retry-after").unwrap().parse().unwrap();
         assert!((1..=10).contains(&wait), "Retry-After {wait}");
-        assert!(reply.body.contains("\"error\":\"limiter_unavailable\""), "{}", reply.body);
+        assert!(
+            reply.body.contains("\"error\":\"limiter_unavailable\""),
+            "{}",
+            reply.body
+        );
     }
-    assert_eq!(upstream.requests(), before, "nothing reached the upstream unchecked");
+    assert_eq!(
+        upstream.requests(),
+        before,
+        "nothing reached the upstream unchecked"
+    );
     redis.restart();
-    eventually("serving again", Duration::from_secs(15), || gw.get("127.0.0.6", "/a", &[]).status == 200);
+    eventually("serving again", Duration::from_secs(15), || {
+        gw.get("127.0.0.6", "/a", &[]).status == 200
+    });
 }
 
 #[test]
 fn redis_down_with_on_error_local_keeps_limiting_per_instance() {
     let (gw, mut redis, _upstream) = outage("local");
-    let statuses: Vec<u16> = (0..5).map(|_| timed(&gw, "127.0.0.7")).map(|(r, took)| {
-        assert!(took < ANSWER_WITHIN, "answered in {took:?}");
-        r.status
-    }).collect();
-    assert_eq!(statuses, [200, 200, 200, 429, 429], "the same rule, counted locally");
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| timed(&gw, "127.0.0.7"))
+        .map(|(r, took)| {
+            assert!(took < ANSWER_WITHIN, "answered in {took:?}");
+            r.status
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429],
+        "the same rule, counted locally"
+    );
     let metrics = gw.metrics();
-    assert!(metrics.contains("ratewarden_store_fallbacks_total{on_error=\"local\"}"), "{metrics}");
+    assert!(
+        metrics.contains("ratewarden_store_fallbacks_total{on_error=\"local\"}"),
+        "{metrics}"
+    );
     redis.restart();
     eventually("Redis counting again", Duration::from_secs(15), || {
         // A client the local limiter has exhausted gets a fresh count from the new Redis.

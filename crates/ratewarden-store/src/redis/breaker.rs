@@ -80,7 +80,13 @@ impl Breaker {
         let pause = if state.pause == Nanos::ZERO {
             FIRST_PAUSE
         } else {
-            Nanos(state.pause.as_nanos().saturating_mul(2).min(MAX_PAUSE.as_nanos()))
+            Nanos(
+                state
+                    .pause
+                    .as_nanos()
+                    .saturating_mul(2)
+                    .min(MAX_PAUSE.as_nanos()),
+            )
         };
         state.pause = pause;
         state.open_until = Some(now.saturating_add(pause));

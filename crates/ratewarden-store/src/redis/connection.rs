@@ -59,7 +59,7 @@ pub(crate) enum Live {
 
 enum Client {
     Server(redis::Client),
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// The connection, made on first use and remade after [`Connection::reset`].
@@ -75,13 +75,13 @@ impl Connection {
     pub(crate) fn new(target: &RedisTarget, timeout: Duration) -> RedisResult<Connection> {
         let client = match target {
             RedisTarget::Server(url) => Client::Server(redis::Client::open(url.as_str())?),
-            RedisTarget::Cluster(urls) => Client::Cluster(
+            RedisTarget::Cluster(urls) => Client::Cluster(Box::new(
                 redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .retries(1)
                     .build()?,
-            ),
+            )),
         };
         Ok(Connection {
             client,

@@ -75,7 +75,10 @@ mod tests {
         assert!(a.starts_with("rw:v1:{"), "{a}");
         let tag = &a[a.find('{').expect("open") + 1..a.find('}').expect("close")];
         assert_eq!(tag, tag_a.as_str());
-        assert!(a.ends_with(&format!(":login:{:016x}", rule.fingerprint())), "{a}");
+        assert!(
+            a.ends_with(&format!(":login:{:016x}", rule.fingerprint())),
+            "{a}"
+        );
     }
 
     #[test]

@@ -156,16 +156,25 @@ impl<C: Clock> RedisStore<C> {
         let groups = self.slot_groups(&keys);
         if groups.len() == 1 {
             let answers = self
-                .invoke(&live, Mode::Decide, now_micros, checks, &keys, &groups[0], &[])
+                .invoke(
+                    &live,
+                    Mode::Decide,
+                    now_micros,
+                    checks,
+                    &keys,
+                    &groups[0],
+                    &[],
+                )
                 .await?;
             return Ok(answers.into_iter().map(|(d, _)| d).collect());
         }
         // Checks on several slots: each slot decides its own checks atomically; if any
         // slot denies, the slots that admitted give their charges back.
-        let results = join_all(groups.iter().map(|group| {
-            self.invoke(&live, Mode::Decide, now_micros, checks, &keys, group, &[])
-        }))
-        .await;
+        let results =
+            join_all(groups.iter().map(|group| {
+                self.invoke(&live, Mode::Decide, now_micros, checks, &keys, group, &[])
+            }))
+            .await;
         let mut decisions = vec![None; checks.len()];
         let mut written = vec![String::new(); checks.len()];
         let mut failure = None;
@@ -180,16 +189,30 @@ impl<C: Clock> RedisStore<C> {
                 Err(e) => failure = Some(e),
             }
         }
-        let all_allowed = failure.is_none() && decisions.iter().all(|d| d.is_some_and(|d| d.allowed));
+        let all_allowed =
+            failure.is_none() && decisions.iter().all(|d| d.is_some_and(|d| d.allowed));
         if !all_allowed {
             let charged: Vec<Vec<usize>> = groups
                 .iter()
-                .map(|g| g.iter().copied().filter(|&i| !written[i].is_empty()).collect::<Vec<_>>())
+                .map(|g| {
+                    g.iter()
+                        .copied()
+                        .filter(|&i| !written[i].is_empty())
+                        .collect::<Vec<_>>()
+                })
                 .filter(|g| !g.is_empty())
                 .collect();
             for group in &charged {
                 if let Err(e) = self
-                    .invoke(&live, Mode::Refund, now_micros, checks, &keys, group, &written)
+                    .invoke(
+                        &live,
+                        Mode::Refund,
+                        now_micros,
+                        checks,
+                        &keys,
+                        group,
+                        &written,
+                    )
                     .await
                 {
                     // The admission stays charged: stricter, never looser.

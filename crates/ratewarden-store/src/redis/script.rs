@@ -197,7 +197,9 @@ mod tests {
 
     #[test]
     fn parameters_round_up_to_whole_microseconds() {
-        let limit = Limit::Gcra(ratewarden_core::algorithm::Gcra::new("3/s".parse().expect("rate"), 2).expect("gcra"));
+        let limit = Limit::Gcra(
+            ratewarden_core::algorithm::Gcra::new("3/s".parse().expect("rate"), 2).expect("gcra"),
+        );
         let s = ScriptLimit::of(&limit).expect("supported");
         assert_eq!(s.algorithm, "gcra");
         // 333,333,334 ns rounds up to 333,334 µs.
@@ -208,15 +210,23 @@ mod tests {
     fn windows_beyond_the_scripts_arithmetic_are_refused() {
         let year: ratewarden_core::Rate = "10/365d".parse().expect("rate");
         let long: ratewarden_core::Rate = "10/500d".parse().expect("rate");
-        let ok = Limit::SlidingWindow(ratewarden_core::algorithm::SlidingWindow::new(year).expect("sw"));
-        let too_long = Limit::FixedWindow(ratewarden_core::algorithm::FixedWindow::new(long).expect("fw"));
+        let ok =
+            Limit::SlidingWindow(ratewarden_core::algorithm::SlidingWindow::new(year).expect("sw"));
+        let too_long =
+            Limit::FixedWindow(ratewarden_core::algorithm::FixedWindow::new(long).expect("fw"));
         assert!(check_limit(&ok).is_ok());
-        assert!(matches!(check_limit(&too_long), Err(UnsupportedLimit::PeriodTooLong(_))));
+        assert!(matches!(
+            check_limit(&too_long),
+            Err(UnsupportedLimit::PeriodTooLong(_))
+        ));
     }
 
     #[test]
     fn a_short_reply_is_a_protocol_error() {
         let reply = Value::Array(vec![Value::Int(1)]);
-        assert!(matches!(read_decisions(reply, 1), Err(StoreError::Protocol(_))));
+        assert!(matches!(
+            read_decisions(reply, 1),
+            Err(StoreError::Protocol(_))
+        ));
     }
 }

@@ -6,9 +6,9 @@ use ipnet::IpNet;
 use ratewarden_core::identity::{ForwardingHeader, TrustedProxies};
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, ClientPolicy, KeyTemplate, Policy, RouteMatch, Rule};
+use ratewarden_core::{FixedWindow, Gcra, Limit, Rate, RuleName, SlidingWindow};
 use ratewarden_store::failure::FailurePolicy;
 use ratewarden_store::redis::{RedisSettings, RedisTarget};
-use ratewarden_core::{FixedWindow, Gcra, Limit, Rate, RuleName, SlidingWindow};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -155,7 +155,10 @@ const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(10);
 fn store(raw: &RawStore, errors: &mut Errors) -> Option<StoreConfig> {
     let max_keys = match raw.max_keys {
         Some(n) if n < 1 => {
-            errors.add("store.max_keys", format!("{n} is not a positive number of keys"));
+            errors.add(
+                "store.max_keys",
+                format!("{n} is not a positive number of keys"),
+            );
             return None;
         }
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
@@ -193,7 +196,10 @@ fn redis_store(raw: &RawStore, max_keys: usize, errors: &mut Errors) -> Option<S
             .check("store.url", redis_url(url))
             .map(|()| RedisTarget::Server(url.clone())),
         (None, Some(urls)) if urls.is_empty() => {
-            errors.add("store.cluster", "lists no node; give at least one seed node URL");
+            errors.add(
+                "store.cluster",
+                "lists no node; give at least one seed node URL",
+            );
             None
         }
         (None, Some(urls)) => {
@@ -204,11 +210,17 @@ fn redis_store(raw: &RawStore, max_keys: usize, errors: &mut Errors) -> Option<S
             (errors.0.len() == before).then(|| RedisTarget::Cluster(urls.clone()))
         }
         (Some(_), Some(_)) => {
-            errors.add("store.cluster", "give either url (one server) or cluster (seed nodes), not both");
+            errors.add(
+                "store.cluster",
+                "give either url (one server) or cluster (seed nodes), not both",
+            );
             None
         }
         (None, None) => {
-            errors.add("store.url", "kind = \"redis\" needs url = \"redis://host:port\" or cluster = [...]");
+            errors.add(
+                "store.url",
+                "kind = \"redis\" needs url = \"redis://host:port\" or cluster = [...]",
+            );
             None
         }
     };
@@ -237,7 +249,9 @@ fn redis_store(raw: &RawStore, max_keys: usize, errors: &mut Errors) -> Option<S
     let key_prefix = raw.key_prefix.clone().unwrap_or_else(|| "rw".into());
     let prefix_ok = !key_prefix.is_empty()
         && key_prefix.len() <= 32
-        && key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+        && key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
     if !prefix_ok {
         errors.add("store.key_prefix", format!("{key_prefix:?}: use 1 to 32 of A-Z a-z 0-9 _ - . : (no braces: they would change the hash slot)"));
     }
@@ -259,7 +273,9 @@ fn redis_url(url: &str) -> Result<(), String> {
         return Err(format!("{shown:?}: TLS (rediss://) is not supported by this build; use redis:// over a private network or a TLS tunnel"));
     }
     if !url.starts_with("redis://") {
-        return Err(format!("{shown:?} is not a Redis URL such as \"redis://127.0.0.1:6379\""));
+        return Err(format!(
+            "{shown:?} is not a Redis URL such as \"redis://127.0.0.1:6379\""
+        ));
     }
     let host = url["redis://".len()..].rsplit('@').next().unwrap_or("");
     if host.is_empty() || host.starts_with('/') {

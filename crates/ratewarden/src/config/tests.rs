@@ -244,7 +244,10 @@ fn the_redis_store_of_the_issue_compiles() {
         "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\ntimeout = \"50ms\"\non_error = \"allow\"\n"
     ))
     .expect("valid");
-    let StoreConfig::Redis { settings, on_error, .. } = config.store else {
+    let StoreConfig::Redis {
+        settings, on_error, ..
+    } = config.store
+    else {
         panic!("not redis");
     };
     assert_eq!(settings.timeout, Duration::from_millis(50));
@@ -254,7 +257,13 @@ fn the_redis_store_of_the_issue_compiles() {
         "{MINIMAL}\n[store]\nkind = \"redis\"\ncluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\non_error = \"local\"\n"
     ))
     .expect("valid");
-    assert!(matches!(cluster.store, StoreConfig::Redis { on_error: FailurePolicy::Local, .. }));
+    assert!(matches!(
+        cluster.store,
+        StoreConfig::Redis {
+            on_error: FailurePolicy::Local,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -268,10 +277,21 @@ fn redis_settings_are_checked_and_passwords_not_echoed() {
     assert!(all.contains("store.timeout:"), "{all}");
     assert!(all.contains("store.on_error: \"maybe\""), "{all}");
     assert!(all.contains("store.key_prefix:"), "{all}");
-    assert!(errors(&format!("{MINIMAL}\n[store]\nkind = \"redis\"\n"))[0].starts_with("store.url:"));
-    assert!(errors(&format!("{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"rediss://h:1\"\n"))[0].contains("TLS"));
-    assert!(errors(&format!("{MINIMAL}\n[store]\nkind = \"redis\"\ncluster = []\n"))[0].starts_with("store.cluster:"));
-    assert!(errors(&format!("{MINIMAL}\n[store]\nurl = \"redis://h:1\"\n"))[0].starts_with("store.url: only applies"));
+    assert!(
+        errors(&format!("{MINIMAL}\n[store]\nkind = \"redis\"\n"))[0].starts_with("store.url:")
+    );
+    assert!(errors(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"rediss://h:1\"\n"
+    ))[0]
+        .contains("TLS"));
+    assert!(errors(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\ncluster = []\n"
+    ))[0]
+        .starts_with("store.cluster:"));
+    assert!(
+        errors(&format!("{MINIMAL}\n[store]\nurl = \"redis://h:1\"\n"))[0]
+            .starts_with("store.url: only applies")
+    );
 }
 
 #[test]

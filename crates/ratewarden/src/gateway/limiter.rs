@@ -15,7 +15,7 @@ pub enum Limiter {
     /// In this process; cannot fail.
     Memory(Arc<MemoryStore<SystemClock>>),
     /// Shared in Redis, with `store.on_error`.
-    Redis(Guarded<RedisStore<SystemClock>, SystemClock>),
+    Redis(Box<Guarded<RedisStore<SystemClock>, SystemClock>>),
 }
 
 /// What the gateway does with a request, as far as the limits go.
@@ -45,7 +45,8 @@ impl Limiter {
                 max_keys,
             } => {
                 let redis = RedisStore::new(settings.clone(), SystemClock::new())?;
-                Limiter::Redis(Guarded::new(redis, *on_error, MemoryStore::new(cap(*max_keys))))
+                let local = MemoryStore::new(cap(*max_keys));
+                Limiter::Redis(Box::new(Guarded::new(redis, *on_error, local)))
             }
         })
     }
@@ -56,7 +57,9 @@ impl Limiter {
         if let Limiter::Redis(guarded) = self {
             match guarded.store().ping().await {
                 Ok(()) => tracing::info!("Redis store reachable; limiter script loaded"),
-                Err(e) => tracing::warn!(error = %e, on_error = guarded.policy().as_str(), "Redis store not reachable yet; applying store.on_error until it is"),
+                Err(e) => {
+                    tracing::warn!(error = %e, on_error = guarded.policy().as_str(), "Redis store not reachable yet; applying store.on_error until it is")
+                }
             }
         }
     }
