@@ -18,6 +18,12 @@
 
 local ARGS_PER_KEY = 6
 
+-- Redis before 5 refuses writes after TIME unless effects are replicated; from 7 on
+-- this is the only mode and the call is a no-op.
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+
 local function server_now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])

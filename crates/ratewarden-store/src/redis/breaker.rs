@@ -31,6 +31,8 @@ struct State {
     open_until: Option<Timestamp>,
     /// The current pause, grown by each reopening.
     pause: Nanos,
+    /// Whether a probe was let through since the breaker (re)opened.
+    probing: bool,
 }
 
 impl Breaker {
@@ -44,6 +46,7 @@ impl Breaker {
                 // This caller probes; the others fail fast for one more pause.
                 let pause = state.pause;
                 state.open_until = Some(now.saturating_add(pause));
+                state.probing = true;
                 true
             }
             Some(_) => false,
@@ -71,8 +74,18 @@ impl Breaker {
     }
 
     /// Records a failure; returns true when it opened (or reopened) the breaker.
+    ///
+    /// While open, only a probe's failure counts: calls that were already in flight
+    /// when the breaker opened fail late, and must not lengthen the pause (a single
+    /// stall would otherwise push it to the maximum at once).
     pub(crate) fn record_failure(&self, now: Timestamp) -> bool {
         let mut state = self.state.lock();
+        if state.open_until.is_some() {
+            if !state.probing {
+                return false;
+            }
+            state.probing = false;
+        }
         state.failures = state.failures.saturating_add(1);
         if state.failures < THRESHOLD {
             return false;
@@ -126,6 +139,18 @@ mod tests {
         b.record_success();
         assert!(!b.is_open());
         assert!(b.admit(at(104)));
+    }
+
+    #[test]
+    fn late_failures_of_calls_already_in_flight_do_not_lengthen_the_pause() {
+        let b = Breaker::default();
+        for _ in 0..3 {
+            b.record_failure(at(0));
+        }
+        for _ in 0..10 {
+            assert!(!b.record_failure(at(1)), "in flight before it opened");
+        }
+        assert_eq!(b.retry_after(at(0)), Nanos::from_millis(100));
     }
 
     #[test]

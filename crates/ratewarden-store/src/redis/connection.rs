@@ -128,10 +128,17 @@ impl Connection {
 
 /// Whether an error means the connection should be remade.
 pub(crate) fn needs_new_connection(error: &RedisError) -> bool {
+    is_read_only(error) || error.is_unrecoverable_error()
+}
+
+/// Whether the server refused a write as a read-only replica: Redis 7 answers
+/// `READONLY`; older servers wrap it in a script error (`ERR Error running script ...
+/// READONLY ...`).
+pub(crate) fn is_read_only(error: &RedisError) -> bool {
     matches!(
         error.kind(),
         redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-    ) || error.is_unrecoverable_error()
+    ) || error.to_string().contains("READONLY")
 }
 
 #[cfg(test)]

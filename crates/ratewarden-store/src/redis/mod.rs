@@ -280,10 +280,7 @@ impl<C: Clock> RedisStore<C> {
         } else if error.is_io_error()
             || error.is_connection_refusal()
             || error.is_connection_dropped()
-            || matches!(
-                error.kind(),
-                redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-            )
+            || connection::is_read_only(&error)
         {
             StoreError::Unavailable(error.to_string())
         } else {
