@@ -53,7 +53,6 @@ pub struct RedisSettings {
 pub struct RedisStore<C> {
     connection: Connection,
     cluster: bool,
-    script: redis::Script,
     settings: RedisSettings,
     breaker: Breaker,
     clock: C,
@@ -68,7 +67,6 @@ impl<C: Clock> RedisStore<C> {
         Ok(RedisStore {
             connection,
             cluster: matches!(settings.target, RedisTarget::Cluster(_)),
-            script: redis::Script::new(SOURCE),
             settings,
             breaker: Breaker::default(),
             clock,
@@ -80,8 +78,8 @@ impl<C: Clock> RedisStore<C> {
         self.bounded(async {
             let live = self.connection.get().await.map_err(|e| self.failed(e))?;
             let loaded: Result<String, RedisError> = match live {
-                Live::Server(mut c) => self.script.load_async(&mut c).await,
-                Live::Cluster(mut c) => self.script.load_async(&mut c).await,
+                Live::Server(mut c) => script::LIMITER.load_async(&mut c).await,
+                Live::Cluster(mut c) => script::LIMITER.load_async(&mut c).await,
             };
             loaded.map(|_| ()).map_err(|e| self.failed(e))
         })
@@ -149,124 +147,37 @@ impl<C: Clock> RedisStore<C> {
         now_micros: Option<u64>,
     ) -> Result<Decisions, StoreError> {
         let live = self.connection.get().await.map_err(|e| self.failed(e))?;
-        let keys: Vec<(String, ClientTag)> = checks
+        let calls = checks
             .iter()
-            .map(|c| keys::counter_key(&self.settings.key_prefix, c.key()))
-            .collect();
-        let groups = self.slot_groups(&keys);
-        if groups.len() == 1 {
-            let answers = self
-                .invoke(
-                    &live,
-                    Mode::Decide,
-                    now_micros,
-                    checks,
-                    &keys,
-                    &groups[0],
-                    &[],
-                )
-                .await?;
-            return Ok(answers.into_iter().map(|(d, _)| d).collect());
-        }
-        // Checks on several slots: each slot decides its own checks atomically; if any
-        // slot denies, the slots that admitted give their charges back.
-        let results =
-            join_all(groups.iter().map(|group| {
-                self.invoke(&live, Mode::Decide, now_micros, checks, &keys, group, &[])
-            }))
-            .await;
-        let mut decisions = vec![None; checks.len()];
-        let mut written = vec![String::new(); checks.len()];
-        let mut failure = None;
-        for (group, result) in groups.iter().zip(results) {
-            match result {
-                Ok(answers) => {
-                    for (&i, (decision, state)) in group.iter().zip(answers) {
-                        decisions[i] = Some(decision);
-                        written[i] = state;
-                    }
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        let all_allowed =
-            failure.is_none() && decisions.iter().all(|d| d.is_some_and(|d| d.allowed));
-        if !all_allowed {
-            let charged: Vec<Vec<usize>> = groups
-                .iter()
-                .map(|g| {
-                    g.iter()
-                        .copied()
-                        .filter(|&i| !written[i].is_empty())
-                        .collect::<Vec<_>>()
-                })
-                .filter(|g| !g.is_empty())
-                .collect();
-            for group in &charged {
-                if let Err(e) = self
-                    .invoke(
-                        &live,
-                        Mode::Refund,
-                        now_micros,
-                        checks,
-                        &keys,
-                        group,
-                        &written,
-                    )
+            .map(|c| ScriptCheck::new(&self.settings.key_prefix, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let groups = slot_groups(self.cluster, &calls);
+        let outcome = if groups.len() == 1 {
+            invoke(&live, Mode::Decide, now_micros, &calls, &groups[0], &[])
+                .await
+                .map(|answers| answers.into_iter().map(|(d, _)| d).collect())
+        } else {
+            // Checks on several slots: each slot decides its own checks atomically, and
+            // if any slot denies, the slots that admitted give their charges back. This
+            // runs as a task of its own, so that a caller giving up (its timeout, a
+            // client gone) cannot stop the refunds half-way.
+            let deadline = self.settings.timeout.saturating_mul(4);
+            let task = tokio::spawn(async move {
+                tokio::time::timeout(deadline, across_slots(&live, now_micros, &calls, &groups))
                     .await
-                {
-                    // The admission stays charged: stricter, never looser.
-                    tracing::warn!(error = %e, "could not refund an admission on another slot");
-                }
+                    .unwrap_or(Err(Failure::Store(StoreError::Timeout(deadline))))
+            });
+            match task.await {
+                Ok(outcome) => outcome,
+                Err(e) => Err(Failure::Store(StoreError::Protocol(format!(
+                    "cross-slot decision task failed: {e}"
+                )))),
             }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        Ok(decisions.into_iter().flatten().collect())
-    }
-
-    /// Indices of the checks that one script call can decide together: all of them on
-    /// a single server; one group per client (hash tag) on a cluster.
-    fn slot_groups(&self, keys: &[(String, ClientTag)]) -> Vec<Vec<usize>> {
-        if !self.cluster {
-            return vec![(0..keys.len()).collect()];
-        }
-        let mut groups: Vec<(&ClientTag, Vec<usize>)> = Vec::new();
-        for (i, (_, tag)) in keys.iter().enumerate() {
-            match groups.iter_mut().find(|(t, _)| *t == tag) {
-                Some((_, group)) => group.push(i),
-                None => groups.push((tag, vec![i])),
-            }
-        }
-        groups.into_iter().map(|(_, g)| g).collect()
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn invoke(
-        &self,
-        live: &Live,
-        mode: Mode,
-        now_micros: Option<u64>,
-        checks: &[Check<'_>],
-        keys: &[(String, ClientTag)],
-        group: &[usize],
-        written: &[String],
-    ) -> Result<Vec<script::Answer>, StoreError> {
-        let mut invocation = script::begin(&self.script, mode, now_micros);
-        for &i in group {
-            let state = written.get(i).map_or("", String::as_str);
-            script::push_check(&mut invocation, &keys[i].0, &checks[i], state)?;
-        }
-        let reply: Result<Value, RedisError> = match live.clone() {
-            Live::Server(mut c) => invocation.invoke_async(&mut c).await,
-            Live::Cluster(mut c) => invocation.invoke_async(&mut c).await,
         };
-        let reply = reply.map_err(|e| self.failed(e))?;
-        match mode {
-            Mode::Decide => script::read_decisions(reply, group.len()),
-            Mode::Refund => Ok(Vec::new()),
-        }
+        outcome.map_err(|failure| match failure {
+            Failure::Redis(e) => self.failed(e),
+            Failure::Store(e) => e,
+        })
     }
 
     /// Turns a Redis error into a store error, dropping the connection when it cannot
@@ -286,6 +197,131 @@ impl<C: Clock> RedisStore<C> {
         } else {
             StoreError::Protocol(error.to_string())
         }
+    }
+}
+
+/// Why a script call failed: Redis's error (the store classifies it, and may drop the
+/// connection) or an answer it could not read.
+enum Failure {
+    Redis(RedisError),
+    Store(StoreError),
+}
+
+/// One check as the script takes it, owned, so a cross-slot decision can outlive the
+/// request that asked for it.
+struct ScriptCheck {
+    key: String,
+    tag: ClientTag,
+    limit: script::ScriptLimit,
+    cost: u32,
+}
+
+impl ScriptCheck {
+    fn new(prefix: &str, check: &Check<'_>) -> Result<ScriptCheck, StoreError> {
+        let (key, tag) = keys::counter_key(prefix, check.key());
+        let limit = script::ScriptLimit::of(check.limit())
+            .map_err(|e| StoreError::Protocol(e.to_string()))?;
+        Ok(ScriptCheck {
+            key,
+            tag,
+            limit,
+            cost: check.cost(),
+        })
+    }
+}
+
+/// Indices of the checks that one script call can decide together: all of them on a
+/// single server; one group per client (hash tag) on a cluster.
+fn slot_groups(cluster: bool, calls: &[ScriptCheck]) -> Vec<Vec<usize>> {
+    if !cluster {
+        return vec![(0..calls.len()).collect()];
+    }
+    let mut groups: Vec<(&ClientTag, Vec<usize>)> = Vec::new();
+    for (i, call) in calls.iter().enumerate() {
+        match groups.iter_mut().find(|(t, _)| **t == call.tag) {
+            Some((_, group)) => group.push(i),
+            None => groups.push((&call.tag, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// Decides checks spread over several slots, refunding the slots that admitted when
+/// another denied (or failed).
+async fn across_slots(
+    live: &Live,
+    now_micros: Option<u64>,
+    calls: &[ScriptCheck],
+    groups: &[Vec<usize>],
+) -> Result<Decisions, Failure> {
+    let results = join_all(
+        groups
+            .iter()
+            .map(|group| invoke(live, Mode::Decide, now_micros, calls, group, &[])),
+    )
+    .await;
+    let mut decisions = vec![None; calls.len()];
+    let mut written = vec![String::new(); calls.len()];
+    let mut failure = None;
+    for (group, result) in groups.iter().zip(results) {
+        match result {
+            Ok(answers) => {
+                for (&i, (decision, state)) in group.iter().zip(answers) {
+                    decisions[i] = Some(decision);
+                    written[i] = state;
+                }
+            }
+            Err(e) => failure = Some(e),
+        }
+    }
+    let all_allowed = failure.is_none() && decisions.iter().all(|d| d.is_some_and(|d| d.allowed));
+    if !all_allowed {
+        for group in groups {
+            let charged: Vec<usize> = group
+                .iter()
+                .copied()
+                .filter(|&i| !written[i].is_empty())
+                .collect();
+            if charged.is_empty() {
+                continue;
+            }
+            if let Err(Failure::Redis(e)) =
+                invoke(live, Mode::Refund, now_micros, calls, &charged, &written).await
+            {
+                // The admission stays charged: stricter, never looser.
+                tracing::warn!(error = %e, "could not refund an admission on another slot");
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(decisions.into_iter().flatten().collect())
+}
+
+/// One script call for the checks `group` of `calls`.
+async fn invoke(
+    live: &Live,
+    mode: Mode,
+    now_micros: Option<u64>,
+    calls: &[ScriptCheck],
+    group: &[usize],
+    written: &[String],
+) -> Result<Vec<script::Answer>, Failure> {
+    let mut invocation = script::begin(mode, now_micros);
+    for &i in group {
+        let call = &calls[i];
+        let state = written.get(i).map_or("", String::as_str);
+        script::push_check(&mut invocation, &call.key, &call.limit, call.cost, state);
+    }
+    let reply: Result<Value, RedisError> = match live.clone() {
+        Live::Server(mut c) => invocation.invoke_async(&mut c).await,
+        Live::Cluster(mut c) => invocation.invoke_async(&mut c).await,
+    };
+    let reply = reply.map_err(Failure::Redis)?;
+    match mode {
+        Mode::Decide => script::read_decisions(reply, group.len()).map_err(Failure::Store),
+        Mode::Refund => Ok(Vec::new()),
     }
 }
 

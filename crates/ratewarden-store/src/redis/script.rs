@@ -6,7 +6,6 @@
 //! converted here, rounding every interval up, so Redis is never looser than the Rust
 //! algorithms: at most a rounding of one microsecond per unit stricter.
 
-use crate::check::Check;
 use crate::error::StoreError;
 use ratewarden_core::{Decision, Limit, Nanos};
 use redis::Value;
@@ -23,6 +22,10 @@ pub const SOURCE: &str = concat!(
     "\n",
     include_str!("../../scripts/limiter.lua"),
 );
+
+/// The script, hashed once.
+pub(crate) static LIMITER: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SOURCE));
 
 /// Values stay below this in the script so that its double arithmetic is exact
 /// (`mul_div` needs its operands below 2^45 µs, about 407 days).
@@ -104,28 +107,23 @@ pub(crate) enum Mode {
 pub(crate) fn push_check(
     invocation: &mut redis::ScriptInvocation<'_>,
     key: &str,
-    check: &Check<'_>,
+    limit: &ScriptLimit,
+    cost: u32,
     written: &str,
-) -> Result<(), StoreError> {
-    let limit = ScriptLimit::of(check.limit()).map_err(|e| StoreError::Protocol(e.to_string()))?;
+) {
     invocation
         .key(key)
         .arg(limit.algorithm)
-        .arg(check.cost())
+        .arg(cost)
         .arg(limit.params[0])
         .arg(limit.params[1])
         .arg(limit.params[2])
         .arg(written);
-    Ok(())
 }
 
 /// Starts an invocation: the mode, and the time (`None`: the server's clock).
-pub(crate) fn begin<'a>(
-    script: &'a redis::Script,
-    mode: Mode,
-    now_micros: Option<u64>,
-) -> redis::ScriptInvocation<'a> {
-    let mut invocation = script.prepare_invoke();
+pub(crate) fn begin(mode: Mode, now_micros: Option<u64>) -> redis::ScriptInvocation<'static> {
+    let mut invocation = LIMITER.prepare_invoke();
     invocation.arg(match mode {
         Mode::Decide => "decide",
         Mode::Refund => "refund",
