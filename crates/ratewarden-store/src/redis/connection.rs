@@ -8,6 +8,7 @@
 //! keys' hash slot, following MOVED and ASK redirections.
 
 use arc_swap::ArcSwapOption;
+use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, RedisResult};
@@ -64,10 +65,25 @@ enum Client {
 
 /// The connection, made on first use and remade after [`Connection::reset`].
 pub(crate) struct Connection {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     client: Client,
     timeout: Duration,
     live: ArcSwapOption<Live>,
-    connecting: tokio::sync::Mutex<()>,
+    /// The connection attempt under way, if any, which every caller waits on.
+    attempt: parking_lot::Mutex<Option<Attempt>>,
+}
+
+type Attempt = futures_util::future::Shared<BoxFuture<'static, RedisResult<Live>>>;
+
+/// How long a connection attempt may take. Longer than a request's timeout: connecting
+/// (for a cluster: a seed node, the slot map, then every node) can take longer than one
+/// decision may wait, and the attempt goes on in the background after the requests
+/// that started it have given up, so the gateway always gets connected eventually.
+fn connect_deadline(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_secs(2))
 }
 
 impl Connection {
@@ -77,53 +93,94 @@ impl Connection {
             RedisTarget::Server(url) => Client::Server(redis::Client::open(url.as_str())?),
             RedisTarget::Cluster(urls) => Client::Cluster(Box::new(
                 redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
-                    .connection_timeout(timeout)
+                    .connection_timeout(connect_deadline(timeout))
                     .response_timeout(timeout)
                     .retries(1)
                     .build()?,
             )),
         };
         Ok(Connection {
-            client,
-            timeout,
-            live: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
+            shared: Arc::new(Shared {
+                client,
+                timeout,
+                live: ArcSwapOption::empty(),
+                attempt: parking_lot::Mutex::new(None),
+            }),
         })
     }
 
-    /// The live connection, connecting first if there is none. The caller bounds the
-    /// wait with its own timeout.
+    /// The live connection, waiting for a connection attempt if there is none (one
+    /// attempt at a time, shared by every caller). The caller bounds its wait with its
+    /// own timeout; the attempt itself runs as a task and is not cut short by that.
     pub(crate) async fn get(&self) -> RedisResult<Live> {
-        if let Some(live) = self.live.load_full() {
+        if let Some(live) = self.shared.live.load_full() {
             return Ok((*live).clone());
         }
-        let _one_at_a_time = self.connecting.lock().await;
-        if let Some(live) = self.live.load_full() {
-            return Ok((*live).clone());
-        }
-        let live = match &self.client {
-            Client::Server(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    // Reconnection is retried by the next request, paced by the breaker.
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(10))
-                    .set_max_delay(Duration::from_millis(100));
-                Live::Server(ConnectionManager::new_with_config(client.clone(), config).await?)
+        let attempt = {
+            let mut slot = self.shared.attempt.lock();
+            match &*slot {
+                Some(attempt) => attempt.clone(),
+                None => {
+                    let attempt = start_attempt(self.shared.clone());
+                    *slot = Some(attempt.clone());
+                    attempt
+                }
             }
-            Client::Cluster(client) => Live::Cluster(client.get_async_connection().await?),
         };
-        self.live.store(Some(Arc::new(live.clone())));
-        Ok(live)
+        attempt.await
     }
 
     /// Drops the connection, so the next call connects afresh: after a READONLY answer
     /// (the server was demoted to a replica; the name may now lead to the new primary)
     /// or an error the connection cannot recover from by itself.
     pub(crate) fn reset(&self) {
-        self.live.store(None);
+        self.shared.live.store(None);
     }
+}
+
+fn start_attempt(shared: Arc<Shared>) -> Attempt {
+    let task = tokio::spawn(async move {
+        let deadline = connect_deadline(shared.timeout);
+        let result = match tokio::time::timeout(deadline, connect(&shared)).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "connecting to Redis timed out",
+            ))),
+        };
+        if let Ok(live) = &result {
+            shared.live.store(Some(Arc::new(live.clone())));
+        }
+        *shared.attempt.lock() = None;
+        result
+    });
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "connection attempt failed",
+                e.to_string(),
+            )))
+        })
+    }
+    .boxed()
+    .shared()
+}
+
+async fn connect(shared: &Shared) -> RedisResult<Live> {
+    Ok(match &shared.client {
+        Client::Server(client) => {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_deadline(shared.timeout)))
+                .set_response_timeout(Some(shared.timeout))
+                // Reconnection is retried by the next request, paced by the breaker.
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(10))
+                .set_max_delay(Duration::from_millis(100));
+            Live::Server(ConnectionManager::new_with_config(client.clone(), config).await?)
+        }
+        Client::Cluster(client) => Live::Cluster(client.get_async_connection().await?),
+    })
 }
 
 /// Whether an error means the connection should be remade.
