@@ -110,10 +110,18 @@ impl std::error::Error for ConfigErrors {}
 
 /// Parses and validates configuration text.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    // The position, not toml's excerpt of the line: the line may hold a password (a
+    // Redis URL), and this message reaches logs on a failed reload.
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+        let position = e.span().map_or_else(String::new, |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: ")
+        });
         ConfigErrors(vec![ConfigError {
             field: String::new(),
-            message: e.to_string().trim_end().to_owned(),
+            message: format!("{position}{}", e.message().trim_end()),
         }])
     })?;
     compile(raw)

@@ -302,3 +302,13 @@ fn rules_the_redis_store_cannot_run_exactly_are_refused() {
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].starts_with("rules[0].rate:"), "{e:?}");
 }
+
+#[test]
+fn a_syntax_error_names_its_position_without_echoing_the_line() {
+    let e = errors(&format!(
+        "{MINIMAL}\n[store]\nkind = \"redis\"\nurl = \"redis://app:hunter2@h:1\" oops\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("line 8"), "{e:?}");
+    assert!(!e[0].contains("hunter2"), "{e:?}");
+}
