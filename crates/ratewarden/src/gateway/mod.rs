@@ -272,9 +272,17 @@ async fn accept_loop(
     Ok(())
 }
 
-/// What a reload cannot change, rendered for comparison.
+/// What a reload cannot change, rendered for comparison (never logged: it holds the
+/// Redis URLs as written, passwords included, so that a changed password is noticed).
 fn fixed_settings(config: &Config) -> String {
-    format!("{:?} {:?}", config.server, config.store)
+    let urls = match &config.store {
+        config::StoreConfig::Redis { settings, .. } => match &settings.target {
+            ratewarden_store::redis::RedisTarget::Server(url) => url.clone(),
+            ratewarden_store::redis::RedisTarget::Cluster(urls) => urls.join(" "),
+        },
+        config::StoreConfig::Memory { .. } => String::new(),
+    };
+    format!("{:?} {:?} {urls}", config.server, config.store)
 }
 
 async fn shutdown_signal() {
