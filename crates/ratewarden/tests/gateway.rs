@@ -457,6 +457,55 @@ fn a_slow_upstream_is_a_504_with_a_json_body() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)]
+fn an_upstream_that_stalls_in_the_middle_of_a_body_is_cut_off() {
+    // upstream_timeout is 2s: also the longest silence allowed inside a response body.
+    let (gw, _upstream) = start(AUTH_RULES);
+    let started = std::time::Instant::now();
+    let raw = gw.raw("127.0.0.6", b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n");
+    let took = started.elapsed();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("partial"), "{raw}");
+    assert!(
+        !raw.ends_with("0\r\n\r\n"),
+        "a cut-off body must not look complete: {raw:?}"
+    );
+    assert!(
+        took < Duration::from_millis(4_500),
+        "closed after {took:?}, not after the 2 s idle timeout"
+    );
+}
+
+#[test]
+fn a_key_header_sent_twice_is_refused() {
+    let rules = r#"
+[[rules]]
+name = "per_key"
+key = "header:x-api-key"
+rate = "1/h"
+burst = 1
+"#;
+    let (gw, upstream) = start(rules);
+    let twice = gw.get(
+        "127.0.0.7",
+        "/a",
+        &[("X-Api-Key", "random-1"), ("X-Api-Key", "real-key")],
+    );
+    assert_eq!(twice.status, 400, "{}", twice.body);
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(
+        gw.get("127.0.0.7", "/a", &[("X-Api-Key", "real-key")])
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.get("127.0.0.7", "/a", &[("X-Api-Key", "real-key")])
+            .status,
+        429
+    );
+}
+
+#[test]
 fn sigterm_drains_requests_in_flight() {
     let (mut gw, upstream) = start(AUTH_RULES);
     let gw_addr = gw.address();

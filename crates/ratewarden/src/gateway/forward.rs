@@ -2,16 +2,21 @@
 //! both directions, `X-Forwarded-For` rewritten, bodies streamed, timeouts enforced.
 
 use super::responses::upstream_failure;
-use super::Body;
+use super::{Body, BodyError};
 use crate::metrics::{Metrics, UpstreamError};
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// The pooled HTTP/1.1 client to the upstream.
@@ -97,7 +102,7 @@ impl Upstream {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
+                Response::from_parts(parts, IdleTimeout::new(body, self.timeout).boxed())
             }
             Ok(Err(e)) => {
                 metrics
@@ -118,6 +123,64 @@ impl Upstream {
                 )
             }
         }
+    }
+}
+
+/// The upstream's response body, cut off when no data comes for `idle` (nginx's
+/// `proxy_read_timeout`): an upstream that sends its headers and then stalls would
+/// otherwise hold the client's request, and a connection, forever. The error aborts
+/// the client's response, so a truncated body is never taken for a complete one.
+struct IdleTimeout {
+    inner: Incoming,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimeout {
+    fn new(inner: Incoming, idle: Duration) -> IdleTimeout {
+        IdleTimeout {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl hyper::body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::warn!(idle = ?this.idle, "upstream response body stalled; aborting it");
+                    Poll::Ready(Some(Err(format!(
+                        "the upstream sent nothing for {:?} in the middle of its response",
+                        this.idle
+                    )
+                    .into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -58,8 +58,19 @@ pub async fn handle(
         Ok(host) => host,
         Err(detail) => return refuse("bad_host", detail),
     };
+    // A header that keys a limit must come once: with two values the limiter would key
+    // on one while the upstream may read the other (send a fresh random value first and
+    // the real API key second, and every request gets a new bucket).
+    let ambiguous_key_header = std::sync::atomic::AtomicBool::new(false);
     let applicable = {
-        let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes());
+        let lookup = |name: &str| {
+            let mut values = headers.get_all(name).iter();
+            let first = values.next()?;
+            if values.next().is_some() {
+                ambiguous_key_header.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(first.as_bytes())
+        };
         let facts = RequestFacts {
             method: request.method().as_str(),
             host: host.as_deref(),
@@ -70,6 +81,12 @@ pub async fn handle(
         };
         policy.evaluate(&facts)
     };
+    if ambiguous_key_header.load(std::sync::atomic::Ordering::Relaxed) {
+        return refuse(
+            "ambiguous_key_header",
+            "a header that identifies the client for rate limiting was sent more than once",
+        );
+    }
     if let Some(rule) = applicable.denied_by {
         count(gateway, rule, "denied_cidr");
         return responses::forbidden(rule.name.as_str());

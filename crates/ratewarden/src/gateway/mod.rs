@@ -29,7 +29,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Every body the gateway sends.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// Why a body stopped: the peer's connection failed, or the upstream went quiet for
+/// longer than `upstream_timeout` in the middle of a response.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How to reach the upstream; each worker builds its own pooled client from it.
 struct UpstreamSettings {

@@ -2,7 +2,7 @@
 //! client that can speak from any 127.x.y.z address.
 #![allow(dead_code, clippy::disallowed_methods)] // tests measure wall time with Instant
 
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -72,6 +72,29 @@ pub struct Seen {
     pub chunked: bool,
 }
 
+/// A response body that sends one chunk and then never anything again.
+struct StallBody {
+    sent: bool,
+}
+
+impl hyper::body::Body for StallBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.sent {
+            return std::task::Poll::Pending;
+        }
+        self.sent = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            b"partial",
+        )))))
+    }
+}
+
 impl Upstream {
     pub fn start() -> Upstream {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -110,13 +133,18 @@ impl Upstream {
                             .path()
                             .strip_prefix("/slow/")
                             .and_then(|ms| ms.parse::<u64>().ok());
+                        // /stall: headers and a first chunk, then nothing, ever.
+                        let stall = req.uri().path() == "/stall";
                         async move {
                             if let Some(ms) = pause {
                                 tokio::time::sleep(Duration::from_millis(ms)).await;
                             }
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from(body),
-                            )))
+                            let body = if stall {
+                                Either::Right(StallBody { sent: false })
+                            } else {
+                                Either::Left(Full::new(Bytes::from(body)))
+                            };
+                            Ok::<_, std::convert::Infallible>(Response::new(body))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
