@@ -1,0 +1,123 @@
+//! What is known about a violation (a 429), and the alert raised when a client keeps
+//! violating.
+
+use serde::Serialize;
+use std::net::IpAddr;
+
+/// Which identity of a client is tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityKind {
+    /// The client's address (IPv6: its network).
+    Ip,
+    /// The authenticated user (pseudonymised).
+    User,
+    /// The API key (pseudonymised id, never the key).
+    ApiKey,
+}
+
+impl IdentityKind {
+    /// The configuration word.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IdentityKind::Ip => "ip",
+            IdentityKind::User => "user",
+            IdentityKind::ApiKey => "api_key",
+        }
+    }
+}
+
+/// Who produced the 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The gateway's own limit.
+    Gateway,
+    /// The upstream answered 429 itself.
+    Upstream,
+}
+
+/// One 429, as the request path hands it over: already sanitised and pseudonymised
+/// (nothing secret is ever queued).
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// When (Unix nanoseconds).
+    pub at_nanos: u64,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// Its network (the address itself for IPv4, its prefix for IPv6), as text.
+    pub client_network: String,
+    /// The user's pseudonym, when the request carried a user id.
+    pub user: Option<String>,
+    /// The API key's pseudonymous id, when the request carried a key.
+    pub api_key_id: Option<String>,
+    /// Whether the request carried credentials (`Authorization`, an API key, a user).
+    pub authenticated: bool,
+    /// The rules that limited it (empty for an upstream 429).
+    pub rules: Vec<String>,
+    /// Gateway or upstream.
+    pub source: Source,
+    /// Method.
+    pub method: String,
+    /// Sanitised path and query.
+    pub path: String,
+    /// Sanitised user agent.
+    pub user_agent: Option<String>,
+}
+
+/// How urgent an alert is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// A violation below the threshold (logged, never sent).
+    Low,
+    /// The threshold reached.
+    High,
+    /// Ten times the threshold within the window.
+    Critical,
+}
+
+/// A client that keeps hitting limits.
+#[derive(Clone, Debug, Serialize)]
+pub struct Alert {
+    /// Always `rate_limit_abuse`.
+    pub kind: &'static str,
+    /// How urgent.
+    pub severity: Severity,
+    /// Which identity crossed the threshold.
+    pub identity: IdentityKind,
+    /// That identity: the address, or a pseudonym.
+    pub identity_value: String,
+    /// The client's address (of the latest violation).
+    pub client_ip: String,
+    /// Its network (IPv6 prefix).
+    pub client_network: String,
+    /// Violations within the window.
+    pub violations: u64,
+    /// The window, in seconds.
+    pub window_seconds: u64,
+    /// Violations since the last alert for this identity (suppressed by the cooldown).
+    pub violations_since_last_alert: u64,
+    /// Rules hit (latest violation).
+    pub rules: Vec<String>,
+    /// Gateway or upstream 429.
+    pub source: Source,
+    /// Method of the latest violation.
+    pub method: String,
+    /// Sanitised path of the latest violation.
+    pub path: String,
+    /// Sanitised user agent.
+    pub user_agent: Option<String>,
+    /// Whether the client sent credentials.
+    pub authenticated: bool,
+    /// The user's pseudonym.
+    pub user: Option<String>,
+    /// The API key's id (a pseudonym, never the key).
+    pub api_key_id: Option<String>,
+    /// First violation this gateway saw in the window (Unix seconds).
+    pub first_violation: u64,
+    /// Latest violation (Unix seconds).
+    pub last_violation: u64,
+    /// The gateway instance that raised it.
+    pub instance: String,
+}

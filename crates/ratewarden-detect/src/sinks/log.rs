@@ -1,0 +1,24 @@
+//! Alerts as log lines (target `ratewarden::alert`), one per alert, at warn level.
+
+use crate::alert::Alert;
+
+/// Logs alerts.
+#[derive(Debug, Default)]
+pub struct LogSink;
+
+impl LogSink {
+    /// Writes one line. The alert holds only sanitised fields.
+    pub fn deliver(&self, alert: &Alert) {
+        let context = serde_json::to_string(alert).unwrap_or_default();
+        tracing::warn!(
+            target: "ratewarden::alert",
+            severity = ?alert.severity,
+            identity = alert.identity.as_str(),
+            client = %alert.identity_value,
+            violations = alert.violations,
+            window_seconds = alert.window_seconds,
+            alert = %context,
+            "rate-limit abuse"
+        );
+    }
+}

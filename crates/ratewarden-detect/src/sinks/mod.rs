@@ -1,0 +1,45 @@
+//! Where alerts go: logs, webhooks, Sentry. Each sink is fed by its own bounded queue
+//! and task (see [`crate::dispatch`]), so a slow or dead sink delays only itself.
+
+mod log;
+mod sentry;
+mod webhook;
+
+pub use self::log::LogSink;
+pub use self::sentry::SentrySink;
+pub use self::webhook::WebhookSink;
+
+use crate::alert::Alert;
+
+/// One configured destination.
+pub enum Sink {
+    /// A structured log line per alert.
+    Log(LogSink),
+    /// A signed JSON POST, retried with backoff.
+    Webhook(WebhookSink),
+    /// A Sentry event, through the official `sentry` crate.
+    Sentry(SentrySink),
+}
+
+impl Sink {
+    /// The name in metrics (`log`, `webhook`, `sentry`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Sink::Log(_) => "log",
+            Sink::Webhook(_) => "webhook",
+            Sink::Sentry(_) => "sentry",
+        }
+    }
+
+    /// Delivers one alert (retrying as the sink sees fit); `Err` once it gives up.
+    pub async fn deliver(&self, alert: &Alert) -> Result<(), String> {
+        match self {
+            Sink::Log(s) => {
+                s.deliver(alert);
+                Ok(())
+            }
+            Sink::Webhook(s) => s.deliver(alert).await,
+            Sink::Sentry(s) => s.deliver(alert),
+        }
+    }
+}
