@@ -72,9 +72,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A fresh registry with every metric registered.
-    pub fn new() -> Metrics {
+    /// A fresh registry with every metric registered, abuse alerting's too when on.
+    pub fn with_alerting(alerting: Option<&ratewarden_detect::AlertMetrics>) -> Metrics {
         let mut registry = Registry::with_prefix("ratewarden");
+        if let Some(alerting) = alerting {
+            alerting.register(&mut registry);
+        }
         let requests = Family::<RuleDecision, Counter>::default();
         registry.register(
             "requests",

@@ -25,6 +25,9 @@ impl SentrySink {
             server_name: Some(instance.to_owned().into()),
             default_integrations: false,
             send_default_pii: false,
+            // The reqwest transport (rustls): sends from a thread of its own, with a
+            // bounded queue, honouring Sentry's rate limits.
+            transport: Some(Arc::new(sentry::transports::DefaultTransportFactory)),
             ..Default::default()
         };
         Ok(SentrySink {

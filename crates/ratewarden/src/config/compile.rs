@@ -18,10 +18,10 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// Collects errors while validating.
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(super) struct Errors(Vec<ConfigError>);
 
 impl Errors {
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             field: field.into(),
             message: message.into(),
@@ -29,7 +29,11 @@ impl Errors {
     }
 
     /// The value if `result` is Ok, else records the error and gives `None`.
-    fn check<T, E: std::fmt::Display>(&mut self, field: &str, result: Result<T, E>) -> Option<T> {
+    pub(super) fn check<T, E: std::fmt::Display>(
+        &mut self,
+        field: &str,
+        result: Result<T, E>,
+    ) -> Option<T> {
         result.map_err(|e| self.add(field, e.to_string())).ok()
     }
 }
@@ -40,6 +44,13 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let server = server(&raw.server, &mut errors);
     let store = store(&raw.store, &mut errors);
     let clients = clients(&raw.clients, &mut errors);
+    let abuse = super::abuse::abuse(
+        raw.abuse.as_ref(),
+        &raw.alerts,
+        &raw.privacy,
+        server.as_ref().map(|s| s.listen.port()),
+        &mut errors,
+    );
     let mut names = HashSet::new();
     let rules: Vec<Option<Rule>> = raw
         .rules
@@ -72,6 +83,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
         (Some(server), Some(store), true) => Ok(Config {
             server,
             store,
+            abuse,
             policy: Policy {
                 clients,
                 rules: rules.into_iter().flatten().collect(),

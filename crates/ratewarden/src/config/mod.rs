@@ -3,9 +3,11 @@
 //! error, each with its field path (`rules[1].rate: "10/fortnight" is not a rate: ...`),
 //! so an operator fixes the whole file in one go.
 
+mod abuse;
 mod compile;
 mod raw;
 
+pub use abuse::{AbuseConfig, SinkConfig};
 pub use compile::compile;
 use ratewarden_store::failure::FailurePolicy;
 use ratewarden_store::redis::RedisSettings;
@@ -25,6 +27,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The rules and client identification, compiled.
     pub policy: Policy,
+    /// Abuse tracking and alerts (`[abuse]`), if configured.
+    pub abuse: Option<AbuseConfig>,
 }
 
 /// `[server]`.

@@ -14,6 +14,57 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    pub abuse: Option<RawAbuse>,
+    #[serde(default)]
+    pub alerts: Vec<RawAlert>,
+    #[serde(default)]
+    pub privacy: RawPrivacy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAbuse {
+    pub window: Option<String>,
+    pub alert_after: Option<i64>,
+    pub cooldown: Option<String>,
+    pub count_upstream_429: Option<bool>,
+    pub clients: Option<Vec<String>>,
+    pub user_header: Option<String>,
+    pub api_key_header: Option<String>,
+    pub instance: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlert {
+    pub kind: String,
+    pub dsn: Option<String>,
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub timeout: Option<String>,
+}
+
+impl std::fmt::Debug for RawAlert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAlert")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivacy {
+    pub secret: Option<String>,
+    pub secret_params: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for RawPrivacy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawPrivacy")
+            .field("secret_params", &self.secret_params)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Deserialize)]

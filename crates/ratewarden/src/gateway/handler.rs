@@ -13,6 +13,7 @@ use ratewarden_core::clock::Clock;
 use ratewarden_core::identity::{client_address, client_network};
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, RequestFacts, Rule};
+use ratewarden_detect::Source;
 use ratewarden_store::{Check, CounterKey, Decisions};
 use std::net::SocketAddr;
 
@@ -62,6 +63,7 @@ pub async fn handle(
     // on one while the upstream may read the other (send a fresh random value first and
     // the real API key second, and every request gets a new bucket).
     let ambiguous_key_header = std::sync::atomic::AtomicBool::new(false);
+    let network = client_network(client.ip, clients.ipv6_prefix);
     let applicable = {
         let lookup = |name: &str| {
             let mut values = headers.get_all(name).iter();
@@ -76,7 +78,7 @@ pub async fn handle(
             host: host.as_deref(),
             path: &path,
             client_ip: client.ip,
-            client_network: client_network(client.ip, clients.ipv6_prefix),
+            client_network: network,
             header: &lookup,
         };
         policy.evaluate(&facts)
@@ -198,12 +200,37 @@ pub async fn handle(
         // Per-request lines at debug: under a flood, an info line per 429 would turn the
         // attack on the log pipeline. Metrics count every decision.
         tracing::debug!(rule = limited_by, client = %client.ip, path = %path, method = %request.method(), "rate limited");
+        if let Some(abuse) = &gateway.abuse {
+            let rules = enforced
+                .iter()
+                .zip(decisions.as_slice())
+                .filter(|(_, d)| !d.allowed)
+                .map(|((rule, _), _)| rule.name.as_str().to_owned())
+                .collect();
+            abuse.report(
+                abuse.summary(&request),
+                client.ip,
+                network,
+                rules,
+                Source::Gateway,
+            );
+        }
         return responses::too_many_requests(&outcomes, speaker);
     }
     for (rule, _) in &enforced {
         count(gateway, rule, if delayed { "delayed" } else { "allowed" });
     }
+    let summary = gateway
+        .abuse
+        .as_ref()
+        .filter(|a| a.counts_upstream())
+        .map(|a| a.summary(&request));
     let mut response = upstream.forward(request, client.ip, metrics).await;
+    if let (Some(abuse), Some(summary)) = (&gateway.abuse, summary) {
+        if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
+            abuse.report(summary, client.ip, network, Vec::new(), Source::Upstream);
+        }
+    }
     responses::add_rate_limit_headers(response.headers_mut(), &outcomes, speaker);
     response
 }

@@ -7,6 +7,7 @@
 //! store across reloads. SIGTERM (or Ctrl-C) stops accepting and drains in-flight
 //! requests.
 
+mod abuse;
 mod forward;
 mod handler;
 mod limiter;
@@ -46,6 +47,7 @@ struct UpstreamSettings {
 pub struct Gateway {
     policy: ArcSwap<Policy>,
     store: limiter::Limiter,
+    abuse: Option<abuse::AbuseReporter>,
     upstream: UpstreamSettings,
     metrics: Arc<Metrics>,
     clock: SystemClock,
@@ -77,11 +79,25 @@ impl Bound {
     pub async fn new(config: Config) -> anyhow::Result<Bound> {
         let store = limiter::Limiter::new(&config.store)?;
         store.probe().await;
-        let metrics = Arc::new(Metrics::new());
+        let alert_metrics = config
+            .abuse
+            .as_ref()
+            .map(|_| ratewarden_detect::AlertMetrics::default());
+        let metrics = Arc::new(Metrics::with_alerting(alert_metrics.as_ref()));
+        let abuse = match (&config.abuse, alert_metrics) {
+            (Some(abuse), Some(m)) => Some(abuse::AbuseReporter::start(
+                abuse,
+                &config.store,
+                store.memory(),
+                m,
+            )?),
+            _ => None,
+        };
         let s = &config.server;
         let gateway = Arc::new(Gateway {
             policy: ArcSwap::from_pointee(config.policy.clone()),
             store,
+            abuse,
             upstream: UpstreamSettings {
                 base: s.upstream.clone(),
                 connect_timeout: s.upstream_connect_timeout,

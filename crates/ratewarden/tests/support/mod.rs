@@ -135,6 +135,12 @@ impl Upstream {
                             .and_then(|ms| ms.parse::<u64>().ok());
                         // /stall: headers and a first chunk, then nothing, ever.
                         let stall = req.uri().path() == "/stall";
+                        // /status/N: answer with status N.
+                        let status = req
+                            .uri()
+                            .path()
+                            .strip_prefix("/status/")
+                            .and_then(|n| hyper::StatusCode::from_bytes(n.as_bytes()).ok());
                         async move {
                             if let Some(ms) = pause {
                                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -144,7 +150,11 @@ impl Upstream {
                             } else {
                                 Either::Left(Full::new(Bytes::from(body)))
                             };
-                            Ok::<_, std::convert::Infallible>(Response::new(body))
+                            let mut response = Response::new(body);
+                            if let Some(status) = status {
+                                *response.status_mut() = status;
+                            }
+                            Ok::<_, std::convert::Infallible>(response)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -204,6 +214,7 @@ impl Reply {
 
 /// The `ratewarden serve` process.
 pub struct Gateway {
+    log: PathBuf,
     child: Child,
     listen: SocketAddr,
     admin: SocketAddr,
@@ -241,12 +252,13 @@ impl Gateway {
             .args(["serve", "--config"])
             .arg(&path)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).expect("log file"))
             .spawn()
             .expect("start ratewarden");
         let gateway = Gateway {
+            log: dir.join("stderr.log"),
             child,
             listen: address_of(config, "listen"),
             admin: address_of(config, "admin_listen"),
@@ -260,6 +272,11 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         gateway
+    }
+
+    /// Everything the gateway has logged so far (stderr, RUST_LOG=info).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends raw bytes from `source` and returns everything the gateway answered.
@@ -405,5 +422,97 @@ fn parse(raw: &str) -> Reply {
         status,
         headers,
         body: body.to_owned(),
+    }
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// An HTTP receiver on loopback (a webhook endpoint, a Sentry ingestion endpoint) that
+/// records every request and answers `status` after `delay`.
+pub struct Receiver {
+    pub port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub fn start(status: u16, delay: Duration) -> Receiver {
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let listener = runtime()
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind receiver");
+        let port = listener.local_addr().expect("addr").port();
+        let log = received.clone();
+        runtime().spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let path = req.uri().to_string();
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(n, v)| {
+                                    (
+                                        n.to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
+                                .collect();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            if let Ok(mut log) = log.lock() {
+                                log.push(Received {
+                                    path,
+                                    headers,
+                                    body,
+                                });
+                            }
+                            tokio::time::sleep(delay).await;
+                            let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+                            *response.status_mut() =
+                                hyper::StatusCode::from_u16(status).expect("status");
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver { port, received }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }

@@ -1,0 +1,187 @@
+//! The gateway's side of abuse alerting: a 429 (ours, or the upstream's) becomes a
+//! sanitised, pseudonymised [`Violation`] handed to the alerting tasks, without waiting.
+//!
+//! Only what an alert may show is taken from the request: method, the path with secret
+//! query values masked, the user agent cut and cleaned, and pseudonyms of the user id
+//! and API key. Credentials are only looked at to say whether there were any.
+
+use crate::config::{AbuseConfig, SinkConfig, StoreConfig};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use ipnet::IpNet;
+use ratewarden_core::clock::SystemClock;
+use ratewarden_detect::sinks::{LogSink, SentrySink, WebhookSink};
+use ratewarden_detect::tracker::local_fallback;
+use ratewarden_detect::{
+    AlertMetrics, Alerting, Pseudonymiser, Sanitiser, Sink, Source, Tracker, Violation,
+};
+use ratewarden_store::redis::RedisStore;
+use ratewarden_store::{Check, Decisions, MemoryStore, Store, StoreError};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Where violations are counted: the gateway's memory store, or Redis.
+pub enum CountingStore {
+    /// Shared with the limiter.
+    Memory(Arc<MemoryStore<SystemClock>>),
+    /// A Redis store of its own (its own connection).
+    Redis(Box<RedisStore<SystemClock>>),
+}
+
+impl Store for CountingStore {
+    async fn decide(&self, checks: &[Check<'_>]) -> Result<Decisions, StoreError> {
+        match self {
+            CountingStore::Memory(m) => m.decide(checks).await,
+            CountingStore::Redis(r) => r.decide(checks).await,
+        }
+    }
+}
+
+/// What is kept of a request in case it becomes a violation.
+pub struct RequestSummary {
+    method: Method,
+    uri: Uri,
+    user_agent: Option<HeaderValue>,
+    user: Option<HeaderValue>,
+    api_key: Option<HeaderValue>,
+    authenticated: bool,
+}
+
+/// Reports violations.
+pub struct AbuseReporter {
+    alerting: Alerting,
+    pseudonyms: Option<Pseudonymiser>,
+    sanitiser: Sanitiser,
+    user_header: Option<HeaderName>,
+    api_key_header: Option<HeaderName>,
+    count_upstream: bool,
+}
+
+impl AbuseReporter {
+    /// Starts alerting for `config` on the current runtime; counts in the memory
+    /// store the limiter uses (`memory`), or in Redis as `store` says.
+    pub fn start(
+        config: &AbuseConfig,
+        store: &StoreConfig,
+        memory: Option<Arc<MemoryStore<SystemClock>>>,
+        metrics: AlertMetrics,
+    ) -> anyhow::Result<AbuseReporter> {
+        let counting = match (store, memory) {
+            (StoreConfig::Redis { settings, .. }, _) => CountingStore::Redis(Box::new(
+                RedisStore::new(settings.clone(), SystemClock::new())?,
+            )),
+            (StoreConfig::Memory { .. }, Some(memory)) => CountingStore::Memory(memory),
+            (StoreConfig::Memory { .. }, None) => {
+                CountingStore::Memory(Arc::new(local_fallback(SystemClock::new())))
+            }
+        };
+        let tracker = Tracker::new(
+            counting,
+            local_fallback(SystemClock::new()),
+            config.settings.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("abuse tracking: {e}"))?;
+        let sinks = config
+            .sinks
+            .iter()
+            .map(|sink| -> anyhow::Result<Sink> {
+                Ok(match sink {
+                    SinkConfig::Log => Sink::Log(LogSink),
+                    SinkConfig::Webhook {
+                        url,
+                        secret,
+                        timeout,
+                    } => Sink::Webhook(
+                        WebhookSink::new(url.clone(), secret.clone(), *timeout)
+                            .map_err(anyhow::Error::msg)?,
+                    ),
+                    SinkConfig::Sentry { dsn } => Sink::Sentry(
+                        SentrySink::new(dsn, &config.settings.instance)
+                            .map_err(anyhow::Error::msg)?,
+                    ),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(AbuseReporter {
+            alerting: Alerting::start(tracker, sinks, metrics),
+            pseudonyms: config
+                .privacy_secret
+                .as_deref()
+                .map(|s| Pseudonymiser::new(s.as_bytes())),
+            sanitiser: Sanitiser::new(config.secret_params.clone()),
+            user_header: config.user_header.clone(),
+            api_key_header: config.api_key_header.clone(),
+            count_upstream: config.settings.count_upstream_429,
+        })
+    }
+
+    /// Whether the upstream's 429s count.
+    pub fn counts_upstream(&self) -> bool {
+        self.count_upstream
+    }
+
+    /// Keeps what a violation report needs (cheap clones, no parsing).
+    pub fn summary<B>(&self, request: &Request<B>) -> RequestSummary {
+        let headers = request.headers();
+        let get = |name: &Option<HeaderName>| name.as_ref().and_then(|n| headers.get(n)).cloned();
+        let user = get(&self.user_header);
+        let api_key = get(&self.api_key_header);
+        RequestSummary {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            user_agent: headers.get(http::header::USER_AGENT).cloned(),
+            authenticated: headers.contains_key(http::header::AUTHORIZATION)
+                || user.is_some()
+                || api_key.is_some(),
+            user,
+            api_key,
+        }
+    }
+
+    /// Reports a 429 for `request` from `client`, limited by `rules`.
+    pub fn report(
+        &self,
+        request: RequestSummary,
+        client: IpAddr,
+        network: IpNet,
+        rules: Vec<String>,
+        source: Source,
+    ) {
+        let pseudonym = |kind: &str, value: &Option<HeaderValue>| {
+            let value = value.as_ref()?.to_str().ok()?.trim();
+            if value.is_empty() {
+                return None;
+            }
+            Some(self.pseudonyms.as_ref()?.pseudonym(kind, value))
+        };
+        let network = if client.is_ipv4() {
+            client.to_string()
+        } else {
+            network.to_string()
+        };
+        self.alerting.report(Violation {
+            at_nanos: unix_nanos(),
+            client_ip: client,
+            client_network: network,
+            user: pseudonym("user", &request.user),
+            api_key_id: pseudonym("key", &request.api_key),
+            authenticated: request.authenticated,
+            rules,
+            source,
+            method: self.sanitiser.text(request.method.as_str()),
+            path: self
+                .sanitiser
+                .path_and_query(request.uri.path_and_query().map_or("/", |p| p.as_str())),
+            user_agent: request
+                .user_agent
+                .as_ref()
+                .map(|ua| self.sanitiser.text(&String::from_utf8_lossy(ua.as_bytes()))),
+        });
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // the violation's wall-clock time, for alerts
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

@@ -1,0 +1,364 @@
+//! Abuse alerts from the real binary to real HTTP receivers on loopback: a webhook that
+//! checks the signature, and a Sentry ingestion endpoint that records what the official
+//! `sentry` crate sent. Fields, cooldown, the storm bound, secrets kept out of
+//! everything, and a dead receiver changing no response.
+
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod support;
+
+use ratewarden_detect::privacy::hmac_hex;
+use std::time::{Duration, Instant};
+use support::{eventually, free_port, Gateway, Receiver, Upstream};
+
+const WEBHOOK_SECRET: &str = "whsec-test-0123456789";
+/// Secrets the client sends; none may appear in anything that leaves the gateway.
+const CANARIES: &[&str] = &[
+    "CANARY-BEARER-7f3a",
+    "CANARY-COOKIE-91bc",
+    "CANARY-QUERY-TOKEN-55",
+    "CANARY-APIKEY-d00d",
+    "alice-canary@example.com",
+];
+
+fn config(upstream: u16, webhook: u16, sentry: u16, cooldown: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{}"
+upstream = "http://127.0.0.1:{upstream}"
+admin_listen = "127.0.0.1:{}"
+
+[clients]
+trusted_proxies = ["127.0.0.1/32"]
+
+[[rules]]
+name = "api"
+match = {{ path_prefix = "/api/" }}
+key = "ip"
+rate = "1/h"
+burst = 1
+
+[abuse]
+window = "1h"
+alert_after = 3
+cooldown = "{cooldown}"
+clients = ["ip", "user", "api_key"]
+user_header = "x-user-id"
+api_key_header = "x-api-key"
+instance = "gw-test-1"
+
+[privacy]
+secret = "test-privacy-secret-0123456789"
+
+[[alerts]]
+kind = "webhook"
+url = "http://127.0.0.1:{webhook}/hooks/security"
+secret = "{WEBHOOK_SECRET}"
+timeout = "2s"
+
+[[alerts]]
+kind = "sentry"
+dsn = "http://publickey@127.0.0.1:{sentry}/42"
+
+[[alerts]]
+kind = "log"
+{extra}
+"#,
+        free_port(),
+        free_port()
+    )
+}
+
+fn secret_headers() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("Authorization", "Bearer CANARY-BEARER-7f3a"),
+        ("Cookie", "session=CANARY-COOKIE-91bc"),
+        ("X-Api-Key", "CANARY-APIKEY-d00d"),
+        ("X-User-Id", "alice-canary@example.com"),
+        ("User-Agent", "evil-scraper/1.0"),
+    ]
+}
+
+const PATH: &str = "/api/items?page=2&token=CANARY-QUERY-TOKEN-55";
+
+fn json(r: &support::Received) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+#[test]
+fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
+    let upstream = Upstream::start();
+    let webhook = Receiver::start(200, Duration::ZERO);
+    let sentry = Receiver::start(200, Duration::ZERO);
+    let gw = Gateway::start(&config(upstream.port, webhook.port, sentry.port, "3s", ""));
+    let headers = secret_headers();
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| gw.get("127.0.0.9", PATH, &headers).status)
+        .collect();
+    assert_eq!(statuses, [200, 429, 429, 429, 429, 429]);
+
+    // Three identities (ip, user, api key), three violations each reached at the 3rd
+    // 429: one alert each; the later 429s fall within the cooldown.
+    eventually("three webhook alerts", Duration::from_secs(10), || {
+        webhook.received().len() >= 3
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let alerts = webhook.received();
+    assert_eq!(alerts.len(), 3, "one per identity within the cooldown");
+    for a in &alerts {
+        assert_eq!(a.path, "/hooks/security");
+        // The signature covers the timestamp and the body.
+        let signature = a.header("x-ratewarden-signature").unwrap();
+        let (t, v1) = signature
+            .strip_prefix("t=")
+            .unwrap()
+            .split_once(",v1=")
+            .unwrap();
+        let mut signed = format!("{t}.").into_bytes();
+        signed.extend_from_slice(&a.body);
+        assert_eq!(v1, hmac_hex(WEBHOOK_SECRET.as_bytes(), &signed));
+    }
+    let by_identity = |kind: &str| {
+        alerts
+            .iter()
+            .map(json)
+            .find(|j| j["identity"] == kind)
+            .unwrap()
+    };
+    let ip = by_identity("ip");
+    assert_eq!(ip["kind"], "rate_limit_abuse");
+    assert_eq!(ip["identity_value"], "127.0.0.9");
+    assert_eq!(ip["client_ip"], "127.0.0.9");
+    assert_eq!(ip["client_network"], "127.0.0.9");
+    assert_eq!(ip["violations"], 3);
+    assert_eq!(ip["window_seconds"], 3600);
+    assert_eq!(ip["violations_since_last_alert"], 1);
+    assert_eq!(ip["rules"], serde_json::json!(["api"]));
+    assert_eq!(ip["method"], "GET");
+    assert_eq!(ip["path"], "/api/items?page=2&token=***");
+    assert_eq!(ip["user_agent"], "evil-scraper/1.0");
+    assert_eq!(ip["authenticated"], true);
+    assert!(ip["user"].as_str().unwrap().starts_with("user_"), "{ip}");
+    assert!(
+        ip["api_key_id"].as_str().unwrap().starts_with("key_"),
+        "{ip}"
+    );
+    assert_eq!(ip["severity"], "high");
+    assert_eq!(ip["instance"], "gw-test-1");
+    assert_eq!(ip["source"], "gateway");
+    assert!(ip["first_violation"].as_u64().unwrap() <= ip["last_violation"].as_u64().unwrap());
+    assert_eq!(by_identity("user")["identity_value"], ip["user"]);
+    assert_eq!(by_identity("api_key")["identity_value"], ip["api_key_id"]);
+
+    // Sentry: what the official crate sent to the envelope endpoint.
+    eventually("three Sentry events", Duration::from_secs(10), || {
+        sentry.received().len() >= 3
+    });
+    let events = sentry.received();
+    assert!(
+        events
+            .iter()
+            .all(|e| e.path.starts_with("/api/42/envelope")),
+        "{:?}",
+        events[0].path
+    );
+    let ip_event = events
+        .iter()
+        .map(support::Received::text)
+        .find(|t| t.contains("\"identity\":\"ip\""))
+        .unwrap();
+    for expected in [
+        "\"security_threat\":\"rate_limit_abuse\"",
+        "\"client_ip\":\"127.0.0.9\"",
+        "\"threat_context\"",
+        "\"fingerprint\":[\"rate_limit_abuse\",\"ip\",\"127.0.0.9\"]",
+    ] {
+        assert!(
+            ip_event.contains(expected),
+            "{expected} missing from {ip_event}"
+        );
+    }
+
+    // Level error: the protocol's default, which the crate leaves implicit.
+    assert!(
+        !ip_event.contains("\"level\":") || ip_event.contains("\"level\":\"error\""),
+        "{ip_event}"
+    );
+
+    // After the cooldown, the next alert says how many violations it held back.
+    std::thread::sleep(Duration::from_millis(2600));
+    assert_eq!(gw.get("127.0.0.9", PATH, &headers).status, 429);
+    eventually("a second ip alert", Duration::from_secs(10), || {
+        webhook
+            .received()
+            .iter()
+            .map(json)
+            .filter(|j| j["identity"] == "ip")
+            .count()
+            == 2
+    });
+    let second = webhook
+        .received()
+        .iter()
+        .map(json)
+        .filter(|j| j["identity"] == "ip")
+        .nth(1)
+        .unwrap();
+    assert_eq!(second["violations"], 6);
+    assert_eq!(
+        second["violations_since_last_alert"], 3,
+        "two suppressed, and this one"
+    );
+
+    // No secret anywhere: webhook, Sentry, the gateway's own log, the metrics.
+    let everything = [
+        webhook
+            .received()
+            .iter()
+            .map(|r| format!("{:?}{}", r.headers, r.text()))
+            .collect::<String>(),
+        sentry
+            .received()
+            .iter()
+            .map(|r| format!("{:?}{}", r.headers, r.text()))
+            .collect::<String>(),
+        gw.log(),
+        gw.metrics(),
+    ]
+    .concat();
+    for canary in CANARIES {
+        assert!(!everything.contains(canary), "{canary} leaked");
+    }
+    assert!(
+        gw.log().contains("rate-limit abuse"),
+        "the log sink wrote the alert"
+    );
+    assert!(
+        gw.log().contains("rate limit violation"),
+        "violations below the threshold are warned"
+    );
+    eventually(
+        "six webhook deliveries counted",
+        Duration::from_secs(10),
+        || {
+            gw.metrics().contains(
+                "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\",outcome=\"sent\"} 6",
+            )
+        },
+    );
+}
+
+#[test]
+fn dead_receivers_change_no_response_and_count_failures() {
+    let upstream = Upstream::start();
+    // Nothing listens on these ports.
+    let gw = Gateway::start(&config(upstream.port, free_port(), free_port(), "10m", ""));
+    let headers = secret_headers();
+    let started = Instant::now();
+    let statuses: Vec<u16> = (0..8)
+        .map(|_| gw.get("127.0.0.10", PATH, &headers).status)
+        .collect();
+    assert_eq!(statuses, [200, 429, 429, 429, 429, 429, 429, 429]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "requests were slowed: {:?}",
+        started.elapsed()
+    );
+    eventually(
+        "webhook failures counted after retries",
+        Duration::from_secs(20),
+        || {
+            gw.metrics().contains(
+                "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\",outcome=\"failed\"}",
+            )
+        },
+    );
+    assert!(gw
+        .metrics()
+        .contains("ratewarden_abuse_alert_deliveries_total{sink=\"log\",outcome=\"sent\"} 3"));
+}
+
+#[test]
+fn a_flood_from_many_clients_is_bounded_work_and_counted_drops() {
+    let upstream = Upstream::start();
+    // A receiver that takes a second per alert: its queue fills.
+    let webhook = Receiver::start(200, Duration::from_secs(1));
+    let sentry = Receiver::start(200, Duration::ZERO);
+    let gw = Gateway::start(&config(upstream.port, webhook.port, sentry.port, "10m", ""));
+    let clients = 1_500;
+    let started = Instant::now();
+    let limited: usize = std::thread::scope(|s| {
+        let gw = &gw;
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut limited = 0;
+                    for c in (t..clients).step_by(8) {
+                        let xff = format!("10.{}.{}.{}", c / 65536, (c / 256) % 256, c % 256);
+                        for _ in 0..4 {
+                            let status = gw
+                                .get("127.0.0.1", "/api/x", &[("X-Forwarded-For", &xff)])
+                                .status;
+                            limited += usize::from(status == 429);
+                        }
+                    }
+                    limited
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(limited, clients * 3);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    eventually("every violation counted", Duration::from_secs(20), || {
+        let m = gw.metrics();
+        metric(&m, "ratewarden_abuse_alerts_raised_total") as usize == clients
+    });
+    let m = gw.metrics();
+    let dropped = metric(
+        &m,
+        "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\",outcome=\"dropped\"}",
+    );
+    assert!(
+        dropped >= 400.0,
+        "the slow webhook's queue (1000) overflowed and drops were counted: {dropped}\n{m}"
+    );
+    assert!(
+        webhook.received().len() < 100,
+        "delivery stays paced by the receiver"
+    );
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn the_upstreams_own_429s_count_too() {
+    let upstream = Upstream::start();
+    let webhook = Receiver::start(200, Duration::ZERO);
+    let gw = Gateway::start(&config(upstream.port, webhook.port, free_port(), "10m", ""));
+    for _ in 0..3 {
+        assert_eq!(
+            gw.get("127.0.0.11", "/status/429", &[]).status,
+            429,
+            "the upstream's answer, passed on"
+        );
+    }
+    eventually(
+        "an alert for the upstream's 429s",
+        Duration::from_secs(10),
+        || !webhook.received().is_empty(),
+    );
+    let alert = json(&webhook.received()[0]);
+    assert_eq!(alert["source"], "upstream");
+    assert_eq!(alert["identity_value"], "127.0.0.11");
+    assert_eq!(alert["rules"], serde_json::json!([]));
+}
