@@ -1,5 +1,6 @@
-//! Off the request path: violations are queued (bounded), counted by the tracker on a
-//! task of their own, and alerts fanned out to each sink's own bounded queue and task.
+//! Off the request path: violations are coalesced per client (bounded), counted by the
+//! tracker on a task of their own every 50 ms, and alerts fanned out to each sink's
+//! own bounded queue and task.
 //!
 //! The request path only ever calls [`Alerting::report`], which takes a lock for a
 //! push and never waits. Nothing here changes a decision.
@@ -8,26 +9,21 @@ use crate::alert::{Alert, Severity, Source, Violation};
 use crate::queue::{BoundedQueue, Urgency};
 use crate::sinks::Sink;
 use crate::tracker::{Outcome, Tracker};
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use ratewarden_core::clock::Clock;
 use ratewarden_store::Store;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Violations waiting to be counted.
-const VIOLATION_QUEUE: usize = 10_000;
 /// Alerts waiting for one sink.
 const SINK_QUEUE: usize = 1_000;
-/// Violations counted at once (store round trips in flight).
+/// Clients' batches counted at once (store round trips in flight).
 const IN_FLIGHT: usize = 32;
-
-impl Urgency for Violation {
-    fn severity(&self) -> Severity {
-        Severity::Low
-    }
-}
 
 impl Urgency for Alert {
     fn severity(&self) -> Severity {
@@ -56,7 +52,7 @@ pub struct SinkOutcome {
 pub struct AlertMetrics {
     /// 429s reported, by source.
     pub violations: Family<SourceLabel, Counter>,
-    /// Violations dropped because the violation queue was full.
+    /// Violations dropped because too many clients were pending a flush.
     pub violations_dropped: Counter,
     /// Alerts raised (before delivery).
     pub raised: Counter,
@@ -90,11 +86,36 @@ impl AlertMetrics {
     }
 }
 
+/// A client's violations since the last flush: how many, and how to describe the
+/// latest (built only at flush time, so the request path does no formatting).
+struct Pending {
+    count: u32,
+    describe: Box<dyn FnOnce() -> Violation + Send>,
+}
+
+type PendingShard = Mutex<HashMap<u64, Pending>>;
+
+/// Shards of the pending map (fewer threads wait on one lock).
+const SHARDS: usize = 16;
+/// Clients with violations waiting for the next flush; beyond, new clients' violations
+/// are dropped (and counted) until the flush.
+const MAX_PENDING: usize = 20_000;
+/// How often pending violations are counted.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
 /// The handle the request path reports violations to.
+///
+/// A flood repeats itself: thousands of 429s a second from the same clients. Reports
+/// are coalesced per client between flushes (every 50 ms), so the store sees one
+/// update of cost N per client and flush rather than N updates, and the per-request
+/// cost is one hash-map update under a sharded lock.
 #[derive(Clone)]
 pub struct Alerting {
-    queue: Arc<BoundedQueue<Violation>>,
-    metrics: AlertMetrics,
+    pending: Arc<Vec<PendingShard>>,
+    /// Counter handles per source, so a report takes no metric-family lock.
+    from_gateway: Counter,
+    from_upstream: Counter,
+    dropped: Counter,
 }
 
 impl Alerting {
@@ -104,10 +125,6 @@ impl Alerting {
         sinks: Vec<Sink>,
         metrics: AlertMetrics,
     ) -> Alerting {
-        let queue = Arc::new(BoundedQueue::new(
-            VIOLATION_QUEUE,
-            metrics.violations_dropped.clone(),
-        ));
         let outlets: Arc<Vec<Arc<BoundedQueue<Alert>>>> = Arc::new(
             sinks
                 .into_iter()
@@ -126,71 +143,123 @@ impl Alerting {
                 })
                 .collect(),
         );
+        let pending: Arc<Vec<PendingShard>> =
+            Arc::new((0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect());
         tokio::spawn(count_forever(
             Arc::new(tracker),
-            queue.clone(),
+            pending.clone(),
             outlets,
             metrics.clone(),
         ));
-        Alerting { queue, metrics }
+        let source = |source| {
+            metrics
+                .violations
+                .get_or_create(&SourceLabel { source })
+                .clone()
+        };
+        Alerting {
+            pending,
+            from_gateway: source("gateway"),
+            from_upstream: source("upstream"),
+            dropped: metrics.violations_dropped.clone(),
+        }
     }
 
-    /// Hands a violation over, without waiting.
-    pub fn report(&self, violation: Violation) {
-        let source = match violation.source {
-            Source::Gateway => "gateway",
-            Source::Upstream => "upstream",
+    /// Hands a violation over, without waiting: `client` identifies who committed it
+    /// (a hash of its address and credentials), `describe` builds the sanitised
+    /// description if it is the latest of its batch.
+    pub fn report(
+        &self,
+        client: u64,
+        source: Source,
+        describe: impl FnOnce() -> Violation + Send + 'static,
+    ) {
+        match source {
+            Source::Gateway => self.from_gateway.inc(),
+            Source::Upstream => self.from_upstream.inc(),
         };
-        self.metrics
-            .violations
-            .get_or_create(&SourceLabel { source })
-            .inc();
-        self.queue.push(violation);
+        let shard = &self.pending[(client % SHARDS as u64) as usize];
+        let mut pending = shard.lock();
+        if let Some(p) = pending.get_mut(&client) {
+            p.count = p.count.saturating_add(1);
+            p.describe = Box::new(describe);
+            return;
+        }
+        if pending.len() >= MAX_PENDING / SHARDS {
+            self.dropped.inc();
+            return;
+        }
+        pending.insert(
+            client,
+            Pending {
+                count: 1,
+                describe: Box::new(describe),
+            },
+        );
     }
 }
 
 async fn count_forever<S: Store, C: Clock>(
     tracker: Arc<Tracker<S, C>>,
-    queue: Arc<BoundedQueue<Violation>>,
+    pending: Arc<Vec<PendingShard>>,
     outlets: Arc<Vec<Arc<BoundedQueue<Alert>>>>,
     metrics: AlertMetrics,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let mut ticks = tokio::time::interval(FLUSH_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let violation = queue.pop().await;
-        let (tracker, outlets, metrics) = (tracker.clone(), outlets.clone(), metrics.clone());
-        tokio::spawn(async move {
-            for outcome in tracker.observe(&violation).await {
-                match outcome {
-                    Outcome::Warning {
-                        identity,
-                        value,
-                        count,
-                    } => tracing::warn!(
-                        target: "ratewarden::abuse",
-                        identity = identity.as_str(),
-                        client = %value,
-                        violations = count,
-                        alert_after = tracker.settings().alert_after,
-                        rules = ?violation.rules,
-                        method = %violation.method,
-                        path = %violation.path,
-                        "rate limit violation"
-                    ),
-                    Outcome::Alert(alert) => {
-                        metrics.raised.inc();
-                        for outlet in outlets.iter() {
-                            outlet.push((*alert).clone());
-                        }
+        ticks.tick().await;
+        for shard in pending.iter() {
+            let batch = std::mem::take(&mut *shard.lock());
+            for (_, p) in batch {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let (tracker, outlets, metrics) =
+                    (tracker.clone(), outlets.clone(), metrics.clone());
+                tokio::spawn(async move {
+                    let violation = (p.describe)();
+                    for outcome in tracker.observe(&violation, p.count).await {
+                        emit(outcome, &violation, &tracker, &outlets, &metrics);
                     }
-                    Outcome::Suppressed => {}
-                }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+        }
+    }
+}
+
+fn emit<S: Store, C: Clock>(
+    outcome: Outcome,
+    violation: &Violation,
+    tracker: &Tracker<S, C>,
+    outlets: &[Arc<BoundedQueue<Alert>>],
+    metrics: &AlertMetrics,
+) {
+    match outcome {
+        Outcome::Warning {
+            identity,
+            value,
+            count,
+        } => tracing::warn!(
+            target: "ratewarden::abuse",
+            identity = identity.as_str(),
+            client = %value,
+            violations = count,
+            alert_after = tracker.settings().alert_after,
+            rules = ?violation.rules,
+            method = %violation.method,
+            path = %violation.path,
+            "rate limit violation"
+        ),
+        Outcome::Alert(alert) => {
+            metrics.raised.inc();
+            for outlet in outlets {
+                outlet.push((*alert).clone());
+            }
+        }
+        Outcome::Suppressed => {}
     }
 }
 

@@ -127,8 +127,9 @@ impl<S: Store, C: Clock> Tracker<S, C> {
         &self.settings
     }
 
-    /// Counts `violation` against each tracked identity it has.
-    pub async fn observe(&self, violation: &Violation) -> Vec<Outcome> {
+    /// Counts `violations` occurrences of `violation` (the latest of a batch from one
+    /// client) against each tracked identity it has.
+    pub async fn observe(&self, violation: &Violation, violations: u32) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
         for &kind in &self.settings.track {
             let value = match kind {
@@ -137,35 +138,54 @@ impl<S: Store, C: Clock> Tracker<S, C> {
                 IdentityKind::ApiKey => violation.api_key_id.clone(),
             };
             if let Some(value) = value {
-                outcomes.push(self.observe_identity(kind, value, violation).await);
+                self.observe_identity(kind, value, violation, violations.max(1), &mut outcomes)
+                    .await;
             }
         }
         outcomes
     }
 
-    async fn observe_identity(&self, kind: IdentityKind, value: String, v: &Violation) -> Outcome {
+    async fn observe_identity(
+        &self,
+        kind: IdentityKind,
+        value: String,
+        v: &Violation,
+        n: u32,
+        outcomes: &mut Vec<Outcome>,
+    ) {
         let Some((counter, cooldown)) = self.counter_names.get(&kind) else {
-            return Outcome::Suppressed;
+            return;
         };
-        let counted = self
-            .decide(Check::one(CounterKey::new(counter, &value), self.counting))
-            .await;
+        let n = n.min(COUNT_CAPACITY);
+        let key = CounterKey::new(counter, &value);
+        let counted = match Check::new(key, self.counting, n) {
+            Ok(check) => self.decide(check).await,
+            Err(_) => return,
+        };
         let count = u64::from(COUNT_CAPACITY.saturating_sub(counted.remaining));
         let seconds = v.at_nanos / 1_000_000_000;
         let remembered = self.remember(kind, &value, seconds);
-        if count < u64::from(self.settings.alert_after) {
-            return Outcome::Warning {
+        let alert_after = u64::from(self.settings.alert_after);
+        // One warning per violation below the threshold (at most alert_after - 1 per
+        // identity and window, however many came in this batch).
+        let before = count.saturating_sub(u64::from(n));
+        for number in (before + 1)..=count.min(alert_after.saturating_sub(1)) {
+            outcomes.push(Outcome::Warning {
                 identity: kind,
-                value,
-                count,
-            };
+                value: value.clone(),
+                count: number,
+            });
+        }
+        if count < alert_after {
+            return;
         }
         let may_alert = self
             .decide(Check::one(CounterKey::new(cooldown, &value), self.cooldown))
             .await;
         if !may_alert.allowed {
-            self.add_suppressed(kind, &value);
-            return Outcome::Suppressed;
+            self.add_suppressed(kind, &value, u64::from(n));
+            outcomes.push(Outcome::Suppressed);
+            return;
         }
         let suppressed = self.take_suppressed(kind, &value);
         let severity = if count >= 10 * u64::from(self.settings.alert_after) {
@@ -173,7 +193,7 @@ impl<S: Store, C: Clock> Tracker<S, C> {
         } else {
             Severity::High
         };
-        Outcome::Alert(Box::new(Alert {
+        outcomes.push(Outcome::Alert(Box::new(Alert {
             kind: "rate_limit_abuse",
             severity,
             identity: kind,
@@ -182,7 +202,7 @@ impl<S: Store, C: Clock> Tracker<S, C> {
             client_network: v.client_network.clone(),
             violations: count,
             window_seconds: self.settings.window.as_secs(),
-            violations_since_last_alert: suppressed + 1,
+            violations_since_last_alert: suppressed + u64::from(n),
             rules: v.rules.clone(),
             source: v.source,
             method: v.method.clone(),
@@ -194,7 +214,7 @@ impl<S: Store, C: Clock> Tracker<S, C> {
             first_violation: remembered.first_seen,
             last_violation: seconds,
             instance: self.settings.instance.clone(),
-        }))
+        })));
     }
 
     async fn decide(&self, check: Check<'_>) -> ratewarden_core::Decision {
@@ -246,9 +266,9 @@ impl<S: Store, C: Clock> Tracker<S, C> {
         *entry
     }
 
-    fn add_suppressed(&self, kind: IdentityKind, value: &str) {
+    fn add_suppressed(&self, kind: IdentityKind, value: &str, n: u64) {
         if let Some(r) = self.remembered.lock().get_mut(&(kind, value.to_owned())) {
-            r.suppressed += 1;
+            r.suppressed += n;
         }
     }
 

@@ -131,9 +131,12 @@ fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
     assert_eq!(ip["identity_value"], "127.0.0.9");
     assert_eq!(ip["client_ip"], "127.0.0.9");
     assert_eq!(ip["client_network"], "127.0.0.9");
-    assert_eq!(ip["violations"], 3);
+    // Violations are counted in batches (every 50 ms): the first alert comes with the
+    // 3rd violation or with the batch that holds it.
+    let first = ip["violations"].as_u64().unwrap();
+    assert!((3..=5).contains(&first), "{ip}");
     assert_eq!(ip["window_seconds"], 3600);
-    assert_eq!(ip["violations_since_last_alert"], 1);
+    assert_eq!(ip["violations_since_last_alert"], first);
     assert_eq!(ip["rules"], serde_json::json!(["api"]));
     assert_eq!(ip["method"], "GET");
     assert_eq!(ip["path"], "/api/items?page=2&token=***");
@@ -207,8 +210,9 @@ fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
         .unwrap();
     assert_eq!(second["violations"], 6);
     assert_eq!(
-        second["violations_since_last_alert"], 3,
-        "two suppressed, and this one"
+        second["violations_since_last_alert"].as_u64().unwrap(),
+        6 - first,
+        "those suppressed by the cooldown, and this one"
     );
 
     // No secret anywhere: webhook, Sentry, the gateway's own log, the metrics.
@@ -265,18 +269,28 @@ fn dead_receivers_change_no_response_and_count_failures() {
         "requests were slowed: {:?}",
         started.elapsed()
     );
+    let sent_to = |sink: &str, outcome: &str| {
+        metric(
+            &gw.metrics(),
+            &format!(
+                "ratewarden_abuse_alert_deliveries_total{{sink=\"{sink}\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    eventually("alerts logged", Duration::from_secs(10), || {
+        sent_to("log", "sent") == 3.0
+    });
+    // Five attempts with backoff (about 4 s), then the failure is counted.
     eventually(
         "webhook failures counted after retries",
         Duration::from_secs(20),
-        || {
-            gw.metrics().contains(
-                "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\",outcome=\"failed\"}",
-            )
-        },
+        || sent_to("webhook", "failed") >= 1.0,
     );
-    assert!(gw
-        .metrics()
-        .contains("ratewarden_abuse_alert_deliveries_total{sink=\"log\",outcome=\"sent\"} 3"));
+    assert_eq!(
+        gw.get("127.0.0.12", PATH, &headers).status,
+        200,
+        "traffic unaffected"
+    );
 }
 
 #[test]

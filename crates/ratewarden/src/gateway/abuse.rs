@@ -16,6 +16,7 @@ use ratewarden_detect::{
 };
 use ratewarden_store::redis::RedisStore;
 use ratewarden_store::{Check, Decisions, MemoryStore, Store, StoreError};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -49,8 +50,7 @@ pub struct RequestSummary {
 /// Reports violations.
 pub struct AbuseReporter {
     alerting: Alerting,
-    pseudonyms: Option<Pseudonymiser>,
-    sanitiser: Sanitiser,
+    describer: Arc<Describer>,
     user_header: Option<HeaderName>,
     api_key_header: Option<HeaderName>,
     count_upstream: bool,
@@ -103,11 +103,13 @@ impl AbuseReporter {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(AbuseReporter {
             alerting: Alerting::start(tracker, sinks, metrics),
-            pseudonyms: config
-                .privacy_secret
-                .as_deref()
-                .map(|s| Pseudonymiser::new(s.as_bytes())),
-            sanitiser: Sanitiser::new(config.secret_params.clone()),
+            describer: Arc::new(Describer {
+                pseudonyms: config
+                    .privacy_secret
+                    .as_deref()
+                    .map(|s| Pseudonymiser::new(s.as_bytes())),
+                sanitiser: Sanitiser::new(config.secret_params.clone()),
+            }),
             user_header: config.user_header.clone(),
             api_key_header: config.api_key_header.clone(),
             count_upstream: config.settings.count_upstream_429,
@@ -137,7 +139,8 @@ impl AbuseReporter {
         }
     }
 
-    /// Reports a 429 for `request` from `client`, limited by `rules`.
+    /// Reports a 429 for `request` from `client`, limited by `rules`. Only a hash and
+    /// a map update happen here; the description is built when the batch is counted.
     pub fn report(
         &self,
         request: RequestSummary,
@@ -146,6 +149,42 @@ impl AbuseReporter {
         rules: Vec<String>,
         source: Source,
     ) {
+        let mut hasher = std::hash::DefaultHasher::new();
+        network.hash(&mut hasher);
+        request
+            .user
+            .as_ref()
+            .map(HeaderValue::as_bytes)
+            .hash(&mut hasher);
+        request
+            .api_key
+            .as_ref()
+            .map(HeaderValue::as_bytes)
+            .hash(&mut hasher);
+        let describer = self.describer.clone();
+        let at_nanos = unix_nanos();
+        self.alerting.report(hasher.finish(), source, move || {
+            describer.violation(request, at_nanos, client, network, rules, source)
+        });
+    }
+}
+
+/// Turns a request summary into a sanitised, pseudonymised violation.
+struct Describer {
+    pseudonyms: Option<Pseudonymiser>,
+    sanitiser: Sanitiser,
+}
+
+impl Describer {
+    fn violation(
+        &self,
+        request: RequestSummary,
+        at_nanos: u64,
+        client: IpAddr,
+        network: IpNet,
+        rules: Vec<String>,
+        source: Source,
+    ) -> Violation {
         let pseudonym = |kind: &str, value: &Option<HeaderValue>| {
             let value = value.as_ref()?.to_str().ok()?.trim();
             if value.is_empty() {
@@ -158,8 +197,8 @@ impl AbuseReporter {
         } else {
             network.to_string()
         };
-        self.alerting.report(Violation {
-            at_nanos: unix_nanos(),
+        Violation {
+            at_nanos,
             client_ip: client,
             client_network: network,
             user: pseudonym("user", &request.user),
@@ -175,7 +214,7 @@ impl AbuseReporter {
                 .user_agent
                 .as_ref()
                 .map(|ua| self.sanitiser.text(&String::from_utf8_lossy(ua.as_bytes()))),
-        });
+        }
     }
 }
 
