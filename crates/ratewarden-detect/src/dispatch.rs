@@ -1,5 +1,5 @@
 //! Off the request path: violations are coalesced per client (bounded), counted by the
-//! tracker on a task of their own every 50 ms, and alerts fanned out to each sink's
+//! tracker on a task of their own every 100 ms, and alerts fanned out to each sink's
 //! own bounded queue and task.
 //!
 //! The request path only ever calls [`Alerting::report`], which takes a lock for a
@@ -101,12 +101,12 @@ const SHARDS: usize = 16;
 /// are dropped (and counted) until the flush.
 const MAX_PENDING: usize = 20_000;
 /// How often pending violations are counted.
-const FLUSH_EVERY: Duration = Duration::from_millis(50);
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// The handle the request path reports violations to.
 ///
 /// A flood repeats itself: thousands of 429s a second from the same clients. Reports
-/// are coalesced per client between flushes (every 50 ms), so the store sees one
+/// are coalesced per client between flushes (every 100 ms), so the store sees one
 /// update of cost N per client and flush rather than N updates, and the per-request
 /// cost is one hash-map update under a sharded lock.
 #[derive(Clone)]

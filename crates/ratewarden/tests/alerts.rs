@@ -131,7 +131,7 @@ fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
     assert_eq!(ip["identity_value"], "127.0.0.9");
     assert_eq!(ip["client_ip"], "127.0.0.9");
     assert_eq!(ip["client_network"], "127.0.0.9");
-    // Violations are counted in batches (every 50 ms): the first alert comes with the
+    // Violations are counted in batches (every 100 ms): the first alert comes with the
     // 3rd violation or with the batch that holds it.
     let first = ip["violations"].as_u64().unwrap();
     assert!((3..=5).contains(&first), "{ip}");

@@ -312,3 +312,65 @@ fn a_syntax_error_names_its_position_without_echoing_the_line() {
     assert!(e[0].contains("line 8"), "{e:?}");
     assert!(!e[0].contains("hunter2"), "{e:?}");
 }
+
+const ABUSE: &str = r#"
+[abuse]
+window = "1h"
+alert_after = 3
+cooldown = "10m"
+count_upstream_429 = true
+clients = ["ip", "user", "api_key"]
+user_header = "x-user-id"
+api_key_header = "x-api-key"
+
+[[alerts]]
+kind = "sentry"
+dsn = "https://PUBLIC_KEY@sentry.example.com/42"
+[[alerts]]
+kind = "webhook"
+url = "https://hooks.example.com/security"
+secret = "hook-secret"
+[[alerts]]
+kind = "log"
+
+[privacy]
+secret = "0123456789abcdef0123"
+"#;
+
+#[test]
+fn the_abuse_example_of_the_issue_compiles_and_hides_its_secrets() {
+    let config = parse(&format!("{MINIMAL}{ABUSE}")).expect("valid");
+    let abuse = config.abuse.as_ref().expect("abuse on");
+    assert_eq!(abuse.settings.alert_after, 3);
+    assert_eq!(abuse.settings.cooldown, Duration::from_secs(600));
+    assert_eq!(abuse.sinks.len(), 3);
+    let shown = format!("{config:?}");
+    for secret in ["hook-secret", "0123456789abcdef0123", "PUBLIC_KEY"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+}
+
+#[test]
+fn abuse_settings_are_checked() {
+    let e = errors(&format!(
+        "{MINIMAL}\n[abuse]\nwindow = \"0s\"\nalert_after = 0\nclients = [\"ip\", \"user\", \"cookie\"]\n[[alerts]]\nkind = \"pager\"\n[[alerts]]\nkind = \"webhook\"\nurl = \"ftp://x\"\n[[alerts]]\nkind = \"sentry\"\ndsn = \"nope\"\n"
+    ))
+    .join("\n");
+    for field in [
+        "abuse.window:",
+        "abuse.alert_after:",
+        "abuse.clients[2]:",
+        "abuse.user_header:",
+        "alerts[0].kind:",
+        "alerts[1].url:",
+        "alerts[2].dsn:",
+    ] {
+        assert!(e.contains(field), "{field} missing from\n{e}");
+    }
+    let no_secret = errors(&format!(
+        "{MINIMAL}\n[abuse]\nclients = [\"api_key\"]\napi_key_header = \"x-api-key\"\n"
+    ));
+    assert!(no_secret[0].starts_with("privacy.secret:"), "{no_secret:?}");
+    let alerts_alone = errors(&format!("{MINIMAL}\n[[alerts]]\nkind = \"log\"\n"));
+    assert!(alerts_alone[0].starts_with("alerts:"), "{alerts_alone:?}");
+}
