@@ -48,6 +48,18 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(abuse) = &config.abuse {
+        let a = &abuse.settings;
+        println!(
+            "abuse  alert at {} violations within {:?} (one alert per {:?}), tracking {}, upstream 429s {}; alerts to {}",
+            a.alert_after,
+            a.window,
+            a.cooldown,
+            a.track.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
+            if a.count_upstream_429 { "counted" } else { "ignored" },
+            abuse.sinks.iter().map(|s| s.kind()).collect::<Vec<_>>().join(", ")
+        );
+    }
     let clients = &config.policy.clients;
     println!(
         "clients: {} from trusted proxies{}, IPv6 grouped by /{}",
