@@ -12,15 +12,12 @@
 # dropped. Installs nginx and wrk from Debian's packages if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-50}
 
-need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
-if ! need nginx || ! need wrk; then
-  echo "installing nginx and wrk..." >&2
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q nginx wrk >/dev/null
-fi
+ensure nginx wrk -- nginx wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build -q --release -p ratewarden
 
@@ -31,8 +28,6 @@ cleanup() {
   sleep 0.3; rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 # nginx (one worker) is both the upstream (GET) and the webhook receiver (POST): 200
 # to everything, as cheaply as a receiver can be, so the receiver's own CPU weighs as

@@ -14,14 +14,12 @@
 # Installs redis-server and wrk from Debian's packages if missing. Prints markdown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-50}
 
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null || ! command -v wrk >/dev/null; then
-  echo "installing redis-server and wrk..." >&2
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q redis-server redis-tools wrk >/dev/null
-fi
+ensure redis-server redis-benchmark wrk -- redis-server redis-tools wrk
 
 cargo build -q --release -p ratewarden
 cargo build -q --release -p ratewarden-store --example redis_decisions
@@ -33,8 +31,6 @@ cleanup() {
   sleep 0.3; rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 REDIS=$(free_port)
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null 2>&1 &
