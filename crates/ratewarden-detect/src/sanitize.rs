@@ -8,7 +8,8 @@
 //! `Cookie`, API keys) never are.
 
 /// Query parameters whose values are secrets unless configured otherwise (matched
-/// case-insensitively, also as a suffix: `access_token`, `x-api-key`).
+/// case-insensitively anywhere in the name: `access_token`, `x-api-key`,
+/// `authorization`, `jsessionid`).
 pub const DEFAULT_SECRET_PARAMS: &[&str] = &[
     "token",
     "key",
@@ -16,12 +17,15 @@ pub const DEFAULT_SECRET_PARAMS: &[&str] = &[
     "passwd",
     "pass",
     "secret",
+    "pwd",
     "sig",
     "signature",
     "auth",
     "session",
+    "sessid",
     "code",
     "credential",
+    "jwt",
 ];
 
 /// Longest client-supplied text kept (user agent, path).
@@ -54,11 +58,10 @@ impl Sanitiser {
 
     fn is_secret(&self, name: &str) -> bool {
         let name = percent_decoded_lower(name);
-        // A suffix match also catches access_token, x-api-key, client_secret: masking a
-        // harmless parameter now and then is the cheap side of the trade.
-        self.secret_params
-            .iter()
-            .any(|p| name.ends_with(p.as_str()))
+        // Matching anywhere in the name also catches access_token, x-api-key,
+        // authorization, jsessionid: masking a harmless parameter now and then is the
+        // cheap side of the trade.
+        self.secret_params.iter().any(|p| name.contains(p.as_str()))
     }
 
     /// A path and query with secret parameter values masked, bounded, printable.
@@ -67,7 +70,7 @@ impl Sanitiser {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
-        let mut out = printable(path, MAX_TEXT);
+        let mut out = printable(&self.path_parameters(path), MAX_TEXT);
         if let Some(query) = query {
             out.push('?');
             let pairs: Vec<String> = query
@@ -83,6 +86,31 @@ impl Sanitiser {
             out.push_str(&printable(&pairs.join("&"), MAX_TEXT));
         }
         out
+    }
+
+    /// The path with secret `;name=value` parameters masked (`;jsessionid=...`).
+    fn path_parameters(&self, path: &str) -> String {
+        if !path.contains(';') {
+            return path.to_owned();
+        }
+        path.split('/')
+            .map(|segment| {
+                let mut parts = segment.split(';');
+                let mut out = parts.next().unwrap_or("").to_owned();
+                for parameter in parts {
+                    out.push(';');
+                    match parameter.split_once('=') {
+                        Some((name, _)) if self.is_secret(name) => {
+                            out.push_str(name);
+                            out.push_str("=***");
+                        }
+                        _ => out.push_str(parameter),
+                    }
+                }
+                out
+            })
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     /// Client text (a user agent): bounded, printable.
@@ -136,6 +164,10 @@ mod tests {
         );
         assert_eq!(s.path_and_query("/a?%74oken=leak"), "/a?%74oken=***");
         assert_eq!(s.path_and_query("/plain"), "/plain");
+        assert_eq!(
+            s.path_and_query("/a;jsessionid=S3CR3T/b?Authorization=x&PHPSESSID=y&jwt=z"),
+            "/a;jsessionid=***/b?Authorization=***&PHPSESSID=***&jwt=***"
+        );
     }
 
     #[test]

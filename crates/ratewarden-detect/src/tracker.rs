@@ -243,7 +243,9 @@ impl<S: Store, C: Clock> Tracker<S, C> {
         let window = self.settings.window.as_secs();
         if map.len() >= REMEMBERED && !map.contains_key(&(kind, value.to_owned())) {
             map.retain(|_, r| r.last_seen.saturating_add(window) > now);
-            if map.len() >= REMEMBERED {
+            // Free a tenth at least, so a flood does not rescan the map for every new
+            // identity.
+            if map.len() >= REMEMBERED * 9 / 10 {
                 // A flood of more identities than remembered: start over rather than
                 // grow. First-seen times are then only as old as this moment.
                 map.clear();

@@ -32,6 +32,9 @@ impl WebhookSink {
     ) -> Result<WebhookSink, String> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            // A redirect would re-send the signed alert elsewhere (307/308) or turn it
+            // into a GET whose 2xx looks like a delivery (301/302): refuse both.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("ratewarden/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
@@ -66,6 +69,7 @@ impl WebhookSink {
                 Ok(response) => {
                     let status = response.status();
                     last = format!("receiver answered {status}");
+                    // 3xx included in the final answers: redirects are not followed.
                     let retryable = status.is_server_error()
                         || status.as_u16() == 408
                         || status.as_u16() == 429;
@@ -75,7 +79,8 @@ impl WebhookSink {
                     retry_after(&response).unwrap_or_else(|| backoff(attempt))
                 }
                 Err(e) => {
-                    last = format!("cannot reach the receiver: {}", without_url(&e));
+                    // Without the URL, which may carry a token (`?key=...`).
+                    last = format!("cannot reach the receiver: {}", e.without_url());
                     backoff(attempt)
                 }
             };
@@ -101,16 +106,6 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
-}
-
-/// The error without the URL, which may carry a token (`?key=...`).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut e = e.to_string();
-    if let Some(start) = e.find("http") {
-        let end = e[start..].find(' ').map_or(e.len(), |i| start + i);
-        e.replace_range(start..end, "<webhook url>");
-    }
-    e
 }
 
 #[allow(clippy::disallowed_methods)] // wall-clock time for the signature's timestamp

@@ -43,6 +43,34 @@ impl std::fmt::Debug for AbuseConfig {
     }
 }
 
+impl AbuseConfig {
+    /// Everything alerting was started with, secrets included, for comparing a reloaded
+    /// file with the running one. Never logged.
+    pub fn restart_material(&self) -> String {
+        let sinks: Vec<String> = self
+            .sinks
+            .iter()
+            .map(|s| match s {
+                SinkConfig::Log => "log".to_owned(),
+                SinkConfig::Webhook {
+                    url,
+                    secret,
+                    timeout,
+                } => format!("webhook {url} {secret:?} {timeout:?}"),
+                SinkConfig::Sentry { dsn } => format!("sentry {dsn}"),
+            })
+            .collect();
+        format!(
+            "{:?} {:?} {:?} {sinks:?} {:?} {:?}",
+            self.settings,
+            self.user_header,
+            self.api_key_header,
+            self.privacy_secret,
+            self.secret_params
+        )
+    }
+}
+
 /// One `[[alerts]]` entry.
 #[derive(Clone)]
 pub enum SinkConfig {

@@ -6,7 +6,7 @@
 //! and API key. Credentials are only looked at to say whether there were any.
 
 use crate::config::{AbuseConfig, SinkConfig, StoreConfig};
-use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http::{HeaderName, Method, Request};
 use ipnet::IpNet;
 use ratewarden_core::clock::SystemClock;
 use ratewarden_detect::sinks::{LogSink, SentrySink, WebhookSink};
@@ -20,9 +20,9 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Where violations are counted: the gateway's memory store, or Redis.
+/// Where violations are counted: a memory store of their own, or Redis.
 pub enum CountingStore {
-    /// Shared with the limiter.
+    /// In this process.
     Memory(Arc<MemoryStore<SystemClock>>),
     /// A Redis store of its own (its own connection).
     Redis(Box<RedisStore<SystemClock>>),
@@ -37,14 +37,22 @@ impl Store for CountingStore {
     }
 }
 
-/// What is kept of a request in case it becomes a violation.
+/// What is kept of a request in case it becomes a violation: short owned copies, so
+/// a pending violation holds neither the connection's read buffer nor a long secret.
 pub struct RequestSummary {
     method: Method,
-    uri: Uri,
-    user_agent: Option<HeaderValue>,
-    user: Option<HeaderValue>,
-    api_key: Option<HeaderValue>,
+    path_and_query: String,
+    user_agent: Option<String>,
+    user: Option<String>,
+    api_key: Option<String>,
     authenticated: bool,
+}
+
+/// The longest prefix of a path or header value kept for a violation.
+const KEPT: usize = 512;
+
+fn prefix(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(KEPT)]).into_owned()
 }
 
 /// Reports violations.
@@ -57,20 +65,21 @@ pub struct AbuseReporter {
 }
 
 impl AbuseReporter {
-    /// Starts alerting for `config` on the current runtime; counts in the memory
-    /// store the limiter uses (`memory`), or in Redis as `store` says.
+    /// Starts alerting for `config` on the current runtime; counts in Redis when
+    /// that is the store, else in a memory store of its own (never the limiter's: a
+    /// flood of new violators would evict live limit counters there, and alerting must
+    /// not change a decision).
     pub fn start(
         config: &AbuseConfig,
         store: &StoreConfig,
-        memory: Option<Arc<MemoryStore<SystemClock>>>,
         metrics: AlertMetrics,
     ) -> anyhow::Result<AbuseReporter> {
-        let counting = match (store, memory) {
-            (StoreConfig::Redis { settings, .. }, _) => CountingStore::Redis(Box::new(
-                RedisStore::new(settings.clone(), SystemClock::new())?,
-            )),
-            (StoreConfig::Memory { .. }, Some(memory)) => CountingStore::Memory(memory),
-            (StoreConfig::Memory { .. }, None) => {
+        let counting = match store {
+            StoreConfig::Redis { settings, .. } => CountingStore::Redis(Box::new(RedisStore::new(
+                settings.clone(),
+                SystemClock::new(),
+            )?)),
+            StoreConfig::Memory { .. } => {
                 CountingStore::Memory(Arc::new(local_fallback(SystemClock::new())))
             }
         };
@@ -121,17 +130,30 @@ impl AbuseReporter {
         self.count_upstream
     }
 
-    /// Keeps what a violation report needs (cheap clones, no parsing).
+    /// Keeps what a violation report needs.
     pub fn summary<B>(&self, request: &Request<B>) -> RequestSummary {
         let headers = request.headers();
-        let get = |name: &Option<HeaderName>| name.as_ref().and_then(|n| headers.get(n)).cloned();
+        let get = |name: &Option<HeaderName>| {
+            name.as_ref()
+                .and_then(|n| headers.get(n))
+                .map(|v| prefix(v.as_bytes()))
+        };
         let user = get(&self.user_header);
         let api_key = get(&self.api_key_header);
         RequestSummary {
             method: request.method().clone(),
-            uri: request.uri().clone(),
-            user_agent: headers.get(http::header::USER_AGENT).cloned(),
+            path_and_query: prefix(
+                request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .as_bytes(),
+            ),
+            user_agent: headers
+                .get(http::header::USER_AGENT)
+                .map(|v| prefix(v.as_bytes())),
             authenticated: headers.contains_key(http::header::AUTHORIZATION)
+                || headers.contains_key(http::header::PROXY_AUTHORIZATION)
                 || user.is_some()
                 || api_key.is_some(),
             user,
@@ -149,18 +171,10 @@ impl AbuseReporter {
         rules: Vec<String>,
         source: Source,
     ) {
+        // Coalesced by network: a client rotating user or key headers must not be able
+        // to fill the pending map (and push other clients' violations out).
         let mut hasher = std::hash::DefaultHasher::new();
         network.hash(&mut hasher);
-        request
-            .user
-            .as_ref()
-            .map(HeaderValue::as_bytes)
-            .hash(&mut hasher);
-        request
-            .api_key
-            .as_ref()
-            .map(HeaderValue::as_bytes)
-            .hash(&mut hasher);
         let describer = self.describer.clone();
         let at_nanos = unix_nanos();
         self.alerting.report(hasher.finish(), source, move || {
@@ -185,8 +199,8 @@ impl Describer {
         rules: Vec<String>,
         source: Source,
     ) -> Violation {
-        let pseudonym = |kind: &str, value: &Option<HeaderValue>| {
-            let value = value.as_ref()?.to_str().ok()?.trim();
+        let pseudonym = |kind: &str, value: &Option<String>| {
+            let value = value.as_deref()?.trim();
             if value.is_empty() {
                 return None;
             }
@@ -207,13 +221,11 @@ impl Describer {
             rules,
             source,
             method: self.sanitiser.text(request.method.as_str()),
-            path: self
-                .sanitiser
-                .path_and_query(request.uri.path_and_query().map_or("/", |p| p.as_str())),
+            path: self.sanitiser.path_and_query(&request.path_and_query),
             user_agent: request
                 .user_agent
-                .as_ref()
-                .map(|ua| self.sanitiser.text(&String::from_utf8_lossy(ua.as_bytes()))),
+                .as_deref()
+                .map(|ua| self.sanitiser.text(ua)),
         }
     }
 }

@@ -51,14 +51,6 @@ impl Limiter {
         })
     }
 
-    /// The memory store, when that is the configured store.
-    pub fn memory(&self) -> Option<Arc<MemoryStore<SystemClock>>> {
-        match self {
-            Limiter::Memory(m) => Some(m.clone()),
-            Limiter::Redis(_) => None,
-        }
-    }
-
     /// Checks that the store answers, logging the outcome: a startup courtesy, never
     /// a reason not to start.
     pub async fn probe(&self) {

@@ -85,12 +85,7 @@ impl Bound {
             .map(|_| ratewarden_detect::AlertMetrics::default());
         let metrics = Arc::new(Metrics::with_alerting(alert_metrics.as_ref()));
         let abuse = match (&config.abuse, alert_metrics) {
-            (Some(abuse), Some(m)) => Some(abuse::AbuseReporter::start(
-                abuse,
-                &config.store,
-                store.memory(),
-                m,
-            )?),
+            (Some(abuse), Some(m)) => Some(abuse::AbuseReporter::start(abuse, &config.store, m)?),
             _ => None,
         };
         let s = &config.server;
@@ -293,7 +288,7 @@ async fn accept_loop(
 }
 
 /// What a reload cannot change, rendered for comparison (never logged: it holds the
-/// Redis URLs as written, passwords included, so that a changed password is noticed).
+/// Redis URLs and alerting secrets as written, so that a changed one is noticed).
 fn fixed_settings(config: &Config) -> String {
     let urls = match &config.store {
         config::StoreConfig::Redis { settings, .. } => match &settings.target {
@@ -302,7 +297,13 @@ fn fixed_settings(config: &Config) -> String {
         },
         config::StoreConfig::Memory { .. } => String::new(),
     };
-    format!("{:?} {:?} {urls}", config.server, config.store)
+    // Alerting starts once, with its secrets: a reload that rotates them needs a restart.
+    let abuse = config
+        .abuse
+        .as_ref()
+        .map(|a| a.restart_material())
+        .unwrap_or_default();
+    format!("{:?} {:?} {urls} {abuse}", config.server, config.store)
 }
 
 async fn shutdown_signal() {
@@ -343,7 +344,7 @@ async fn reload_on_sighup(path: PathBuf, gateway: Arc<Gateway>) {
                     if fixed_settings(&config) != gateway.fixed_settings {
                         tracing::warn!(
                             file = %path.display(),
-                            "[server] and [store] changes take effect only on restart; the rules are applied now"
+                            "[server], [store], [abuse], [[alerts]] and [privacy] changes take effect only on restart; the rules are applied now"
                         );
                     }
                     gateway.policy.store(Arc::new(config.policy));
