@@ -1,5 +1,5 @@
 //! Off the request path: violations are coalesced per client (bounded), counted by the
-//! tracker on a task of their own every 100 ms, and alerts fanned out to each sink's
+//! tracker on a task of their own every 500 ms, and alerts fanned out to each sink's
 //! own bounded queue and task.
 //!
 //! The request path only ever calls [`Alerting::report`], which takes a lock for a
@@ -20,8 +20,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Alerts waiting for one sink.
-const SINK_QUEUE: usize = 1_000;
 /// Clients' batches counted at once (store round trips in flight).
 const IN_FLIGHT: usize = 32;
 
@@ -87,7 +85,7 @@ impl AlertMetrics {
 }
 
 /// A client's violations since the last flush: how many, and how to describe the
-/// latest (built only at flush time, so the request path does no formatting).
+/// first of them (built only at flush time, so the request path does no formatting).
 struct Pending {
     count: u32,
     describe: Box<dyn FnOnce() -> Violation + Send>,
@@ -101,12 +99,12 @@ const SHARDS: usize = 16;
 /// are dropped (and counted) until the flush.
 const MAX_PENDING: usize = 20_000;
 /// How often pending violations are counted.
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 /// The handle the request path reports violations to.
 ///
 /// A flood repeats itself: thousands of 429s a second from the same clients. Reports
-/// are coalesced per client between flushes (every 100 ms), so the store sees one
+/// are coalesced per client between flushes (every 500 ms), so the store sees one
 /// update of cost N per client and flush rather than N updates, and the per-request
 /// cost is one hash-map update under a sharded lock.
 #[derive(Clone)]
@@ -125,6 +123,7 @@ impl Alerting {
         sinks: Vec<Sink>,
         metrics: AlertMetrics,
     ) -> Alerting {
+        let capacity = tracker.settings().sink_queue;
         let outlets: Arc<Vec<Arc<BoundedQueue<Alert>>>> = Arc::new(
             sinks
                 .into_iter()
@@ -137,7 +136,7 @@ impl Alerting {
                             outcome: "dropped",
                         })
                         .clone();
-                    let outlet = Arc::new(BoundedQueue::new(SINK_QUEUE, dropped));
+                    let outlet = Arc::new(BoundedQueue::new(capacity, dropped));
                     tokio::spawn(deliver_forever(sink, outlet.clone(), metrics.clone()));
                     outlet
                 })
@@ -174,15 +173,12 @@ impl Alerting {
         source: Source,
         describe: impl FnOnce() -> Violation + Send + 'static,
     ) {
-        match source {
-            Source::Gateway => self.from_gateway.inc(),
-            Source::Upstream => self.from_upstream.inc(),
-        };
+        self.count_source(source);
         let shard = &self.pending[(client % SHARDS as u64) as usize];
         let mut pending = shard.lock();
         if let Some(p) = pending.get_mut(&client) {
+            // The batch keeps the description of its first violation.
             p.count = p.count.saturating_add(1);
-            p.describe = Box::new(describe);
             return;
         }
         if pending.len() >= MAX_PENDING / SHARDS {
@@ -196,6 +192,30 @@ impl Alerting {
                 describe: Box::new(describe),
             },
         );
+    }
+
+    /// Counts a violation by `client` if a batch for it is already pending (the
+    /// common case in a flood), without any description; false if there is none, and
+    /// the caller should [`report`](Alerting::report) it with one.
+    pub fn report_repeat(&self, client: u64, source: Source) -> bool {
+        let shard = &self.pending[(client % SHARDS as u64) as usize];
+        let mut pending = shard.lock();
+        match pending.get_mut(&client) {
+            Some(p) => {
+                p.count = p.count.saturating_add(1);
+                drop(pending);
+                self.count_source(source);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn count_source(&self, source: Source) {
+        match source {
+            Source::Gateway => self.from_gateway.inc(),
+            Source::Upstream => self.from_upstream.inc(),
+        };
     }
 }
 

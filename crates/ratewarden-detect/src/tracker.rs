@@ -34,6 +34,8 @@ pub struct AbuseSettings {
     pub count_upstream_429: bool,
     /// This gateway's name in alerts.
     pub instance: String,
+    /// Alerts that may wait for one sink; beyond, the oldest least severe are dropped.
+    pub sink_queue: usize,
 }
 
 /// The sliding window's units: far above any violation count, so it only counts.

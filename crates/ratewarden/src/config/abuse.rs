@@ -154,6 +154,16 @@ pub fn abuse(
             None
         }
     };
+    let sink_queue = match raw.queue.unwrap_or(10_000) {
+        n @ 1..=1_000_000 => Some(n as usize),
+        n => {
+            errors.add(
+                "abuse.queue",
+                format!("{n}: use a number of alerts from 1 to 1000000"),
+            );
+            None
+        }
+    };
     let mut track = Vec::new();
     for (i, name) in raw
         .clients
@@ -217,6 +227,7 @@ pub fn abuse(
             track,
             count_upstream_429: raw.count_upstream_429.unwrap_or(true),
             instance,
+            sink_queue: sink_queue?,
         },
         user_header,
         api_key_header,

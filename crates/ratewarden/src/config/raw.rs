@@ -32,6 +32,7 @@ pub struct RawAbuse {
     pub user_header: Option<String>,
     pub api_key_header: Option<String>,
     pub instance: Option<String>,
+    pub queue: Option<i64>,
 }
 
 #[derive(Deserialize)]

@@ -6,7 +6,7 @@
 //! and API key. Credentials are only looked at to say whether there were any.
 
 use crate::config::{AbuseConfig, SinkConfig, StoreConfig};
-use http::{HeaderName, Method, Request};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use ipnet::IpNet;
 use ratewarden_core::clock::SystemClock;
 use ratewarden_detect::sinks::{LogSink, SentrySink, WebhookSink};
@@ -37,9 +37,20 @@ impl Store for CountingStore {
     }
 }
 
-/// What is kept of a request in case it becomes a violation: short owned copies, so
-/// a pending violation holds neither the connection's read buffer nor a long secret.
-pub struct RequestSummary {
+/// A request's head as far as a violation report needs it: cheap clones (reference
+/// counted), held only until the request is answered.
+pub struct RequestHead {
+    method: Method,
+    uri: Uri,
+    user_agent: Option<HeaderValue>,
+    user: Option<HeaderValue>,
+    api_key: Option<HeaderValue>,
+    authenticated: bool,
+}
+
+/// What a pending violation keeps of its request: short owned copies, so it holds
+/// neither the connection's read buffer nor a long secret.
+struct Kept {
     method: Method,
     path_and_query: String,
     user_agent: Option<String>,
@@ -53,6 +64,25 @@ const KEPT: usize = 512;
 
 fn prefix(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(KEPT)]).into_owned()
+}
+
+impl Kept {
+    fn of(head: &RequestHead) -> Kept {
+        let value = |v: &Option<HeaderValue>| v.as_ref().map(|v| prefix(v.as_bytes()));
+        Kept {
+            method: head.method.clone(),
+            path_and_query: prefix(
+                head.uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .as_bytes(),
+            ),
+            user_agent: value(&head.user_agent),
+            user: value(&head.user),
+            api_key: value(&head.api_key),
+            authenticated: head.authenticated,
+        }
+    }
 }
 
 /// Reports violations.
@@ -130,28 +160,16 @@ impl AbuseReporter {
         self.count_upstream
     }
 
-    /// Keeps what a violation report needs.
-    pub fn summary<B>(&self, request: &Request<B>) -> RequestSummary {
+    /// The request head a violation report needs (cheap clones).
+    pub fn head<B>(&self, request: &Request<B>) -> RequestHead {
         let headers = request.headers();
-        let get = |name: &Option<HeaderName>| {
-            name.as_ref()
-                .and_then(|n| headers.get(n))
-                .map(|v| prefix(v.as_bytes()))
-        };
+        let get = |name: &Option<HeaderName>| name.as_ref().and_then(|n| headers.get(n)).cloned();
         let user = get(&self.user_header);
         let api_key = get(&self.api_key_header);
-        RequestSummary {
+        RequestHead {
             method: request.method().clone(),
-            path_and_query: prefix(
-                request
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .as_bytes(),
-            ),
-            user_agent: headers
-                .get(http::header::USER_AGENT)
-                .map(|v| prefix(v.as_bytes())),
+            uri: request.uri().clone(),
+            user_agent: headers.get(http::header::USER_AGENT).cloned(),
             authenticated: headers.contains_key(http::header::AUTHORIZATION)
                 || headers.contains_key(http::header::PROXY_AUTHORIZATION)
                 || user.is_some()
@@ -161,24 +179,31 @@ impl AbuseReporter {
         }
     }
 
-    /// Reports a 429 for `request` from `client`, limited by `rules`. Only a hash and
-    /// a map update happen here; the description is built when the batch is counted.
+    /// Reports a 429 for `head` from `client`, limited by `rules`. In a flood the
+    /// client's batch is usually pending already: then only a counter moves. Otherwise
+    /// the request's details are copied (bounded) for the description, which is built
+    /// when the batch is counted.
     pub fn report(
         &self,
-        request: RequestSummary,
+        head: &RequestHead,
         client: IpAddr,
         network: IpNet,
-        rules: Vec<String>,
+        rules: impl FnOnce() -> Vec<String>,
         source: Source,
     ) {
         // Coalesced by network: a client rotating user or key headers must not be able
         // to fill the pending map (and push other clients' violations out).
         let mut hasher = std::hash::DefaultHasher::new();
         network.hash(&mut hasher);
+        let key = hasher.finish();
+        if self.alerting.report_repeat(key, source) {
+            return;
+        }
+        let (kept, rules) = (Kept::of(head), rules());
         let describer = self.describer.clone();
         let at_nanos = unix_nanos();
-        self.alerting.report(hasher.finish(), source, move || {
-            describer.violation(request, at_nanos, client, network, rules, source)
+        self.alerting.report(key, source, move || {
+            describer.violation(kept, at_nanos, client, network, rules, source)
         });
     }
 }
@@ -192,7 +217,7 @@ struct Describer {
 impl Describer {
     fn violation(
         &self,
-        request: RequestSummary,
+        request: Kept,
         at_nanos: u64,
         client: IpAddr,
         network: IpNet,

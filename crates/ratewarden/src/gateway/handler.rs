@@ -201,14 +201,16 @@ pub async fn handle(
         // attack on the log pipeline. Metrics count every decision.
         tracing::debug!(rule = limited_by, client = %client.ip, path = %path, method = %request.method(), "rate limited");
         if let Some(abuse) = &gateway.abuse {
-            let rules = enforced
-                .iter()
-                .zip(decisions.as_slice())
-                .filter(|(_, d)| !d.allowed)
-                .map(|((rule, _), _)| rule.name.as_str().to_owned())
-                .collect();
+            let rules = || {
+                enforced
+                    .iter()
+                    .zip(decisions.as_slice())
+                    .filter(|(_, d)| !d.allowed)
+                    .map(|((rule, _), _)| rule.name.as_str().to_owned())
+                    .collect()
+            };
             abuse.report(
-                abuse.summary(&request),
+                &abuse.head(&request),
                 client.ip,
                 network,
                 rules,
@@ -220,15 +222,15 @@ pub async fn handle(
     for (rule, _) in &enforced {
         count(gateway, rule, if delayed { "delayed" } else { "allowed" });
     }
-    let summary = gateway
+    let head = gateway
         .abuse
         .as_ref()
         .filter(|a| a.counts_upstream())
-        .map(|a| a.summary(&request));
+        .map(|a| a.head(&request));
     let mut response = upstream.forward(request, client.ip, metrics).await;
-    if let (Some(abuse), Some(summary)) = (&gateway.abuse, summary) {
+    if let (Some(abuse), Some(head)) = (&gateway.abuse, head) {
         if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
-            abuse.report(summary, client.ip, network, Vec::new(), Source::Upstream);
+            abuse.report(&head, client.ip, network, Vec::new, Source::Upstream);
         }
     }
     responses::add_rate_limit_headers(response.headers_mut(), &outcomes, speaker);
