@@ -8,6 +8,7 @@
 //! - [`time`] and [`clock`]: timestamps in nanoseconds since the Unix epoch, and the
 //!   [`Clock`](clock::Clock) trait through which everything else reads time;
 //! - [`identity`]: the client's address from the peer and trusted forwarding headers;
+//! - [`network_set`]: large sets of IP networks with logarithmic lookups (reputation);
 //! - [`path`]: the canonical form of request paths that rules match on;
 //! - [`policy`] and [`rule_name`]: compiled rules, route matching and counter keys.
 //!
@@ -19,6 +20,7 @@ pub mod algorithm;
 pub mod clock;
 pub mod decision;
 pub mod identity;
+pub mod network_set;
 pub mod path;
 pub mod policy;
 pub mod rate;

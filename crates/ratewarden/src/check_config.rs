@@ -60,6 +60,14 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
             abuse.sinks.iter().map(|s| s.kind()).collect::<Vec<_>>().join(", ")
         );
     }
+    let reputation = &config.policy.reputation;
+    if !reputation.deny.is_empty() || !reputation.allow.is_empty() {
+        println!(
+            "reputation: deny {} ranges, allow {} ranges (after merging)",
+            reputation.deny.ranges(),
+            reputation.allow.ranges()
+        );
+    }
     let clients = &config.policy.clients;
     println!(
         "clients: {} from trusted proxies{}, IPv6 grouped by /{}",

@@ -30,7 +30,7 @@ pub struct UpstreamError {
 /// Why a request was refused before any rule ran.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refusal {
-    /// bad_path, bad_host, connection_limit.
+    /// bad_path, bad_host, ambiguous_key_header, deny_list, connection_limit.
     pub reason: &'static str,
 }
 
@@ -65,6 +65,8 @@ pub struct Metrics {
     pub reloads: Family<RuleDecision, Counter>,
     /// Client connections open now.
     pub open_connections: Gauge,
+    /// Requests from `[reputation] allow` addresses, forwarded without limits.
+    pub allow_listed: Counter,
     /// Store failures.
     pub store_errors: Family<StoreFailure, Counter>,
     /// Requests decided by the failure policy instead of the store.
@@ -132,7 +134,14 @@ impl Metrics {
             "Requests decided by the failure policy (store.on_error) because the store could not",
             store_fallbacks.clone(),
         );
+        let allow_listed = Counter::default();
+        registry.register(
+            "allow_listed",
+            "Requests from [reputation] allow addresses, forwarded without limits",
+            allow_listed.clone(),
+        );
         Metrics {
+            allow_listed,
             store_errors,
             store_fallbacks,
             open_connections,

@@ -667,3 +667,48 @@ fn an_http2_rapid_reset_flood_is_cut_off_and_others_are_served() {
         "others are still served"
     );
 }
+
+#[test]
+fn reputation_lists_deny_at_once_and_exempt_from_limits() {
+    let dir = support::temp_dir();
+    std::fs::write(
+        dir.join("deny.txt"),
+        "# a threat feed\n127.0.3.0/24\n\n127.0.4.9  # one address\n",
+    )
+    .expect("write deny list");
+    std::fs::write(dir.join("allow.txt"), "127.0.5.5\n").expect("write allow list");
+    let upstream = Upstream::start();
+    let lists = format!(
+        "[reputation]\ndeny = [\"{}\"]\nallow = [\"{}\"]\n{AUTH_RULES}",
+        dir.join("deny.txt").display(),
+        dir.join("allow.txt").display()
+    );
+    let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), &lists));
+    let denied = gw.get("127.0.3.77", "/api/v1/auth/login", &[]);
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(
+        denied.body.contains("\"reason\":\"deny_list\""),
+        "{}",
+        denied.body
+    );
+    assert_eq!(gw.get("127.0.4.9", "/", &[]).status, 403);
+    assert_eq!(
+        upstream.requests(),
+        0,
+        "nothing from a denied client reaches the upstream"
+    );
+    // The auth rule allows 2 per hour; an allowed address is not limited at all.
+    let allowed: Vec<u16> = (0..6)
+        .map(|_| gw.get("127.0.5.5", "/api/v1/auth/login", &[]).status)
+        .collect();
+    assert_eq!(allowed, [200; 6]);
+    assert!(gw.metrics().contains("ratewarden_allow_listed_total 6"));
+    assert!(gw
+        .metrics()
+        .contains("ratewarden_refused_total{reason=\"deny_list\"} 2"));
+    // Others are limited as usual.
+    let others: Vec<u16> = (0..3)
+        .map(|_| gw.get("127.0.6.6", "/api/v1/auth/login", &[]).status)
+        .collect();
+    assert_eq!(others, [200, 200, 429]);
+}

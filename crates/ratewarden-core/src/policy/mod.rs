@@ -67,6 +67,17 @@ pub struct Policy {
     pub clients: ClientPolicy,
     /// The rules, in configuration order.
     pub rules: Vec<Rule>,
+    /// Clients refused or exempted before any rule.
+    pub reputation: Reputation,
+}
+
+/// Reputation lists (`[reputation]`): checked before every rule.
+#[derive(Clone, Debug, Default)]
+pub struct Reputation {
+    /// Clients answered 403 at once.
+    pub deny: crate::network_set::NetworkSet,
+    /// Clients no limit applies to (health checkers, partners).
+    pub allow: crate::network_set::NetworkSet,
 }
 
 /// What the policy needs to know about a request.

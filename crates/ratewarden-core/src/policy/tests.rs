@@ -42,6 +42,7 @@ fn facts<'a>(
 #[test]
 fn every_matching_rule_applies_in_order() {
     let policy = Policy {
+        reputation: Default::default(),
         rules: vec![
             rule("api", prefix("/api/v1/"), "ip"),
             rule("auth", prefix("/api/v1/auth"), "ip"),
@@ -87,6 +88,7 @@ fn except_prefixes_carve_out_specific_routes() {
     let mut general = rule("api", prefix("/api/v1/"), "ip");
     general.route.except_path_prefixes = vec![CanonicalPath::parse("/api/v1/auth/").expect("path")];
     let policy = Policy {
+        reputation: Default::default(),
         rules: vec![general, rule("auth", prefix("/api/v1/auth/"), "ip")],
         ..Policy::default()
     };
@@ -161,6 +163,7 @@ fn deny_refuses_and_allow_skips() {
     let mut blocked = rule("blocklist", prefix("/"), "ip");
     blocked.deny = vec!["203.0.113.0/24".parse().expect("net")];
     let policy = Policy {
+        reputation: Default::default(),
         rules: vec![limited, blocked],
         ..Policy::default()
     };

@@ -39,7 +39,7 @@ impl Errors {
 }
 
 /// Validates a raw configuration.
-pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
+pub fn compile(raw: RawConfig, base: &std::path::Path) -> Result<Config, ConfigErrors> {
     let mut errors = Errors::default();
     let server = server(&raw.server, &mut errors);
     let store = store(&raw.store, &mut errors);
@@ -79,12 +79,17 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
             }
         }
     }
+    let reputation = ratewarden_core::policy::Reputation {
+        deny: network_lists(&raw.reputation.deny, "reputation.deny", base, &mut errors),
+        allow: network_lists(&raw.reputation.allow, "reputation.allow", base, &mut errors),
+    };
     match (server, store, errors.0.is_empty()) {
         (Some(server), Some(store), true) => Ok(Config {
             server,
             store,
             abuse,
             policy: Policy {
+                reputation,
                 clients,
                 rules: rules.into_iter().flatten().collect(),
             },
@@ -578,6 +583,57 @@ fn parse_upstream(text: &str) -> Result<http::Uri, String> {
             "{text:?} is not a URL, such as \"http://127.0.0.1:8000\""
         )),
     }
+}
+
+/// Reads CIDR list files (one network or address per line; `#` starts a comment),
+/// relative to `base`, into one set; every bad line is an error naming file and line.
+fn network_lists(
+    files: &[String],
+    field: &str,
+    base: &std::path::Path,
+    errors: &mut Errors,
+) -> ratewarden_core::network_set::NetworkSet {
+    let mut networks = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let path = base.join(file);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.add(
+                    format!("{field}[{i}]"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                continue;
+            }
+        };
+        let mut bad = 0;
+        for (n, line) in text.lines().enumerate() {
+            let entry = line.split('#').next().unwrap_or("").trim();
+            if entry.is_empty() {
+                continue;
+            }
+            match parse_network(entry) {
+                Ok(net) => networks.push(net),
+                Err(e) => {
+                    bad += 1;
+                    // A corrupt feed names its first few bad lines, not thousands.
+                    if bad <= 5 {
+                        errors.add(
+                            format!("{field}[{i}]"),
+                            format!("{} line {}: {e}", path.display(), n + 1),
+                        );
+                    }
+                }
+            }
+        }
+        if bad > 5 {
+            errors.add(
+                format!("{field}[{i}]"),
+                format!("{} more bad lines in {}", bad - 5, path.display()),
+            );
+        }
+    }
+    ratewarden_core::network_set::NetworkSet::new(networks)
 }
 
 fn parse_network(text: &str) -> Result<IpNet, String> {

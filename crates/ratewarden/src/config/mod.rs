@@ -114,6 +114,12 @@ impl std::error::Error for ConfigErrors {}
 
 /// Parses and validates configuration text.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    parse_in(text, Path::new("."))
+}
+
+/// Parses and validates configuration text whose relative file names (reputation
+/// lists) are relative to `base`.
+pub fn parse_in(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
     // The position, not toml's excerpt of the line: the line may hold a password (a
     // Redis URL), and this message reaches logs on a failed reload.
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
@@ -128,7 +134,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             message: format!("{position}{}", e.message().trim_end()),
         }])
     })?;
-    compile(raw)
+    compile(raw, base)
 }
 
 /// Reads, parses and validates a configuration file.
@@ -139,7 +145,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read {}: {e}", path.display()),
         }])
     })?;
-    parse(&text)
+    parse_in(&text, path.parent().unwrap_or(Path::new(".")))
 }
 
 #[cfg(test)]

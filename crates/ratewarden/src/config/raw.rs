@@ -19,6 +19,17 @@ pub struct RawConfig {
     pub alerts: Vec<RawAlert>,
     #[serde(default)]
     pub privacy: RawPrivacy,
+    #[serde(default)]
+    pub reputation: RawReputation,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReputation {
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -374,3 +374,47 @@ fn abuse_settings_are_checked() {
     let alerts_alone = errors(&format!("{MINIMAL}\n[[alerts]]\nkind = \"log\"\n"));
     assert!(alerts_alone[0].starts_with("alerts:"), "{alerts_alone:?}");
 }
+
+#[test]
+fn reputation_lists_are_read_relative_to_the_config_and_checked_line_by_line() {
+    let dir = std::env::temp_dir().join(format!("rw-reputation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("deny.txt"),
+        "10.0.0.0/8\n# comment\n2001:db8::/32\nnot-a-network\n",
+    )
+    .expect("write");
+    let text = format!("{MINIMAL}\n[reputation]\ndeny = [\"deny.txt\", \"missing.txt\"]\n");
+    let e = match parse_in(&text, &dir) {
+        Ok(_) => panic!("bad lines must be refused"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("reputation.deny[0]:") && e[0].contains("deny.txt line 4"),
+        "{e:?}"
+    );
+    assert!(e[1].starts_with("reputation.deny[1]: cannot read"), "{e:?}");
+    std::fs::write(dir.join("deny.txt"), "10.0.0.0/8\n2001:db8::/32 # docs\n").expect("write");
+    let config = parse_in(
+        &format!("{MINIMAL}\n[reputation]\ndeny = [\"deny.txt\"]\n"),
+        &dir,
+    )
+    .expect("valid");
+    assert!(config
+        .policy
+        .reputation
+        .deny
+        .contains("10.9.9.9".parse().expect("ip")));
+    assert!(config
+        .policy
+        .reputation
+        .deny
+        .contains("2001:db8::1".parse().expect("ip")));
+    assert!(!config
+        .policy
+        .reputation
+        .deny
+        .contains("11.0.0.1".parse().expect("ip")));
+    let _ = std::fs::remove_dir_all(&dir);
+}

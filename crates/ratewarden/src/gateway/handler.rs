@@ -55,10 +55,26 @@ pub async fn handle(
     if client.spoofed_forwarding {
         metrics.spoofed_forwarding.inc();
     }
+    // Reputation lists come before everything else: a denied address gets nothing more
+    // from us, an allowed one (health checkers, partners) no limit.
+    if policy.reputation.deny.contains(client.ip) {
+        metrics
+            .refused
+            .get_or_create(&Refusal {
+                reason: "deny_list",
+            })
+            .inc();
+        return responses::deny_listed();
+    }
+    let allow_listed = policy.reputation.allow.contains(client.ip);
     let host = match request_host(&request) {
         Ok(host) => host,
         Err(detail) => return refuse("bad_host", detail),
     };
+    if allow_listed {
+        metrics.allow_listed.inc();
+        return upstream.forward(request, client.ip, metrics).await;
+    }
     // A header that keys a limit must come once: with two values the limiter would key
     // on one while the upstream may read the other (send a fresh random value first and
     // the real API key second, and every request gets a new bucket).

@@ -127,6 +127,19 @@ pub fn forbidden(rule: &str) -> Response<Body> {
     problem(StatusCode::FORBIDDEN, &body)
 }
 
+/// 403 for a client on the `[reputation] deny` list.
+pub fn deny_listed() -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "https://ratewarden.dev/problems/forbidden",
+        "title": "Forbidden",
+        "status": 403,
+        "detail": "this client's address is on the gateway's deny list",
+        "error": "forbidden",
+        "reason": "deny_list",
+    });
+    problem(StatusCode::FORBIDDEN, &body)
+}
+
 /// 400 for a request the gateway will not interpret (bad path, smuggling attempt).
 pub fn bad_request(detail: &str) -> Response<Body> {
     let body = serde_json::json!({
