@@ -94,8 +94,10 @@ async fn admits_exactly_the_limit_then_denies_with_a_wait<S: Store>(store: Arc<S
         assert!(!denied.allowed(), "{limit:?}");
         assert_eq!(denied[0].remaining, 0);
         let wait = denied[0].retry_after;
+        // A sliding window's own count must fade as the previous window's: up to two
+        // periods, depending on where in the hour the test runs.
         assert!(
-            wait > Nanos::ZERO && wait <= Nanos::from_secs(3_600),
+            wait > Nanos::ZERO && wait <= Nanos::from_secs(7_200),
             "{limit:?}: {wait:?}"
         );
     }

@@ -39,8 +39,8 @@ const PER_IP: &str = r#"
 [[rules]]
 name = "per_ip"
 key = "ip"
-algorithm = "fixed_window"
-rate = "100/h"
+rate = "1/h"
+burst = 100
 "#;
 
 /// Sends `per_thread` requests from each of `threads` threads to `gateway`, all from

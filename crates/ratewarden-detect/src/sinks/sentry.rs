@@ -11,7 +11,8 @@ use crate::alert::Alert;
 use sentry::protocol::{Context, Event, Level, Map};
 use std::sync::Arc;
 
-/// A Sentry project.
+/// A Sentry project (clones share the client).
+#[derive(Clone)]
 pub struct SentrySink {
     client: Arc<sentry::Client>,
 }

@@ -92,6 +92,8 @@ pub struct AbuseReporter {
     user_header: Option<HeaderName>,
     api_key_header: Option<HeaderName>,
     count_upstream: bool,
+    /// Sentry clients, flushed at shutdown.
+    sentry_sinks: Vec<SentrySink>,
 }
 
 impl AbuseReporter {
@@ -119,6 +121,7 @@ impl AbuseReporter {
             config.settings.clone(),
         )
         .map_err(|e| anyhow::anyhow!("abuse tracking: {e}"))?;
+        let mut sentry_sinks = Vec::new();
         let sinks = config
             .sinks
             .iter()
@@ -133,10 +136,12 @@ impl AbuseReporter {
                         WebhookSink::new(url.clone(), secret.clone(), *timeout)
                             .map_err(anyhow::Error::msg)?,
                     ),
-                    SinkConfig::Sentry { dsn } => Sink::Sentry(
-                        SentrySink::new(dsn, &config.settings.instance)
-                            .map_err(anyhow::Error::msg)?,
-                    ),
+                    SinkConfig::Sentry { dsn } => {
+                        let sink = SentrySink::new(dsn, &config.settings.instance)
+                            .map_err(anyhow::Error::msg)?;
+                        sentry_sinks.push(sink.clone());
+                        Sink::Sentry(sink)
+                    }
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -152,7 +157,18 @@ impl AbuseReporter {
             user_header: config.user_header.clone(),
             api_key_header: config.api_key_header.clone(),
             count_upstream: config.settings.count_upstream_429,
+            sentry_sinks,
         })
+    }
+
+    /// Waits up to `timeout` for Sentry events still queued: at shutdown, so the
+    /// alerts of the last moments are not lost with the process.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        for sink in &self.sentry_sinks {
+            if !sink.flush(timeout) {
+                tracing::warn!("some Sentry alerts were still unsent at shutdown");
+            }
+        }
     }
 
     /// Whether the upstream's 429s count.

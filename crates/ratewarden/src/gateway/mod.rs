@@ -197,6 +197,15 @@ impl Bound {
                 .collect::<anyhow::Result<Vec<()>>>()
         })
         .await?;
+        if gateway.abuse.is_some() {
+            let gateway = gateway.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(abuse) = &gateway.abuse {
+                    abuse.flush(Duration::from_secs(2));
+                }
+            })
+            .await;
+        }
         joined.map(|_| ())
     }
 }
