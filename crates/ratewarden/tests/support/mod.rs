@@ -95,72 +95,87 @@ impl hyper::body::Body for StallBody {
     }
 }
 
+/// Serves HTTP/1.1 with `handle` on a free loopback port, on the shared runtime;
+/// returns the port.
+fn serve<F, Fut, B>(handle: F) -> u16
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = runtime()
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    runtime().spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(handle))
+                    .await;
+            });
+        }
+    });
+    port
+}
+
 impl Upstream {
     pub fn start() -> Upstream {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let listener = runtime()
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .expect("bind upstream");
-        let port = listener.local_addr().expect("addr").port();
         let log = seen.clone();
-        runtime().spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
+        let port = serve(move |req: Request<hyper::body::Incoming>| {
+            let h = req.headers();
+            let seen = Seen {
+                path: req.uri().to_string(),
+                forwarded_for: h
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                content_length: h.contains_key("content-length"),
+                chunked: h
+                    .get("transfer-encoding")
+                    .is_some_and(|v| v.as_bytes().ends_with(b"chunked")),
+            };
+            if let Ok(mut log) = log.lock() {
+                log.push(seen);
+            }
+            let body = format!("upstream saw {}", req.uri());
+            // /slow/N: answer after N milliseconds.
+            let pause = req
+                .uri()
+                .path()
+                .strip_prefix("/slow/")
+                .and_then(|ms| ms.parse::<u64>().ok());
+            // /stall: headers and a first chunk, then nothing, ever.
+            let stall = req.uri().path() == "/stall";
+            // /status/N: answer with status N.
+            let status = req
+                .uri()
+                .path()
+                .strip_prefix("/status/")
+                .and_then(|n| hyper::StatusCode::from_bytes(n.as_bytes()).ok());
+            async move {
+                if let Some(ms) = pause {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let body = if stall {
+                    Either::Right(StallBody { sent: false })
+                } else {
+                    Either::Left(Full::new(Bytes::from(body)))
                 };
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let h = req.headers();
-                        let seen = Seen {
-                            path: req.uri().to_string(),
-                            forwarded_for: h
-                                .get("x-forwarded-for")
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_owned),
-                            content_length: h.contains_key("content-length"),
-                            chunked: h
-                                .get("transfer-encoding")
-                                .is_some_and(|v| v.as_bytes().ends_with(b"chunked")),
-                        };
-                        if let Ok(mut log) = log.lock() {
-                            log.push(seen);
-                        }
-                        let body = format!("upstream saw {}", req.uri());
-                        // /slow/N: answer after N milliseconds.
-                        let pause = req
-                            .uri()
-                            .path()
-                            .strip_prefix("/slow/")
-                            .and_then(|ms| ms.parse::<u64>().ok());
-                        // /stall: headers and a first chunk, then nothing, ever.
-                        let stall = req.uri().path() == "/stall";
-                        // /status/N: answer with status N.
-                        let status = req
-                            .uri()
-                            .path()
-                            .strip_prefix("/status/")
-                            .and_then(|n| hyper::StatusCode::from_bytes(n.as_bytes()).ok());
-                        async move {
-                            if let Some(ms) = pause {
-                                tokio::time::sleep(Duration::from_millis(ms)).await;
-                            }
-                            let body = if stall {
-                                Either::Right(StallBody { sent: false })
-                            } else {
-                                Either::Left(Full::new(Bytes::from(body)))
-                            };
-                            let mut response = Response::new(body);
-                            if let Some(status) = status {
-                                *response.status_mut() = status;
-                            }
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                let mut response = Response::new(body);
+                if let Some(status) = status {
+                    *response.status_mut() = status;
+                }
+                Ok::<_, std::convert::Infallible>(response)
             }
         });
         Upstream { port, seen }
@@ -456,57 +471,39 @@ pub struct Receiver {
 impl Receiver {
     pub fn start(status: u16, delay: Duration) -> Receiver {
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let listener = runtime()
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .expect("bind receiver");
-        let port = listener.local_addr().expect("addr").port();
         let log = received.clone();
-        runtime().spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let log = log.clone();
-                        async move {
-                            use http_body_util::BodyExt;
-                            let path = req.uri().to_string();
-                            let headers = req
-                                .headers()
-                                .iter()
-                                .map(|(n, v)| {
-                                    (
-                                        n.to_string(),
-                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                                    )
-                                })
-                                .collect();
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes().to_vec())
-                                .unwrap_or_default();
-                            if let Ok(mut log) = log.lock() {
-                                log.push(Received {
-                                    path,
-                                    headers,
-                                    body,
-                                });
-                            }
-                            tokio::time::sleep(delay).await;
-                            let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-                            *response.status_mut() =
-                                hyper::StatusCode::from_u16(status).expect("status");
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
+        let port = serve(move |req: Request<hyper::body::Incoming>| {
+            let log = log.clone();
+            async move {
+                use http_body_util::BodyExt;
+                let path = req.uri().to_string();
+                let headers = req
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().to_vec())
+                    .unwrap_or_default();
+                if let Ok(mut log) = log.lock() {
+                    log.push(Received {
+                        path,
+                        headers,
+                        body,
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                }
+                tokio::time::sleep(delay).await;
+                let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+                *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                Ok::<_, std::convert::Infallible>(response)
             }
         });
         Receiver { port, received }
