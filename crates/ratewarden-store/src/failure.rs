@@ -91,11 +91,6 @@ impl<S: Store, C: Clock> Guarded<S, C> {
         self.policy
     }
 
-    /// The per-instance limiter of the `local` policy.
-    pub fn local(&self) -> &MemoryStore<C> {
-        &self.local
-    }
-
     /// Decides `checks`, applying the failure policy if the store cannot.
     pub async fn decide(&self, checks: &[Check<'_>]) -> Answer {
         let error = match self.store.decide(checks).await {

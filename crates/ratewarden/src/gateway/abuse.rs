@@ -23,7 +23,7 @@ use std::sync::Arc;
 /// Where violations are counted: a memory store of their own, or Redis.
 pub enum CountingStore {
     /// In this process.
-    Memory(Arc<MemoryStore<SystemClock>>),
+    Memory(MemoryStore<SystemClock>),
     /// A Redis store of its own (its own connection).
     Redis(Box<RedisStore<SystemClock>>),
 }
@@ -111,9 +111,7 @@ impl AbuseReporter {
                 settings.clone(),
                 SystemClock::new(),
             )?)),
-            StoreConfig::Memory { .. } => {
-                CountingStore::Memory(Arc::new(local_fallback(SystemClock::new())))
-            }
+            StoreConfig::Memory { .. } => CountingStore::Memory(local_fallback(SystemClock::new())),
         };
         let tracker = Tracker::new(
             counting,
