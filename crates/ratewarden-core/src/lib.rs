@@ -10,7 +10,8 @@
 //! - [`identity`]: the client's address from the peer and trusted forwarding headers;
 //! - [`network_set`]: large sets of IP networks with logarithmic lookups (reputation);
 //! - [`path`]: the canonical form of request paths that rules match on;
-//! - [`policy`] and [`rule_name`]: compiled rules, route matching and counter keys.
+//! - [`policy`] and [`rule_name`]: compiled rules, route matching and counter keys;
+//! - [`threat`]: behaviour signals, threat scores and levels, and what levels do.
 //!
 //! It does no I/O and keeps no state of its own: where state lives (memory, Redis) is
 //! the business of `ratewarden-store`, and how a decision becomes HTTP headers is the
@@ -25,6 +26,7 @@ pub mod path;
 pub mod policy;
 pub mod rate;
 pub mod rule_name;
+pub mod threat;
 pub mod time;
 
 pub use algorithm::{FixedWindow, Gcra, Limit, LimitError, SlidingWindow};

@@ -53,6 +53,14 @@ impl FixedWindow {
         })
     }
 
+    /// The same window admitting `limit` units (at most the current limit).
+    pub(crate) fn with_limit(&self, limit: u32) -> Self {
+        Self {
+            limit: limit.min(self.limit),
+            period: self.period,
+        }
+    }
+
     /// Units admitted per window.
     pub fn limit(&self) -> u32 {
         self.limit

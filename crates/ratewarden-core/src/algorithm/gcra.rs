@@ -75,6 +75,19 @@ impl Gcra {
         })
     }
 
+    /// A bucket refilling `factor` times as fast (in (0, 1]) with `capacity` units.
+    pub(crate) fn scaled(&self, factor: f64, capacity: u32) -> Gcra {
+        let interval = ((self.interval as f64 / factor).ceil() as u64).max(self.interval);
+        let tolerance = interval
+            .saturating_mul(u64::from(capacity))
+            .min(MAX_TOLERANCE);
+        Gcra {
+            interval,
+            capacity,
+            tolerance,
+        }
+    }
+
     /// The bucket's capacity (`burst`).
     pub fn capacity(&self) -> u32 {
         self.capacity

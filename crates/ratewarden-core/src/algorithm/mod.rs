@@ -100,6 +100,19 @@ impl Limit {
         }
     }
 
+    /// This limit with its rate and capacity multiplied by `factor` (in (0, 1]), the
+    /// capacity never below `min_capacity` nor 1, so the request's cost still fits. The
+    /// state layout is unchanged, so a counter keeps its state across a change of factor.
+    pub fn scaled(&self, factor: f64, min_capacity: u32) -> Limit {
+        let factor = factor.clamp(f64::MIN_POSITIVE, 1.0);
+        let count = |n: u32| ((f64::from(n) * factor) as u32).max(min_capacity).max(1);
+        match self {
+            Limit::Gcra(g) => Limit::Gcra(g.scaled(factor, count(g.capacity()))),
+            Limit::SlidingWindow(s) => Limit::SlidingWindow(s.with_limit(count(s.limit()))),
+            Limit::FixedWindow(f) => Limit::FixedWindow(f.with_limit(count(f.limit()))),
+        }
+    }
+
     /// Decides on packed state; see each algorithm's `decide`.
     #[inline]
     pub fn decide(&self, state: StateBits, now: Timestamp, cost: u32) -> Outcome<StateBits> {

@@ -93,6 +93,14 @@ impl SlidingWindow {
         })
     }
 
+    /// The same window admitting `limit` units (at most the current limit).
+    pub(crate) fn with_limit(&self, limit: u32) -> Self {
+        Self {
+            limit: limit.min(self.limit),
+            period: self.period,
+        }
+    }
+
     /// Units admitted per period (estimated).
     pub fn limit(&self) -> u32 {
         self.limit

@@ -1,0 +1,236 @@
+//! What a client did over the threat window: per-request observations folded into two
+//! window-long buckets (this one and the one before), and the signals read from them.
+//!
+//! Every backend keeps the same [`Bucket`] fields (memory in a [`ClientWindow`], Redis in
+//! a hash per window), so the signals are computed by one function,
+//! [`Signals::from_buckets`], whatever holds them.
+
+use super::sketch::DistinctSketch;
+use crate::time::{Nanos, Timestamp};
+
+/// Inter-arrival gaps longer than this are pauses, not a rhythm, and are not timed.
+pub const MAX_TIMED_GAP_MS: u64 = 60_000;
+
+/// How a request ended, as far as behaviour goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Forwarded; the upstream answered with this status (502/504 for no answer).
+    Answered(u16),
+    /// Refused by one of our limits (429).
+    Limited,
+}
+
+/// One request, as the behaviour tracker sees it: hashes, not the values.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation {
+    /// When the request arrived.
+    pub at: Timestamp,
+    /// Hash of the canonical path.
+    pub endpoint: u64,
+    /// Hash of the `User-Agent` (0 when none was sent).
+    pub agent: u64,
+    /// The user agent names a known automation tool.
+    pub automation_agent: bool,
+    /// Forwarding headers came from a peer not trusted to send them.
+    pub spoofed_forwarding: bool,
+    /// How it ended.
+    pub outcome: RequestOutcome,
+}
+
+impl Observation {
+    /// Whether the upstream answered with an error (4xx or 5xx, other than a 429 of ours).
+    pub fn is_error(&self) -> bool {
+        matches!(self.outcome, RequestOutcome::Answered(s) if s >= 400)
+    }
+
+    /// Whether the upstream refused credentials (401 or 403).
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self.outcome, RequestOutcome::Answered(401 | 403))
+    }
+}
+
+/// Counts over one window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Requests seen.
+    pub requests: u64,
+    /// Upstream 4xx/5xx answers.
+    pub errors: u64,
+    /// Upstream 401/403 answers.
+    pub auth_failures: u64,
+    /// Requests refused by our limits.
+    pub limited: u64,
+    /// Requests from a known automation user agent.
+    pub automation: u64,
+    /// Requests with forwarding headers from an untrusted peer.
+    pub spoofed: u64,
+    /// Requests whose user agent differed from the client's previous one.
+    pub agent_changes: u64,
+    /// Inter-arrival gaps timed.
+    pub gaps: u64,
+    /// Their sum, in milliseconds.
+    pub gap_sum_ms: u64,
+    /// The sum of their squares, in milliseconds squared.
+    pub gap_squares_ms: u64,
+}
+
+impl Bucket {
+    /// Adds one observation; `gap_ms` is the time since the client's previous request,
+    /// `agent_changed` whether its user agent differs from that request's.
+    pub fn add(&mut self, o: &Observation, gap_ms: Option<u64>, agent_changed: bool) {
+        self.requests += 1;
+        self.errors += u64::from(o.is_error());
+        self.auth_failures += u64::from(o.is_auth_failure());
+        self.limited += u64::from(o.outcome == RequestOutcome::Limited);
+        self.automation += u64::from(o.automation_agent);
+        self.spoofed += u64::from(o.spoofed_forwarding);
+        self.agent_changes += u64::from(agent_changed);
+        if let Some(gap) = gap_ms.filter(|g| *g <= MAX_TIMED_GAP_MS) {
+            self.gaps += 1;
+            self.gap_sum_ms = self.gap_sum_ms.saturating_add(gap);
+            self.gap_squares_ms = self.gap_squares_ms.saturating_add(gap * gap);
+        }
+    }
+}
+
+/// The time since the previous request, in whole milliseconds, if it is known and not
+/// in the future (concurrent requests may be observed out of order).
+pub fn gap_ms(previous: Option<Timestamp>, now: Timestamp) -> Option<u64> {
+    let previous = previous?;
+    (now >= previous).then(|| now.saturating_since(previous).as_nanos() / 1_000_000)
+}
+
+/// The signals of one client, over (about) the last window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Signals {
+    /// Requests in the window.
+    pub requests: f64,
+    /// Requests per second over the window.
+    pub request_rate: f64,
+    /// Upstream errors in the window.
+    pub errors: f64,
+    /// Upstream 401/403 in the window.
+    pub auth_failures: f64,
+    /// Requests refused by our limits in the window.
+    pub limited: f64,
+    /// Distinct endpoints touched (estimated).
+    pub endpoints: f64,
+    /// Requests from automation user agents.
+    pub automation: f64,
+    /// Requests with spoofed forwarding headers.
+    pub spoofed: f64,
+    /// User agent changes.
+    pub agent_changes: f64,
+    /// Inter-arrival gaps timed.
+    pub gaps: f64,
+    /// Coefficient of variation of the gaps (standard deviation / mean); `None` without
+    /// two gaps or with a zero mean.
+    pub timing_cv: Option<f64>,
+}
+
+impl Signals {
+    /// The signals at `elapsed` into the current window of length `window`: the current
+    /// bucket in full, the previous one weighted by the share of it still inside a
+    /// window-long look-back (the sliding-window estimate). `endpoints` is the distinct
+    /// count over both buckets.
+    pub fn from_buckets(
+        current: &Bucket,
+        previous: &Bucket,
+        elapsed: Nanos,
+        window: Nanos,
+        endpoints: f64,
+    ) -> Signals {
+        let window_ns = window.as_nanos().max(1) as f64;
+        let w = (1.0 - elapsed.as_nanos() as f64 / window_ns).clamp(0.0, 1.0);
+        let mix = |f: fn(&Bucket) -> u64| f(current) as f64 + w * f(previous) as f64;
+        let requests = mix(|b| b.requests);
+        let gaps = mix(|b| b.gaps);
+        let sum = mix(|b| b.gap_sum_ms);
+        let squares = mix(|b| b.gap_squares_ms);
+        let timing_cv = (gaps >= 2.0).then(|| {
+            let mean = sum / gaps;
+            let variance = (squares / gaps - mean * mean).max(0.0);
+            (mean > 0.0).then(|| variance.sqrt() / mean)
+        });
+        Signals {
+            requests,
+            request_rate: requests / (window_ns / 1e9),
+            errors: mix(|b| b.errors),
+            auth_failures: mix(|b| b.auth_failures),
+            limited: mix(|b| b.limited),
+            endpoints,
+            automation: mix(|b| b.automation),
+            spoofed: mix(|b| b.spoofed),
+            agent_changes: mix(|b| b.agent_changes),
+            gaps,
+            timing_cv: timing_cv.flatten(),
+        }
+    }
+}
+
+/// One client's behaviour, as the memory backend keeps it.
+#[derive(Clone, Debug, Default)]
+pub struct ClientWindow {
+    /// Index of the current window (time / window length).
+    index: u64,
+    current: Bucket,
+    previous: Bucket,
+    endpoints_current: DistinctSketch,
+    endpoints_previous: DistinctSketch,
+    last_at: Option<Timestamp>,
+    last_agent: u64,
+}
+
+impl ClientWindow {
+    /// Adds one observation, moving the buckets on if a window has passed.
+    pub fn observe(&mut self, o: &Observation, window: Nanos) {
+        self.roll(o.at, window);
+        let gap = gap_ms(self.last_at, o.at);
+        let agent_changed = self.last_at.is_some() && self.last_agent != o.agent;
+        self.current.add(o, gap, agent_changed);
+        self.endpoints_current.insert(o.endpoint);
+        if self.last_at.is_none_or(|last| o.at >= last) {
+            self.last_at = Some(o.at);
+        }
+        self.last_agent = o.agent;
+    }
+
+    /// The signals at `now`.
+    pub fn signals(&mut self, now: Timestamp, window: Nanos) -> Signals {
+        self.roll(now, window);
+        let mut endpoints = self.endpoints_current.clone();
+        endpoints.merge(&self.endpoints_previous);
+        let elapsed = Nanos(now.as_nanos() % window.as_nanos().max(1));
+        Signals::from_buckets(
+            &self.current,
+            &self.previous,
+            elapsed,
+            window,
+            endpoints.estimate(),
+        )
+    }
+
+    /// When this record says nothing any more: two windows after the last request.
+    pub fn stale_at(&self, window: Nanos) -> Timestamp {
+        let last = self.last_at.unwrap_or(Timestamp::EPOCH);
+        last.saturating_add(Nanos(window.as_nanos().saturating_mul(2)))
+    }
+
+    fn roll(&mut self, now: Timestamp, window: Nanos) {
+        let index = now.as_nanos() / window.as_nanos().max(1);
+        if index <= self.index {
+            return; // same window, or time went backwards: stay
+        }
+        if index == self.index + 1 {
+            self.previous = self.current;
+            self.endpoints_previous = std::mem::take(&mut self.endpoints_current);
+        } else {
+            self.previous = Bucket::default();
+            self.endpoints_previous = DistinctSketch::default();
+            self.endpoints_current = DistinctSketch::default();
+        }
+        self.current = Bucket::default();
+        self.endpoints_current = DistinctSketch::default();
+        self.index = index;
+    }
+}

@@ -1,0 +1,132 @@
+use super::*;
+use crate::algorithm::{Gcra, Limit};
+use crate::rate::Rate;
+use crate::time::{Nanos, Timestamp};
+use proptest::prelude::*;
+
+const WINDOW: Nanos = Nanos::from_secs(300);
+
+fn request(at_ms: u64, endpoint: u64, outcome: RequestOutcome) -> Observation {
+    Observation {
+        at: Timestamp(1_700_000_000_000_000_000 + at_ms * 1_000_000),
+        endpoint,
+        agent: 7,
+        automation_agent: false,
+        spoofed_forwarding: false,
+        outcome,
+    }
+}
+
+fn assess(observations: impl IntoIterator<Item = Observation>) -> Assessment {
+    let mut w = ClientWindow::default();
+    let mut last = Timestamp::EPOCH;
+    for o in observations {
+        w.observe(&o, WINDOW);
+        last = o.at;
+    }
+    Scoring::default().assess(&w.signals(last, WINDOW))
+}
+
+#[test]
+fn a_reader_with_bursts_stays_normal() {
+    // Bursts of 10 quick requests every 20 s, over a handful of pages.
+    let a = assess((0..100).map(|i| {
+        let at = (i / 10) * 20_000 + (i % 10) * 150 + (i * 37 % 90);
+        request(at, i % 12, RequestOutcome::Answered(200))
+    }));
+    assert_eq!(a.level, Level::Normal, "{a:?}");
+}
+
+#[test]
+fn a_password_guesser_is_high_and_says_why() {
+    let a =
+        assess((0..14).map(|i| request(i * 3_000 + i * i * 97, 1, RequestOutcome::Answered(401))));
+    assert_eq!(a.level, Level::High, "{a:?}");
+    assert_eq!(
+        a.reasons.first().map(String::as_str),
+        Some("auth_failures=14")
+    );
+}
+
+#[test]
+fn an_enumerator_rises_on_distinct_endpoints() {
+    let a = assess((0..212).map(|i| {
+        request(
+            i * 1_000 + (i * 7919 % 700),
+            (1000 + i).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            RequestOutcome::Answered(404),
+        )
+    }));
+    assert!(a.level >= Level::High, "{a:?}");
+    assert!(
+        a.reasons.iter().any(|r| r.starts_with("endpoints=")),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_clockwork_bot_is_flagged() {
+    let a = assess((0..60).map(|i| request(i * 100, 1, RequestOutcome::Answered(200))));
+    assert!(a.level >= Level::Elevated, "{a:?}");
+    assert!(
+        a.reasons.iter().any(|r| r.starts_with("timing_cv=")),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn signals_of_an_old_window_fade_out() {
+    let mut w = ClientWindow::default();
+    for i in 0..20 {
+        w.observe(&request(i, 1, RequestOutcome::Answered(401)), WINDOW);
+    }
+    let start = request(0, 1, RequestOutcome::Limited).at;
+    let later = start.saturating_add(Nanos::from_secs(3 * 300));
+    assert_eq!(w.signals(later, WINDOW).auth_failures, 0.0);
+}
+
+#[test]
+fn scaled_limits_admit_less_and_keep_the_cost() {
+    let rate = Rate::new(10, Nanos::from_secs(1)).expect("rate");
+    let limit = Limit::Gcra(Gcra::new(rate, 20).expect("gcra"));
+    let half = limit.scaled(0.5, 1);
+    assert_eq!(half.capacity(), 10);
+    let Limit::Gcra(g) = half else {
+        panic!("still gcra")
+    };
+    assert_eq!(g.emission_interval(), Nanos(200_000_000));
+    assert_eq!(limit.scaled(0.01, 3).capacity(), 3);
+}
+
+#[test]
+fn levels_round_trip_and_raise() {
+    for l in Level::ALL {
+        assert_eq!(Level::parse(l.as_str()), Some(l));
+        assert_eq!(Level::from_index(l.index()), l);
+        assert!(l.raised() >= l);
+    }
+    assert_eq!(Level::Normal.raised(), Level::Elevated);
+}
+
+proptest! {
+    /// Whatever arrives in whatever order, the signals are finite, non-negative and
+    /// never count more requests than were observed.
+    #[test]
+    fn signals_are_sane(steps in proptest::collection::vec((0u64..600_000, 0u64..50, 0u16..600), 0..200)) {
+        let mut w = ClientWindow::default();
+        let mut max_at = Timestamp::EPOCH;
+        for (at, endpoint, status) in &steps {
+            let o = request(*at, *endpoint, RequestOutcome::Answered(*status));
+            w.observe(&o, WINDOW);
+            max_at = max_at.max(o.at);
+        }
+        let s = w.signals(max_at, WINDOW);
+        prop_assert!(s.requests <= steps.len() as f64);
+        for v in [s.requests, s.request_rate, s.errors, s.auth_failures, s.endpoints, s.gaps] {
+            prop_assert!(v.is_finite() && v >= 0.0);
+        }
+        if let Some(cv) = s.timing_cv { prop_assert!(cv.is_finite() && cv >= 0.0); }
+        let a = Scoring::default().assess(&s);
+        prop_assert!(a.score.is_finite() && a.score >= 0.0);
+    }
+}
