@@ -8,6 +8,8 @@
 //! - [`Guarded`](failure::Guarded): a store with its failure policy (fail open, fail
 //!   closed, or a local memory limiter meanwhile).
 //!
+//! It also keeps client behaviour, threat levels and blocks ([`threat`]).
+//!
 //! It does not own the algorithms (those are pure functions in `ratewarden-core`, which
 //! every backend runs unchanged) nor how keys are built from requests (policy).
 
@@ -17,6 +19,7 @@ pub mod failure;
 pub mod memory;
 pub mod redis;
 mod store;
+pub mod threat;
 
 pub use check::{Check, CounterKey, Decisions};
 pub use error::StoreError;

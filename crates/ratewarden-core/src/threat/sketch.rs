@@ -21,8 +21,10 @@ impl Default for DistinctSketch {
 }
 
 impl DistinctSketch {
-    /// Adds one item, given as a well-mixed 64-bit hash.
+    /// Adds one item, given as a 64-bit hash (remixed here, so a weak hash of
+    /// structured input still spreads over the registers as the estimate assumes).
     pub fn insert(&mut self, hash: u64) {
+        let hash = mix(hash);
         let index = (hash >> (64 - PRECISION)) as usize;
         // The rank of the first set bit of the remaining bits (1-based); a sentinel bit
         // bounds it when they are all zero.
@@ -65,6 +67,13 @@ impl DistinctSketch {
     }
 }
 
+/// The splitmix64 finaliser: every input bit affects every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +87,15 @@ mod tests {
     }
 
     #[test]
+    fn structured_hashes_estimate_as_well_as_random_ones() {
+        let mut s = DistinctSketch::default();
+        for i in 0..50u64 {
+            s.insert(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
+        assert!((s.estimate() - 50.0).abs() < 8.0, "{}", s.estimate());
+    }
+
+    #[test]
     fn estimates_within_the_expected_error() {
         for n in [0u64, 1, 10, 50, 200, 1000, 20_000] {
             let mut s = DistinctSketch::default();
@@ -86,7 +104,7 @@ mod tests {
                 s.insert(hash(i)); // repeats do not count
             }
             let e = s.estimate();
-            let tolerance = (n as f64 * 0.3).max(1.0);
+            let tolerance = (n as f64 * 0.2).max(1.0);
             assert!((e - n as f64).abs() <= tolerance, "n={n} estimate={e}");
         }
     }

@@ -34,6 +34,18 @@ pub(crate) fn counter_key(prefix: &str, key: CounterKey<'_>) -> (String, ClientT
     (name, tag)
 }
 
+/// The base key of a client's threat state (behaviour buckets, level, block): its
+/// script adds suffixes, all under the client's tag.
+pub(crate) fn threat_key(prefix: &str, client: &str) -> String {
+    let tag = ClientTag::of(client);
+    format!("{prefix}:{LAYOUT}:{{{}}}:threat", tag.as_str())
+}
+
+/// The index of blocks in force (clients by end time), for the admin API.
+pub(crate) fn block_index(prefix: &str) -> String {
+    format!("{prefix}:{LAYOUT}:threat:blocks")
+}
+
 /// The hash tag of a client: 128 bits of SHA-256 of its identity, in hex.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ClientTag([u8; 32]);

@@ -20,6 +20,7 @@ mod breaker;
 mod connection;
 mod keys;
 mod script;
+mod threat;
 
 pub use connection::{redacted, RedisTarget};
 pub use script::{check_limit, UnsupportedLimit, SOURCE};

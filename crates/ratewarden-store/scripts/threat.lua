@@ -1,0 +1,151 @@
+-- Client behaviour, threat levels and blocks (see src/threat and src/redis/threat.rs).
+--
+-- KEYS[1]: the client's base key, {prefix}:v1:{tag}:threat; every key this script
+-- touches is that base plus a suffix, so all of them share the client's cluster slot.
+-- ARGV[1]: the operation. Times are the server's, in microseconds; integers go back
+-- through format_int (tostring would drop digits).
+--
+-- observe window endpoint agent error auth limited automation spoofed
+--   Adds one request to the bucket of the current window (a hash per window, expiring
+--   after two windows), its endpoint to that window's HyperLogLog, and times the gap
+--   since the client's previous request. Reply: now, the recorded level (0-3), the ten
+--   bucket fields of the current then the previous window, the distinct endpoints of
+--   both windows.
+-- status
+--   Reply: now, the level record ("level|reason,reason" or ""), and the block in force:
+--   until (0: none), offence, reasons, client.
+-- set_level level reasons ttl_ms
+--   Records the level (a normal level deletes the record).
+-- block forget reasons client length1 length2 ...
+--   Unless a block is in force, counts an offence and blocks for the length of that
+--   offence (the last length for any later one). Reply: until, offence, reasons,
+--   client, 1 if this call blocked.
+-- lift
+--   Deletes the block, the offences and the level. Reply: 1 if a block was in force.
+
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+
+local FIELDS = { 'requests', 'errors', 'auth_failures', 'limited', 'automation', 'spoofed',
+  'agent_changes', 'gaps', 'gap_sum_ms', 'gap_squares_ms' }
+local MAX_TIMED_GAP_MS = 60000
+
+local function format_int(n)
+  return string.format('%d', n)
+end
+
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function ceil_ms(us)
+  return math.floor((us + 999) / 1000)
+end
+
+local base = KEYS[1]
+local op = ARGV[1]
+local now = server_now()
+
+local function block_in_force()
+  local b = redis.call('HMGET', base .. ':block', 'until', 'offence', 'reasons', 'client')
+  local untl = tonumber(b[1] or '0') or 0
+  if untl > now then
+    return { untl, tonumber(b[2] or '1') or 1, b[3] or '', b[4] or '' }
+  end
+  return nil
+end
+
+if op == 'observe' then
+  local window = tonumber(ARGV[2])
+  local index = math.floor(now / window)
+  local current = base .. ':w:' .. format_int(index)
+  local previous = base .. ':w:' .. format_int(index - 1)
+  local ends_current = base .. ':e:' .. format_int(index)
+  local ends_previous = base .. ':e:' .. format_int(index - 1)
+  local last = base .. ':last'
+  local keep_ms = ceil_ms(2 * window) + 1000
+
+  local seen = redis.call('HMGET', last, 'at', 'agent')
+  local gap = nil
+  local changed = 0
+  if seen[1] then
+    local at = tonumber(seen[1])
+    if now >= at then
+      gap = math.floor((now - at) / 1000)
+    end
+    if seen[2] ~= ARGV[4] then
+      changed = 1
+    end
+  end
+  local add = { 1, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
+    tonumber(ARGV[8]), tonumber(ARGV[9]), changed }
+  for i = 1, 7 do
+    if add[i] ~= 0 then
+      redis.call('HINCRBY', current, FIELDS[i], add[i])
+    end
+  end
+  if gap ~= nil and gap <= MAX_TIMED_GAP_MS then
+    redis.call('HINCRBY', current, 'gaps', 1)
+    redis.call('HINCRBY', current, 'gap_sum_ms', gap)
+    redis.call('HINCRBY', current, 'gap_squares_ms', format_int(gap * gap))
+  end
+  redis.call('PEXPIRE', current, keep_ms)
+  redis.call('PFADD', ends_current, ARGV[3])
+  redis.call('PEXPIRE', ends_current, keep_ms)
+  if seen[1] == false or seen[1] == nil or now >= tonumber(seen[1]) then
+    redis.call('HSET', last, 'at', format_int(now), 'agent', ARGV[4])
+  end
+  redis.call('PEXPIRE', last, keep_ms)
+
+  local level = 0
+  local record = redis.call('GET', base .. ':level')
+  if record then
+    level = tonumber(string.match(record, '^(%d)')) or 0
+    redis.call('PEXPIRE', base .. ':level', ceil_ms(window))
+  end
+  local reply = { now, level }
+  for _, key in ipairs({ current, previous }) do
+    local values = redis.call('HMGET', key, unpack(FIELDS))
+    for i = 1, #FIELDS do
+      reply[#reply + 1] = tonumber(values[i] or '0') or 0
+    end
+  end
+  reply[#reply + 1] = redis.call('PFCOUNT', ends_current, ends_previous)
+  return reply
+elseif op == 'status' then
+  local record = redis.call('GET', base .. ':level') or ''
+  local b = block_in_force()
+  if b then
+    return { now, record, b[1], b[2], b[3], b[4] }
+  end
+  return { now, record, 0, 0, '', '' }
+elseif op == 'set_level' then
+  if ARGV[2] == '0' then
+    redis.call('DEL', base .. ':level')
+  else
+    redis.call('SET', base .. ':level', ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[4])
+  end
+  return 1
+elseif op == 'block' then
+  local b = block_in_force()
+  if b then
+    return { b[1], b[2], b[3], b[4], 0 }
+  end
+  local forget = tonumber(ARGV[2])
+  local offence = redis.call('INCR', base .. ':offences')
+  local ladder = #ARGV - 4
+  local length = tonumber(ARGV[4 + math.min(offence, ladder)])
+  local untl = now + length
+  redis.call('HSET', base .. ':block', 'until', format_int(untl), 'offence', offence,
+    'reasons', ARGV[3], 'client', ARGV[4])
+  redis.call('PEXPIRE', base .. ':block', ceil_ms(length) + 1)
+  redis.call('PEXPIRE', base .. ':offences', ceil_ms(length + forget) + 1)
+  return { untl, offence, ARGV[3], ARGV[4], 1 }
+elseif op == 'lift' then
+  local had = block_in_force() and 1 or 0
+  redis.call('DEL', base .. ':block', base .. ':offences', base .. ':level')
+  return had
+end
+return redis.error_reply('ratewarden threat script: unknown operation ' .. tostring(op))

@@ -1,0 +1,193 @@
+//! The threat store's contract, run against memory, a Redis server and a Redis Cluster
+//! (started by the test on free loopback ports): exact counts under concurrency, levels,
+//! blocks that escalate once per offence, lifting, listing.
+
+#![allow(clippy::unwrap_used)]
+
+use ratewarden_core::clock::SystemClock;
+use ratewarden_core::threat::{Level, Observation, RequestOutcome};
+use ratewarden_core::{Nanos, Timestamp};
+use ratewarden_store::redis::{RedisSettings, RedisStore, RedisTarget};
+use ratewarden_store::threat::{BlockPlan, MemoryThreats, ThreatStore};
+use ratewarden_testkit::{RedisCluster, RedisServer};
+use std::sync::Arc;
+use std::time::Duration;
+
+const HOUR: Nanos = Nanos::from_secs(3600);
+
+struct Backend<S> {
+    /// Two handles on the same state (for Redis: two gateways).
+    stores: [Arc<S>; 2],
+    _server: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
+}
+
+fn memory() -> Backend<MemoryThreats<SystemClock>> {
+    let store = Arc::new(MemoryThreats::new(10_000, SystemClock::new()));
+    Backend {
+        stores: [store.clone(), store],
+        _server: None,
+        _cluster: None,
+    }
+}
+
+fn redis_store(target: RedisTarget) -> Arc<RedisStore<SystemClock>> {
+    let settings = RedisSettings {
+        target,
+        timeout: Duration::from_secs(2),
+        key_prefix: "rwtest".into(),
+    };
+    Arc::new(RedisStore::new(settings, SystemClock::new()).unwrap())
+}
+
+fn redis() -> Backend<RedisStore<SystemClock>> {
+    let server = RedisServer::start();
+    let target = || RedisTarget::Server(server.url());
+    Backend {
+        stores: [redis_store(target()), redis_store(target())],
+        _server: Some(server),
+        _cluster: None,
+    }
+}
+
+fn redis_cluster() -> Backend<RedisStore<SystemClock>> {
+    let cluster = RedisCluster::start();
+    let target = || RedisTarget::Cluster(cluster.urls());
+    Backend {
+        stores: [redis_store(target()), redis_store(target())],
+        _server: None,
+        _cluster: Some(cluster),
+    }
+}
+
+fn request(endpoint: u64, status: u16) -> Observation {
+    Observation {
+        at: Timestamp::EPOCH,
+        endpoint: endpoint.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        agent: 42,
+        automation_agent: false,
+        spoofed_forwarding: false,
+        outcome: RequestOutcome::Answered(status),
+    }
+}
+
+fn plan(ladder: &[Nanos]) -> BlockPlan {
+    BlockPlan {
+        ladder: ladder.to_vec(),
+        forget_after: HOUR,
+        reasons: vec!["auth_failures=14".into(), "endpoints=212".into()],
+    }
+}
+
+async fn concurrent_observations_are_all_counted<S: ThreatStore>(b: Backend<S>) {
+    let tasks: Vec<_> = (0..200u64)
+        .map(|i| {
+            let store = b.stores[(i % 2) as usize].clone();
+            tokio::spawn(async move {
+                let status = if i % 4 == 0 { 401 } else { 200 };
+                store
+                    .observe("198.51.100.7", &request(i % 50, status), HOUR)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let last = b.stores[0]
+        .observe("198.51.100.7", &request(0, 200), HOUR)
+        .await
+        .unwrap();
+    let s = last.signals;
+    // The window is an hour: unless the test straddles the turn of an hour, everything is
+    // in the current bucket; across it, the previous bucket still weighs almost fully.
+    assert!((s.requests - 201.0).abs() < 2.0, "{s:?}");
+    assert!((s.auth_failures - 50.0).abs() < 1.0, "{s:?}");
+    assert!((s.endpoints - 50.0).abs() < 10.0, "{s:?}");
+    assert!(s.gaps >= 150.0, "{s:?}");
+    let other = b.stores[1]
+        .observe("198.51.100.8", &request(0, 200), HOUR)
+        .await
+        .unwrap();
+    assert_eq!(other.signals.requests, 1.0, "clients are apart");
+}
+
+async fn levels_are_recorded_and_cleared<S: ThreatStore>(b: Backend<S>) {
+    let [a, other] = &b.stores;
+    let client = "2001:db8:1::/64";
+    assert_eq!(a.status(client).await.unwrap().level, Level::Normal);
+    let reasons = vec!["auth_failures=14".to_owned()];
+    a.set_level(client, Level::High, &reasons, HOUR)
+        .await
+        .unwrap();
+    let status = other.status(client).await.unwrap();
+    assert_eq!((status.level, status.reasons), (Level::High, reasons));
+    let observed = other.observe(client, &request(1, 200), HOUR).await.unwrap();
+    assert_eq!(observed.recorded, Level::High);
+    a.set_level(client, Level::Normal, &[], HOUR).await.unwrap();
+    assert_eq!(other.status(client).await.unwrap().level, Level::Normal);
+}
+
+async fn blocks_escalate_once_per_offence<S: ThreatStore>(b: Backend<S>) {
+    let [a, other] = &b.stores;
+    let client = "203.0.113.50";
+    let short = Nanos::from_millis(30);
+    let ladder = [short, HOUR, Nanos::from_secs(7200)];
+    let (first, made) = a.block(client, &plan(&ladder)).await.unwrap();
+    assert!(made);
+    assert_eq!(first.offence, 1);
+    assert_eq!(first.client, client);
+    // Another gateway blocking the same client meanwhile adds no offence.
+    let (again, made) = other.block(client, &plan(&ladder)).await.unwrap();
+    assert!(!made);
+    assert_eq!(again.offence, 1);
+    let status = other.status(client).await.unwrap();
+    let block = status.block.expect("blocked");
+    assert!(block.remaining(status.now) <= short);
+    assert_eq!(block.reasons, plan(&ladder).reasons);
+    // Let the 30 ms block end (the store's own clock, which for Redis is the server's).
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(a.status(client).await.unwrap().block, None);
+    let (second, made) = other.block(client, &plan(&ladder)).await.unwrap();
+    assert!(made);
+    assert_eq!(second.offence, 2);
+    let status = a.status(client).await.unwrap();
+    let left = second.remaining(status.now);
+    assert!(left > Nanos::from_secs(3500) && left <= HOUR, "{left:?}");
+    let listed = a.blocks().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|b| b.client.as_str()).collect::<Vec<_>>(),
+        [client]
+    );
+    assert!(other.lift(client).await.unwrap());
+    assert_eq!(a.status(client).await.unwrap().block, None);
+    assert!(a.blocks().await.unwrap().is_empty());
+    assert!(!a.lift(client).await.unwrap(), "nothing left to lift");
+    // Lifting forgives: the next block is a first offence again.
+    let (fresh, _) = a.block(client, &plan(&[HOUR])).await.unwrap();
+    assert_eq!(fresh.offence, 1);
+}
+
+macro_rules! threat_conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::memory()).await })*
+        }
+        mod redis_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::redis()).await })*
+        }
+        mod redis_cluster_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::redis_cluster()).await })*
+        }
+    };
+}
+
+threat_conformance!(
+    concurrent_observations_are_all_counted,
+    levels_are_recorded_and_cleared,
+    blocks_escalate_once_per_offence,
+);
