@@ -77,10 +77,32 @@ pub enum Severity {
     Critical,
 }
 
-/// A client that keeps hitting limits.
+/// What adaptive defence concluded about a client, on alerts about its threat level.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ThreatContext {
+    /// Its level now: `normal`, `elevated`, `high` or `critical`.
+    pub level: String,
+    /// Its level before.
+    pub previous_level: String,
+    /// Its score.
+    pub score: f64,
+    /// The signals behind the score, as `name=value`, strongest first.
+    pub reasons: Vec<String>,
+    /// For a block: when it ends (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_until: Option<u64>,
+    /// For a block: its length in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_seconds: Option<u64>,
+    /// For a block: how many this client has had, this one included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offence: Option<u32>,
+}
+
+/// A client that keeps hitting limits, or whose threat level rose, or that was blocked.
 #[derive(Clone, Debug, Serialize)]
 pub struct Alert {
-    /// Always `rate_limit_abuse`.
+    /// `rate_limit_abuse`, `threat_level_raised` or `client_blocked`.
     pub kind: &'static str,
     /// How urgent.
     pub severity: Severity,
@@ -120,4 +142,7 @@ pub struct Alert {
     pub last_violation: u64,
     /// The gateway instance that raised it.
     pub instance: String,
+    /// Adaptive defence's view, on `threat_level_raised` and `client_blocked` alerts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threat: Option<ThreatContext>,
 }

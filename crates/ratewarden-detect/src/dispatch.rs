@@ -110,6 +110,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct Alerting {
     pending: Arc<Vec<PendingShard>>,
+    outlets: Arc<Vec<Arc<BoundedQueue<Alert>>>>,
+    raised: Counter,
     /// Counter handles per source, so a report takes no metric-family lock.
     from_gateway: Counter,
     from_upstream: Counter,
@@ -147,7 +149,7 @@ impl Alerting {
         tokio::spawn(count_forever(
             Arc::new(tracker),
             pending.clone(),
-            outlets,
+            outlets.clone(),
             metrics.clone(),
         ));
         let source = |source| {
@@ -158,6 +160,8 @@ impl Alerting {
         };
         Alerting {
             pending,
+            outlets,
+            raised: metrics.raised.clone(),
             from_gateway: source("gateway"),
             from_upstream: source("upstream"),
             dropped: metrics.violations_dropped.clone(),
@@ -208,6 +212,15 @@ impl Alerting {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Sends an alert raised elsewhere (adaptive defence: a level raised, a client
+    /// blocked) to every sink, through the same bounded queues.
+    pub fn raise(&self, alert: Alert) {
+        self.raised.inc();
+        for outlet in self.outlets.iter() {
+            outlet.push(alert.clone());
         }
     }
 

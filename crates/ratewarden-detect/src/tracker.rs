@@ -216,6 +216,7 @@ impl<S: Store, C: Clock> Tracker<S, C> {
             first_violation: remembered.first_seen,
             last_violation: seconds,
             instance: self.settings.instance.clone(),
+            threat: None,
         })));
     }
 

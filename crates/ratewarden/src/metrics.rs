@@ -48,6 +48,20 @@ pub struct Fallback {
     pub on_error: &'static str,
 }
 
+/// A threat level.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabel {
+    /// normal, elevated, high, critical.
+    pub level: &'static str,
+}
+
+/// Who blocked a client.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockOrigin {
+    /// automatic (adaptive defence) or admin.
+    pub origin: &'static str,
+}
+
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
@@ -71,6 +85,16 @@ pub struct Metrics {
     pub store_errors: Family<StoreFailure, Counter>,
     /// Requests decided by the failure policy instead of the store.
     pub store_fallbacks: Family<Fallback, Counter>,
+    /// Clients whose threat level changed, by the new level.
+    pub level_changes: Family<LevelLabel, Counter>,
+    /// Requests decided at each threat level (incident mode included).
+    pub requests_by_level: Family<LevelLabel, Counter>,
+    /// Blocks placed, by origin.
+    pub blocks: Family<BlockOrigin, Counter>,
+    /// 1 while incident mode is on.
+    pub incident_mode: Gauge,
+    /// Threat-store calls that failed (the request goes on at its recorded level).
+    pub threat_store_errors: Family<StoreFailure, Counter>,
 }
 
 impl Metrics {
@@ -140,7 +164,38 @@ impl Metrics {
             "Requests from [reputation] allow addresses, forwarded without limits",
             allow_listed.clone(),
         );
+        let level_changes = Family::<LevelLabel, Counter>::default();
+        registry.register(
+            "threat_level_changes",
+            "Clients whose threat level changed, by new level",
+            level_changes.clone(),
+        );
+        let requests_by_level = Family::<LevelLabel, Counter>::default();
+        registry.register(
+            "threat_requests",
+            "Requests by the client's effective threat level (incident mode included)",
+            requests_by_level.clone(),
+        );
+        let blocks = Family::<BlockOrigin, Counter>::default();
+        registry.register("blocks", "Clients blocked, by origin", blocks.clone());
+        let incident_mode = Gauge::default();
+        registry.register(
+            "incident_mode",
+            "1 while incident mode raises every client's threat level",
+            incident_mode.clone(),
+        );
+        let threat_store_errors = Family::<StoreFailure, Counter>::default();
+        registry.register(
+            "threat_store_errors",
+            "Threat store calls that failed, by kind",
+            threat_store_errors.clone(),
+        );
         Metrics {
+            level_changes,
+            requests_by_level,
+            blocks,
+            incident_mode,
+            threat_store_errors,
             allow_listed,
             store_errors,
             store_fallbacks,

@@ -235,7 +235,7 @@ fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
         assert!(!everything.contains(canary), "{canary} leaked");
     }
     assert!(
-        gw.log().contains("rate-limit abuse"),
+        gw.log().contains("Rate-limit abuse: ip "),
         "the log sink wrote the alert"
     );
     assert!(

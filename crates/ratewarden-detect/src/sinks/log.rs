@@ -18,7 +18,8 @@ impl LogSink {
             violations = alert.violations,
             window_seconds = alert.window_seconds,
             alert = %context,
-            "rate-limit abuse"
+            "{}",
+            super::headline(alert)
         );
     }
 }

@@ -43,3 +43,28 @@ impl Sink {
         }
     }
 }
+
+/// One line saying what happened, for a log message or a Sentry event title.
+pub(crate) fn headline(alert: &Alert) -> String {
+    let who = format!("{} {}", alert.identity.as_str(), alert.identity_value);
+    match &alert.threat {
+        Some(t) if alert.kind == "client_blocked" => format!(
+            "Client blocked: {who} at threat level {} for {} s (offence {}): {}",
+            t.level,
+            t.block_seconds.unwrap_or(0),
+            t.offence.unwrap_or(1),
+            t.reasons.join(", ")
+        ),
+        Some(t) => format!(
+            "Threat level raised: {who} from {} to {} (score {:.0}): {}",
+            t.previous_level,
+            t.level,
+            t.score,
+            t.reasons.join(", ")
+        ),
+        None => format!(
+            "Rate-limit abuse: {who} hit limits {} times in {} s",
+            alert.violations, alert.window_seconds
+        ),
+    }
+}

@@ -44,16 +44,10 @@ impl SentrySink {
         }
         let mut event = Event {
             level: Level::Error,
-            message: Some(format!(
-                "Rate-limit abuse: {} {} hit limits {} times in {} s",
-                alert.identity.as_str(),
-                alert.identity_value,
-                alert.violations,
-                alert.window_seconds
-            )),
+            message: Some(super::headline(alert)),
             logger: Some("ratewarden".into()),
             fingerprint: vec![
-                "rate_limit_abuse".into(),
+                alert.kind.into(),
                 alert.identity.as_str().into(),
                 alert.identity_value.clone().into(),
             ]
@@ -62,7 +56,7 @@ impl SentrySink {
         };
         event
             .tags
-            .insert("security_threat".into(), "rate_limit_abuse".into());
+            .insert("security_threat".into(), alert.kind.into());
         event
             .tags
             .insert("client_ip".into(), alert.client_ip.clone());

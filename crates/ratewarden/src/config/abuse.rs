@@ -319,7 +319,7 @@ fn sink(raw: &RawAlert, field: &str, errors: &mut Errors) -> Option<SinkConfig> 
 }
 
 /// `host:port` of this gateway, for alerts from several instances.
-fn default_instance(listen_port: Option<u16>) -> String {
+pub(crate) fn default_instance(listen_port: Option<u16>) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())

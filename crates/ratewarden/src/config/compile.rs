@@ -51,6 +51,8 @@ pub fn compile(raw: RawConfig, base: &std::path::Path) -> Result<Config, ConfigE
         server.as_ref().map(|s| s.listen.port()),
         &mut errors,
     );
+    let threat = super::threat::threat(raw.threat.as_ref(), &mut errors);
+    let admin = super::threat::admin(&raw.admin, &mut errors);
     let mut names = HashSet::new();
     let rules: Vec<Option<Rule>> = raw
         .rules
@@ -88,6 +90,8 @@ pub fn compile(raw: RawConfig, base: &std::path::Path) -> Result<Config, ConfigE
             server,
             store,
             abuse,
+            threat,
+            admin,
             policy: Policy {
                 reputation,
                 clients,
@@ -644,7 +648,7 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is not an IP network, such as \"10.0.0.0/8\""))
 }
 
-/// `500ms`, `10s`, `5m`, `1h`.
+/// `500ms`, `10s`, `5m`, `1h`, `1d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
@@ -657,6 +661,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => {
             return Err(format!(
                 "{text:?} is not a duration, such as \"500ms\", \"10s\" or \"5m\""

@@ -6,11 +6,14 @@
 mod abuse;
 mod compile;
 mod raw;
+mod threat;
 
+pub(crate) use abuse::default_instance;
 pub use abuse::{AbuseConfig, SinkConfig};
-pub use compile::compile;
+pub use compile::{compile, parse_duration};
 use ratewarden_store::failure::FailurePolicy;
 use ratewarden_store::redis::RedisSettings;
+pub use threat::{AdminConfig, ThreatConfig};
 
 use ratewarden_core::policy::Policy;
 use std::fmt;
@@ -29,6 +32,10 @@ pub struct Config {
     pub policy: Policy,
     /// Abuse tracking and alerts (`[abuse]`), if configured.
     pub abuse: Option<AbuseConfig>,
+    /// Adaptive defence (`[threat]`), if configured.
+    pub threat: Option<ThreatConfig>,
+    /// The admin API (`[admin]`).
+    pub admin: AdminConfig,
 }
 
 /// `[server]`.

@@ -21,6 +21,97 @@ pub struct RawConfig {
     pub privacy: RawPrivacy,
     #[serde(default)]
     pub reputation: RawReputation,
+    pub threat: Option<RawThreat>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for RawAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAdmin").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThreat {
+    pub window: Option<String>,
+    pub automation_agents: Option<Vec<String>>,
+    #[serde(default)]
+    pub levels: RawLevels,
+    #[serde(default)]
+    pub escalation: RawEscalation,
+    #[serde(default)]
+    pub scoring: RawScoring,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLevels {
+    pub normal: Option<RawLevel>,
+    pub elevated: Option<RawLevel>,
+    pub high: Option<RawLevel>,
+    pub critical: Option<RawLevel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLevel {
+    pub rate_factor: f64,
+    pub block_for: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEscalation {
+    pub repeat_factor: Option<f64>,
+    pub max_block: Option<String>,
+    pub forget_after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScoring {
+    pub elevated: Option<f64>,
+    pub high: Option<f64>,
+    pub critical: Option<f64>,
+    pub min_requests: Option<f64>,
+    pub request_rate: Option<RawWeighted>,
+    pub error_ratio: Option<RawWeighted>,
+    pub auth_failures: Option<RawWeighted>,
+    pub limited: Option<RawWeighted>,
+    pub endpoints: Option<RawWeighted>,
+    pub spoofed_forwarding: Option<RawWeighted>,
+    pub agent_changes: Option<RawWeighted>,
+    pub automation_agent: Option<RawFlat>,
+    pub regular_timing: Option<RawTiming>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeighted {
+    pub threshold: f64,
+    pub weight: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlat {
+    pub weight: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTiming {
+    pub weight: f64,
+    pub max_cv: Option<f64>,
+    pub min_gaps: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

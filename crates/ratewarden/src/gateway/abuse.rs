@@ -169,6 +169,16 @@ impl AbuseReporter {
         }
     }
 
+    /// Sends an alert from adaptive defence through the configured sinks.
+    pub fn raise(&self, alert: ratewarden_detect::Alert) {
+        self.alerting.raise(alert);
+    }
+
+    /// The sanitiser alerts go through (`[privacy] secret_params`).
+    pub fn sanitiser(&self) -> &Sanitiser {
+        &self.describer.sanitiser
+    }
+
     /// Whether the upstream's 429s count.
     pub fn counts_upstream(&self) -> bool {
         self.count_upstream

@@ -4,6 +4,7 @@
 use super::forward::Upstream;
 use super::limiter::Verdict;
 use super::responses::{self, RuleOutcome};
+use super::threat::{client_label, stable_hash, Standing, Trigger};
 use super::{Body, Gateway};
 use crate::metrics::{Refusal, RuleDecision};
 use http::header::HOST;
@@ -13,6 +14,8 @@ use ratewarden_core::clock::Clock;
 use ratewarden_core::identity::{client_address, client_network};
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, RequestFacts, Rule};
+use ratewarden_core::threat::{Observation, RequestOutcome};
+use ratewarden_core::Limit;
 use ratewarden_detect::Source;
 use ratewarden_store::{Check, CounterKey, Decisions};
 use std::net::SocketAddr;
@@ -75,11 +78,39 @@ pub async fn handle(
         metrics.allow_listed.inc();
         return upstream.forward(request, client.ip, metrics).await;
     }
+    let network = client_network(client.ip, clients.ipv6_prefix);
+    // Adaptive defence: a blocked client gets nothing more; a suspicious one gets its
+    // limits scaled down by its level.
+    let defended = match &gateway.defence {
+        Some(defence) => {
+            let label = client_label(client.ip, network);
+            let standing = defence.standing(&label).await;
+            if let Some(block) = &standing.block {
+                metrics
+                    .refused
+                    .get_or_create(&Refusal { reason: "blocked" })
+                    .inc();
+                return responses::blocked(block.remaining(standing.now));
+            }
+            let response = defence.response(standing.level);
+            if let Some(block_for) = response.block_for.filter(|_| response.refuses_everything()) {
+                let plan = defence.plan(block_for, block_reasons(&standing, None));
+                let trigger = trigger(&request, client.ip);
+                if let Some(block) = defence
+                    .block(&label, &plan, standing.level, "automatic", Some(&trigger))
+                    .await
+                {
+                    return responses::blocked(block.remaining(defence.now()));
+                }
+            }
+            Some((defence, label, standing, response))
+        }
+        None => None,
+    };
     // A header that keys a limit must come once: with two values the limiter would key
     // on one while the upstream may read the other (send a fresh random value first and
     // the real API key second, and every request gets a new bucket).
     let ambiguous_key_header = std::sync::atomic::AtomicBool::new(false);
-    let network = client_network(client.ip, clients.ipv6_prefix);
     let applicable = {
         let lookup = |name: &str| {
             let mut values = headers.get_all(name).iter();
@@ -115,10 +146,22 @@ pub async fn handle(
         .iter()
         .partition(|(rule, _)| rule.action != Action::LogOnly);
     let started = gateway.clock.now();
+    // The limits as the client's threat level scales them (the same counters: a level
+    // change neither resets nor doubles a client's allowance).
+    let limits: Vec<Limit> = enforced
+        .iter()
+        .map(|(rule, _)| match &defended {
+            Some((_, _, _, response)) => {
+                response.scale(&rule.limit, rule.cost).unwrap_or(rule.limit)
+            }
+            None => rule.limit,
+        })
+        .collect();
     let checks: Vec<Check<'_>> = enforced
         .iter()
-        .filter_map(|(rule, key)| {
-            Check::new(CounterKey::new(&rule.name, key), rule.limit, rule.cost).ok()
+        .zip(&limits)
+        .filter_map(|((rule, key), limit)| {
+            Check::new(CounterKey::new(&rule.name, key), *limit, rule.cost).ok()
         })
         .collect();
     let mut decisions = match gateway.store.decide(&checks, metrics).await {
@@ -192,13 +235,26 @@ pub async fn handle(
 
     let outcomes: Vec<RuleOutcome<'_>> = enforced
         .iter()
+        .zip(&limits)
         .zip(decisions.as_slice())
-        .map(|((rule, _), decision)| RuleOutcome {
+        .map(|(((rule, _), limit), decision)| RuleOutcome {
             name: rule.name.as_str(),
-            limit: &rule.limit,
+            limit,
             decision: *decision,
         })
         .collect();
+    // What defence needs to observe this request once it is answered.
+    let observation = defended.as_ref().map(|(defence, _, _, _)| {
+        let user_agent = request.headers().get(http::header::USER_AGENT);
+        Observation {
+            at: started,
+            endpoint: stable_hash(path.as_str().as_bytes()),
+            agent: user_agent.map_or(0, |ua| stable_hash(ua.as_bytes())),
+            automation_agent: defence.is_automation(user_agent),
+            spoofed_forwarding: client.spoofed_forwarding,
+            outcome: RequestOutcome::Limited,
+        }
+    });
     let speaker = decisions.most_restrictive().map_or(0, |(i, _)| i);
     if !decisions.allowed() {
         for ((rule, _), d) in enforced.iter().zip(decisions.as_slice()) {
@@ -213,9 +269,14 @@ pub async fn handle(
             );
         }
         let limited_by = outcomes.get(speaker).map_or("", |o| o.name);
+        let level = defended.as_ref().map_or("normal", |d| d.2.level.as_str());
+        let reasons = defended
+            .as_ref()
+            .map(|d| d.2.reasons.as_slice())
+            .unwrap_or_default();
         // Per-request lines at debug: under a flood, an info line per 429 would turn the
         // attack on the log pipeline. Metrics count every decision.
-        tracing::debug!(rule = limited_by, client = %client.ip, path = %path, method = %request.method(), "rate limited");
+        tracing::debug!(rule = limited_by, client = %client.ip, path = %path, method = %request.method(), level, ?reasons, "rate limited");
         if let Some(abuse) = &gateway.abuse {
             let rules = || {
                 enforced
@@ -233,6 +294,25 @@ pub async fn handle(
                 Source::Gateway,
             );
         }
+        if let (Some((defence, label, standing, response)), Some(observation)) =
+            (&defended, observation)
+        {
+            let trigger = trigger(&request, client.ip);
+            // A hostile client that hits a limit is blocked for a while.
+            let block = match response.block_for {
+                Some(base) => {
+                    let plan = defence.plan(base, block_reasons(standing, Some(limited_by)));
+                    defence
+                        .block(label, &plan, standing.level, "automatic", Some(&trigger))
+                        .await
+                }
+                None => None,
+            };
+            defence.observe(label.clone(), observation, trigger);
+            if let Some(block) = block {
+                return responses::blocked(block.remaining(defence.now()));
+            }
+        }
         return responses::too_many_requests(&outcomes, speaker);
     }
     for (rule, _) in &enforced {
@@ -243,7 +323,14 @@ pub async fn handle(
         .as_ref()
         .filter(|a| a.counts_upstream())
         .map(|a| a.head(&request));
+    let trigger = defended.as_ref().map(|_| trigger(&request, client.ip));
     let mut response = upstream.forward(request, client.ip, metrics).await;
+    if let (Some((defence, label, _, _)), Some(mut observation), Some(trigger)) =
+        (&defended, observation, trigger)
+    {
+        observation.outcome = RequestOutcome::Answered(response.status().as_u16());
+        defence.observe(label.clone(), observation, trigger);
+    }
     if let (Some(abuse), Some(head)) = (&gateway.abuse, head) {
         if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
             abuse.report(&head, client.ip, network, Vec::new, Source::Upstream);
@@ -251,6 +338,32 @@ pub async fn handle(
     }
     responses::add_rate_limit_headers(response.headers_mut(), &outcomes, speaker);
     response
+}
+
+/// What an alert about this request's client may show of it (sanitised when used).
+fn trigger<B>(request: &Request<B>, ip: std::net::IpAddr) -> Trigger {
+    let headers = request.headers();
+    Trigger {
+        ip,
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        user_agent: headers.get(http::header::USER_AGENT).cloned(),
+        authenticated: headers.contains_key(http::header::AUTHORIZATION)
+            || headers.contains_key(http::header::PROXY_AUTHORIZATION),
+    }
+}
+
+/// Why a client is blocked: the reasons for its level, the rule it hit, and incident
+/// mode when that is what raised it.
+fn block_reasons(standing: &Standing, rule: Option<&str>) -> Vec<String> {
+    let mut reasons = standing.reasons.clone();
+    if reasons.is_empty() {
+        reasons.push(format!("level={}", standing.level));
+    }
+    if let Some(rule) = rule {
+        reasons.push(format!("limited:{rule}"));
+    }
+    reasons
 }
 
 /// How long to hold an admitted request for its `delay` rules: until its turn at the

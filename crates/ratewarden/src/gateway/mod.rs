@@ -12,6 +12,7 @@ mod forward;
 mod handler;
 mod limiter;
 pub mod responses;
+pub mod threat;
 
 use crate::config::{self, Config};
 use crate::metrics::{Metrics, RuleDecision};
@@ -47,7 +48,8 @@ struct UpstreamSettings {
 pub struct Gateway {
     policy: ArcSwap<Policy>,
     store: limiter::Limiter,
-    abuse: Option<abuse::AbuseReporter>,
+    abuse: Option<Arc<abuse::AbuseReporter>>,
+    defence: Option<Arc<threat::Defence>>,
     upstream: UpstreamSettings,
     metrics: Arc<Metrics>,
     clock: SystemClock,
@@ -85,14 +87,37 @@ impl Bound {
             .map(|_| ratewarden_detect::AlertMetrics::default());
         let metrics = Arc::new(Metrics::with_alerting(alert_metrics.as_ref()));
         let abuse = match (&config.abuse, alert_metrics) {
-            (Some(abuse), Some(m)) => Some(abuse::AbuseReporter::start(abuse, &config.store, m)?),
+            (Some(abuse), Some(m)) => Some(Arc::new(abuse::AbuseReporter::start(
+                abuse,
+                &config.store,
+                m,
+            )?)),
             _ => None,
+        };
+        let defence = match &config.threat {
+            Some(threat) => {
+                let instance = config.abuse.as_ref().map_or_else(
+                    || config::default_instance(Some(config.server.listen.port())),
+                    |a| a.settings.instance.clone(),
+                );
+                let defence = Arc::new(threat::Defence::new(
+                    threat.clone(),
+                    &config.store,
+                    instance,
+                    metrics.clone(),
+                    abuse.clone(),
+                )?);
+                defence.spawn_janitor();
+                Some(defence)
+            }
+            None => None,
         };
         let s = &config.server;
         let gateway = Arc::new(Gateway {
             policy: ArcSwap::from_pointee(config.policy.clone()),
             store,
             abuse,
+            defence: defence.clone(),
             upstream: UpstreamSettings {
                 base: s.upstream.clone(),
                 connect_timeout: s.upstream_connect_timeout,
@@ -113,7 +138,12 @@ impl Bound {
         if let Some(admin) = s.admin_listen {
             let admin_listener = TcpListener::bind(admin).await?;
             tracing::info!(listen = %admin_listener.local_addr()?, "admin listening");
-            let router = crate::admin::router(metrics.clone());
+            let router = crate::admin::router(crate::admin::AdminState {
+                metrics: metrics.clone(),
+                defence: defence.clone(),
+                token: config.admin.token.clone(),
+                ipv6_prefix: config.policy.clients.ipv6_prefix,
+            });
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(admin_listener, router).await {
                     tracing::error!(error = %e, "admin server stopped");
@@ -312,7 +342,11 @@ fn fixed_settings(config: &Config) -> String {
         .as_ref()
         .map(|a| a.restart_material())
         .unwrap_or_default();
-    format!("{:?} {:?} {urls} {abuse}", config.server, config.store)
+    let admin_token = config.admin.token.as_deref().unwrap_or_default();
+    format!(
+        "{:?} {:?} {urls} {abuse} {admin_token}",
+        config.server, config.store
+    )
 }
 
 async fn shutdown_signal() {
@@ -353,8 +387,16 @@ async fn reload_on_sighup(path: PathBuf, gateway: Arc<Gateway>) {
                     if fixed_settings(&config) != gateway.fixed_settings {
                         tracing::warn!(
                             file = %path.display(),
-                            "[server], [store], [abuse], [[alerts]] and [privacy] changes take effect only on restart; the rules are applied now"
+                            "[server], [store], [abuse], [[alerts]], [privacy] and [admin] changes take effect only on restart; the rules are applied now"
                         );
+                    }
+                    match (&gateway.defence, config.threat) {
+                        (Some(defence), Some(threat)) => defence.reconfigure(threat),
+                        (None, Some(_)) | (Some(_), None) => tracing::warn!(
+                            file = %path.display(),
+                            "adding or removing [threat] takes effect only on restart"
+                        ),
+                        (None, None) => {}
                     }
                     gateway.policy.store(Arc::new(config.policy));
                     tracing::info!(file = %path.display(), rules, "configuration reloaded");

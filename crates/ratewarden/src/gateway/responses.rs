@@ -140,6 +140,25 @@ pub fn deny_listed() -> Response<Body> {
     problem(StatusCode::FORBIDDEN, &body)
 }
 
+/// 403 for a client that adaptive defence has blocked, for `retry_after` more.
+pub fn blocked(retry_after: ratewarden_core::Nanos) -> Response<Body> {
+    let seconds = retry_after.as_secs_ceil().max(1);
+    let body = serde_json::json!({
+        "type": "https://ratewarden.dev/problems/blocked",
+        "title": "Forbidden",
+        "status": 403,
+        "detail": "this client is blocked for a while after repeated abuse",
+        "error": "forbidden",
+        "reason": "blocked",
+        "retry_after": seconds,
+    });
+    let mut response = problem(StatusCode::FORBIDDEN, &body);
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 /// 400 for a request the gateway will not interpret (bad path, smuggling attempt).
 pub fn bad_request(detail: &str) -> Response<Body> {
     let body = serde_json::json!({

@@ -1,0 +1,518 @@
+//! Adaptive defence on the request path: each client's standing (level, block) before
+//! its request is decided, what the level does to its limits, blocks when a hostile
+//! client hits one, and after each request the observation that may change its level.
+//!
+//! The scoring itself is `ratewarden_core::threat`; state is in a [`ThreatStore`]
+//! (memory, or Redis so that every gateway sees the same levels and blocks).
+
+use super::abuse::AbuseReporter;
+use crate::config::{StoreConfig, ThreatConfig};
+use crate::metrics::{BlockOrigin, LevelLabel, Metrics, StoreFailure};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::{HeaderValue, Method, Uri};
+use ratewarden_core::clock::{Clock, SystemClock};
+use ratewarden_core::threat::{Assessment, Level, LevelResponse, Observation};
+use ratewarden_core::{Nanos, Timestamp};
+use ratewarden_detect::sinks::LogSink;
+use ratewarden_detect::{Alert, IdentityKind, Sanitiser, Severity, Source, ThreatContext};
+use ratewarden_store::redis::RedisStore;
+use ratewarden_store::threat::{
+    Block, BlockPlan, ClientStatus, MemoryThreats, Observed, ThreatStore,
+};
+use ratewarden_store::StoreError;
+use std::hash::Hasher;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Where threat state is kept: as the limiter's store says.
+pub enum Threats {
+    /// In this process.
+    Memory(MemoryThreats<SystemClock>),
+    /// In Redis, on a connection of its own.
+    Redis(Box<RedisStore<SystemClock>>),
+}
+
+impl ThreatStore for Threats {
+    async fn status(&self, client: &str) -> Result<ClientStatus, StoreError> {
+        match self {
+            Threats::Memory(m) => m.status(client).await,
+            Threats::Redis(r) => r.status(client).await,
+        }
+    }
+    async fn observe(
+        &self,
+        client: &str,
+        o: &Observation,
+        window: Nanos,
+    ) -> Result<Observed, StoreError> {
+        match self {
+            Threats::Memory(m) => m.observe(client, o, window).await,
+            Threats::Redis(r) => r.observe(client, o, window).await,
+        }
+    }
+    async fn set_level(
+        &self,
+        client: &str,
+        level: Level,
+        reasons: &[String],
+        window: Nanos,
+    ) -> Result<(), StoreError> {
+        match self {
+            Threats::Memory(m) => m.set_level(client, level, reasons, window).await,
+            Threats::Redis(r) => r.set_level(client, level, reasons, window).await,
+        }
+    }
+    async fn block(&self, client: &str, plan: &BlockPlan) -> Result<(Block, bool), StoreError> {
+        match self {
+            Threats::Memory(m) => m.block(client, plan).await,
+            Threats::Redis(r) => r.block(client, plan).await,
+        }
+    }
+    async fn lift(&self, client: &str) -> Result<bool, StoreError> {
+        match self {
+            Threats::Memory(m) => m.lift(client).await,
+            Threats::Redis(r) => r.lift(client).await,
+        }
+    }
+    async fn blocks(&self) -> Result<Vec<Block>, StoreError> {
+        match self {
+            Threats::Memory(m) => m.blocks().await,
+            Threats::Redis(r) => r.blocks().await,
+        }
+    }
+}
+
+/// Incident mode: every client one level up, or at least at `level`, until switched
+/// off or `until`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Incident {
+    /// The floor; `None`: one level up.
+    pub level: Option<Level>,
+    /// When it ends by itself.
+    pub until: Option<Timestamp>,
+    /// What the operator said.
+    pub reason: String,
+    /// When it started.
+    pub since: Timestamp,
+}
+
+impl Incident {
+    /// `level` as raised by this incident.
+    pub fn raise(&self, level: Level) -> Level {
+        match self.level {
+            Some(floor) => level.max(floor),
+            None => level.raised(),
+        }
+    }
+}
+
+/// A client's standing for one request.
+pub struct Standing {
+    /// The level its request is decided at (incident mode included).
+    pub level: Level,
+    /// Why it is at its recorded level.
+    pub reasons: Vec<String>,
+    /// Its block, if blocked.
+    pub block: Option<Block>,
+    /// The store's time.
+    pub now: Timestamp,
+}
+
+/// What an alert about a client says of the request that triggered it.
+pub struct Trigger {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// Method.
+    pub method: Method,
+    /// Path and query (sanitised before use).
+    pub uri: Uri,
+    /// User agent (sanitised before use).
+    pub user_agent: Option<HeaderValue>,
+    /// Whether it carried credentials.
+    pub authenticated: bool,
+}
+
+/// Adaptive defence.
+pub struct Defence {
+    config: ArcSwap<ThreatConfig>,
+    store: Threats,
+    incident: ArcSwapOption<Incident>,
+    clock: SystemClock,
+    sanitiser: Sanitiser,
+    instance: String,
+    metrics: Arc<Metrics>,
+    /// Where alerts go; `None`: log lines.
+    alerts: Option<Arc<AbuseReporter>>,
+}
+
+impl Defence {
+    /// Defence for `config`, keeping state where `store` says (its own Redis
+    /// connection, so limiter traffic and threat traffic do not queue behind each other).
+    pub fn new(
+        config: ThreatConfig,
+        store: &StoreConfig,
+        instance: String,
+        metrics: Arc<Metrics>,
+        alerts: Option<Arc<AbuseReporter>>,
+    ) -> anyhow::Result<Defence> {
+        let sanitiser = alerts
+            .as_ref()
+            .map_or_else(Sanitiser::default, |a| a.sanitiser().clone());
+        let store = match store {
+            StoreConfig::Memory { max_keys } => {
+                Threats::Memory(MemoryThreats::new((*max_keys).max(1), SystemClock::new()))
+            }
+            StoreConfig::Redis { settings, .. } => Threats::Redis(Box::new(RedisStore::new(
+                settings.clone(),
+                SystemClock::new(),
+            )?)),
+        };
+        Ok(Defence {
+            config: ArcSwap::from_pointee(config),
+            store,
+            incident: ArcSwapOption::empty(),
+            clock: SystemClock::new(),
+            sanitiser,
+            instance,
+            metrics,
+            alerts,
+        })
+    }
+
+    /// Replaces the settings (on reload); state is kept.
+    pub fn reconfigure(&self, config: ThreatConfig) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> Arc<ThreatConfig> {
+        self.config.load_full()
+    }
+
+    /// The store, for the admin API.
+    pub fn store(&self) -> &Threats {
+        &self.store
+    }
+
+    /// Drops memory records that say nothing any more (every 10 s); a no-op on Redis,
+    /// where keys expire by themselves.
+    pub fn spawn_janitor(self: &Arc<Self>) {
+        if let Threats::Memory(_) = self.store {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(std::time::Duration::from_secs(10));
+                loop {
+                    ticks.tick().await;
+                    let Some(defence) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Threats::Memory(m) = &defence.store {
+                        m.sweep();
+                    }
+                }
+            });
+        }
+    }
+
+    /// The incident in force, if any (one that has run out is switched off here).
+    pub fn incident(&self) -> Option<Arc<Incident>> {
+        let metrics = &self.metrics;
+        let incident = self.incident.load_full()?;
+        if incident.until.is_some_and(|u| u <= self.clock.now()) {
+            self.incident.store(None);
+            metrics.incident_mode.set(0);
+            tracing::warn!(target: "ratewarden::incident", "incident mode ended (deadline reached)");
+            return None;
+        }
+        Some(incident)
+    }
+
+    /// Switches incident mode on (or changes it).
+    pub fn start_incident(&self, incident: Incident) {
+        let metrics = &self.metrics;
+        tracing::warn!(
+            target: "ratewarden::incident",
+            level = incident.level.map_or("one level up", Level::as_str),
+            until = ?incident.until.map(|u| u.as_secs_ceil()),
+            reason = %self.sanitiser.text(&incident.reason),
+            "incident mode on: every client's threat level raised"
+        );
+        self.incident.store(Some(Arc::new(incident)));
+        metrics.incident_mode.set(1);
+    }
+
+    /// Switches incident mode off; whether it was on.
+    pub fn end_incident(&self) -> bool {
+        let metrics = &self.metrics;
+        let was = self.incident.swap(None).is_some();
+        metrics.incident_mode.set(0);
+        if was {
+            tracing::warn!(target: "ratewarden::incident", "incident mode off");
+        }
+        was
+    }
+
+    /// The time now, as the defence reads it.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The client's standing; a store failure leaves it normal and unblocked (limits
+    /// still apply: defence adds to them, it never replaces them).
+    pub async fn standing(&self, client: &str) -> Standing {
+        let metrics = &self.metrics;
+        let status = match self.store.status(client).await {
+            Ok(s) => s,
+            Err(e) => {
+                failed(metrics, &e);
+                ClientStatus {
+                    now: self.clock.now(),
+                    ..ClientStatus::default()
+                }
+            }
+        };
+        let level = match self.incident() {
+            Some(incident) => incident.raise(status.level),
+            None => status.level,
+        };
+        metrics
+            .requests_by_level
+            .get_or_create(&LevelLabel {
+                level: level.as_str(),
+            })
+            .inc();
+        Standing {
+            level,
+            reasons: status.reasons,
+            block: status.block,
+            now: status.now,
+        }
+    }
+
+    /// What `level` does.
+    pub fn response(&self, level: Level) -> LevelResponse {
+        *self.config.load().levels.get(level)
+    }
+
+    /// The plan of a block of `base` for the first offence, escalating as configured.
+    pub fn plan(&self, base: Nanos, reasons: Vec<String>) -> BlockPlan {
+        let config = self.config.load();
+        let e = &config.escalation;
+        let mut ladder = Vec::new();
+        for offence in 1..=64 {
+            let length = e.block_length(base, offence);
+            ladder.push(length);
+            if length >= e.max_block || e.repeat_factor <= 1.0 {
+                break;
+            }
+        }
+        BlockPlan {
+            ladder,
+            forget_after: e.forget_after,
+            reasons,
+        }
+    }
+
+    /// Blocks `client` per `plan`; alerts when this call placed the block. `None` when
+    /// the store failed (the request is then answered as its limits say).
+    pub async fn block(
+        &self,
+        client: &str,
+        plan: &BlockPlan,
+        level: Level,
+        origin: &'static str,
+        trigger: Option<&Trigger>,
+    ) -> Option<Block> {
+        let metrics = &self.metrics;
+        let (block, made) = match self.store.block(client, plan).await {
+            Ok(b) => b,
+            Err(e) => {
+                failed(metrics, &e);
+                return None;
+            }
+        };
+        if made {
+            metrics.blocks.get_or_create(&BlockOrigin { origin }).inc();
+            let now = self.clock.now();
+            let seconds = block.remaining(now).as_secs_ceil();
+            tracing::warn!(
+                target: "ratewarden::threat",
+                client,
+                level = level.as_str(),
+                seconds,
+                offence = block.offence,
+                reasons = ?block.reasons,
+                origin,
+                "client blocked"
+            );
+            let context = ThreatContext {
+                level: level.as_str().into(),
+                previous_level: level.as_str().into(),
+                score: 0.0,
+                reasons: block.reasons.clone(),
+                blocked_until: Some(block.until.as_secs_ceil()),
+                block_seconds: Some(seconds),
+                offence: Some(block.offence),
+            };
+            self.alert(
+                "client_blocked",
+                Severity::Critical,
+                client,
+                trigger,
+                context,
+            );
+        }
+        Some(block)
+    }
+
+    /// Records one request of `client` and acts on a change of level; runs off the
+    /// request path.
+    pub fn observe(self: &Arc<Self>, client: String, observation: Observation, trigger: Trigger) {
+        let defence = self.clone();
+        tokio::spawn(async move {
+            let config = defence.config.load_full();
+            let observed = match defence
+                .store
+                .observe(&client, &observation, config.window)
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => return failed(&defence.metrics, &e),
+            };
+            let assessment = config.scoring.assess(&observed.signals);
+            if assessment.level == observed.recorded {
+                return;
+            }
+            if let Err(e) = defence
+                .store
+                .set_level(
+                    &client,
+                    assessment.level,
+                    &assessment.reasons,
+                    config.window,
+                )
+                .await
+            {
+                return failed(&defence.metrics, &e);
+            }
+            defence.level_changed(&client, observed.recorded, &assessment, &trigger);
+        });
+    }
+
+    fn level_changed(&self, client: &str, from: Level, to: &Assessment, trigger: &Trigger) {
+        self.metrics
+            .level_changes
+            .get_or_create(&LevelLabel {
+                level: to.level.as_str(),
+            })
+            .inc();
+        if to.level < from {
+            tracing::info!(target: "ratewarden::threat", client, from = from.as_str(), to = to.level.as_str(), score = to.score, reasons = ?to.reasons, "threat level lowered");
+            return;
+        }
+        tracing::warn!(target: "ratewarden::threat", client, from = from.as_str(), to = to.level.as_str(), score = to.score, reasons = ?to.reasons, "threat level raised");
+        let severity = if to.level >= Level::High {
+            Severity::Critical
+        } else {
+            Severity::High
+        };
+        let context = ThreatContext {
+            level: to.level.as_str().into(),
+            previous_level: from.as_str().into(),
+            score: (to.score * 10.0).round() / 10.0,
+            reasons: to.reasons.clone(),
+            blocked_until: None,
+            block_seconds: None,
+            offence: None,
+        };
+        self.alert(
+            "threat_level_raised",
+            severity,
+            client,
+            Some(trigger),
+            context,
+        );
+    }
+
+    fn alert(
+        &self,
+        kind: &'static str,
+        severity: Severity,
+        client: &str,
+        trigger: Option<&Trigger>,
+        context: ThreatContext,
+    ) {
+        let now = self.clock.now().as_secs_ceil();
+        let alert = Alert {
+            kind,
+            severity,
+            identity: IdentityKind::Ip,
+            identity_value: client.to_owned(),
+            client_ip: trigger.map_or_else(|| client.to_owned(), |t| t.ip.to_string()),
+            client_network: client.to_owned(),
+            violations: 0,
+            window_seconds: self.config.load().window.as_secs_ceil(),
+            violations_since_last_alert: 0,
+            rules: Vec::new(),
+            source: Source::Gateway,
+            method: trigger.map_or_else(String::new, |t| self.sanitiser.text(t.method.as_str())),
+            path: trigger.map_or_else(String::new, |t| {
+                self.sanitiser
+                    .path_and_query(t.uri.path_and_query().map_or("/", |p| p.as_str()))
+            }),
+            user_agent: trigger
+                .and_then(|t| t.user_agent.as_ref())
+                .map(|ua| self.sanitiser.text(&String::from_utf8_lossy(ua.as_bytes()))),
+            authenticated: trigger.is_some_and(|t| t.authenticated),
+            user: None,
+            api_key_id: None,
+            first_violation: now,
+            last_violation: now,
+            instance: self.instance.clone(),
+            threat: Some(context),
+        };
+        match &self.alerts {
+            Some(reporter) => reporter.raise(alert),
+            // No [[alerts]] configured: the alert is a log line.
+            None => LogSink.deliver(&alert),
+        }
+    }
+
+    /// Whether `user_agent` names a known automation tool.
+    pub fn is_automation(&self, user_agent: Option<&HeaderValue>) -> bool {
+        let Some(ua) = user_agent else {
+            return false;
+        };
+        let ua = String::from_utf8_lossy(ua.as_bytes()).to_ascii_lowercase();
+        self.config
+            .load()
+            .automation_agents
+            .iter()
+            .any(|a| ua.contains(a.as_str()))
+    }
+}
+
+fn failed(metrics: &Metrics, error: &StoreError) {
+    metrics
+        .threat_store_errors
+        .get_or_create(&StoreFailure { kind: error.kind() })
+        .inc();
+    tracing::debug!(error = %error, "threat store failed; request decided at its recorded level");
+}
+
+/// A stable hash (the same in every gateway, so Redis's distinct counts agree).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    // SipHash-1-3 with fixed keys: not a secret, only a spread.
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
+/// The name defence knows a client by: its address (IPv4) or network (IPv6 prefix).
+pub fn client_label(ip: IpAddr, network: ipnet::IpNet) -> String {
+    if ip.is_ipv4() || network.prefix_len() == 128 {
+        ip.to_string()
+    } else {
+        network.to_string()
+    }
+}
