@@ -119,6 +119,10 @@ pub struct Scoring {
     pub regular_cv: f64,
     /// See `regular_timing`.
     pub min_gaps: f64,
+    /// Regularity counts only for gaps at least this long on average (milliseconds):
+    /// back-to-back requests are evenly spaced by the network, not by a scheduler, and
+    /// a browser loading a page fires them so.
+    pub min_mean_gap_ms: f64,
     /// Requests before ratios (error ratio) mean anything.
     pub min_requests: f64,
     /// Scores from which each level starts: elevated, high, critical.
@@ -143,6 +147,7 @@ impl Default for Scoring {
             regular_timing: 40.0,
             regular_cv: 0.1,
             min_gaps: 20.0,
+            min_mean_gap_ms: 50.0,
             min_requests: 20.0,
             elevated: 30.0,
             high: 60.0,
@@ -218,8 +223,8 @@ impl Scoring {
         if s.automation >= 1.0 {
             add(self.automation_agent, "automation_agent".to_owned());
         }
-        if let Some(cv) = s.timing_cv {
-            if s.gaps >= self.min_gaps && cv <= self.regular_cv {
+        if let (Some(cv), Some(mean)) = (s.timing_cv, s.mean_gap_ms) {
+            if s.gaps >= self.min_gaps && cv <= self.regular_cv && mean >= self.min_mean_gap_ms {
                 add(self.regular_timing, format!("timing_cv={cv:.2}"));
             }
         }

@@ -126,6 +126,8 @@ pub struct Signals {
     /// Coefficient of variation of the gaps (standard deviation / mean); `None` without
     /// two gaps or with a zero mean.
     pub timing_cv: Option<f64>,
+    /// The mean gap in milliseconds; `None` without two gaps.
+    pub mean_gap_ms: Option<f64>,
 }
 
 impl Signals {
@@ -147,8 +149,8 @@ impl Signals {
         let gaps = mix(|b| b.gaps);
         let sum = mix(|b| b.gap_sum_ms);
         let squares = mix(|b| b.gap_squares_ms);
-        let timing_cv = (gaps >= 2.0).then(|| {
-            let mean = sum / gaps;
+        let mean_gap_ms = (gaps >= 2.0).then(|| sum / gaps);
+        let timing_cv = mean_gap_ms.map(|mean| {
             let variance = (squares / gaps - mean * mean).max(0.0);
             (mean > 0.0).then(|| variance.sqrt() / mean)
         });
@@ -164,6 +166,7 @@ impl Signals {
             agent_changes: mix(|b| b.agent_changes),
             gaps,
             timing_cv: timing_cv.flatten(),
+            mean_gap_ms,
         }
     }
 }

@@ -75,6 +75,15 @@ fn a_clockwork_bot_is_flagged() {
 }
 
 #[test]
+fn back_to_back_requests_are_not_a_rhythm() {
+    let a = assess((0..60).map(|i| request(i * 2, 1, RequestOutcome::Answered(200))));
+    assert!(
+        !a.reasons.iter().any(|r| r.starts_with("timing_cv=")),
+        "{a:?}"
+    );
+}
+
+#[test]
 fn signals_of_an_old_window_fade_out() {
     let mut w = ClientWindow::default();
     for i in 0..20 {

@@ -112,6 +112,7 @@ pub struct RawTiming {
     pub weight: f64,
     pub max_cv: Option<f64>,
     pub min_gaps: Option<f64>,
+    pub min_mean_gap_ms: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -258,6 +258,7 @@ fn scoring(raw: &RawThreat, errors: &mut Errors) -> Option<Scoring> {
         scoring.regular_timing = t.weight;
         scoring.regular_cv = t.max_cv.unwrap_or(scoring.regular_cv);
         scoring.min_gaps = t.min_gaps.unwrap_or(scoring.min_gaps);
+        scoring.min_mean_gap_ms = t.min_mean_gap_ms.unwrap_or(scoring.min_mean_gap_ms);
         if !(0.0..=1.0).contains(&scoring.regular_cv) || scoring.min_gaps < 2.0 {
             errors.add(
                 "threat.scoring.regular_timing",

@@ -347,6 +347,32 @@ impl Gateway {
         })
     }
 
+    /// A request to the admin port, with a bearer token and a JSON body if given.
+    pub fn admin(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Reply {
+        let admin = self.admin;
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(token) = token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        if !body.is_empty() {
+            request.push_str("Content-Type: application/json\r\n");
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        let text = runtime().block_on(async move {
+            let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin");
+            stream.write_all(request.as_bytes()).await.expect("write");
+            let mut out = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        parse(&text)
+    }
+
     /// The admin port's `/metrics` text.
     pub fn metrics(&self) -> String {
         let admin = self.admin;
