@@ -192,6 +192,7 @@ fn an_enumerating_scraper_under_the_rate_rises_on_distinct_paths() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // the bot's schedule is wall time, by design
 fn a_perfectly_periodic_bot_is_flagged_and_its_limits_halved() {
     let upstream = Upstream::start();
     let gw = Gateway::start(&config(&upstream, GENEROUS, ""));
