@@ -68,6 +68,37 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
             reputation.allow.ranges()
         );
     }
+    if let Some(threat) = &config.threat {
+        let levels: Vec<String> = ratewarden_core::threat::Level::ALL
+            .iter()
+            .map(|&l| {
+                let r = threat.levels.get(l);
+                let block = r
+                    .block_for
+                    .map_or_else(String::new, |b| format!(", block {b}"));
+                format!("{l} x{}{block}", r.rate_factor)
+            })
+            .collect();
+        let s = &threat.scoring;
+        println!(
+            "threat: window {}; levels {}; blocks grow x{} up to {}; score thresholds elevated {} / high {} / critical {}",
+            threat.window,
+            levels.join("; "),
+            threat.escalation.repeat_factor,
+            threat.escalation.max_block,
+            s.elevated,
+            s.high,
+            s.critical
+        );
+    }
+    println!(
+        "admin API: {}",
+        if config.admin.token.is_some() {
+            "on (bearer token set)"
+        } else {
+            "off (no [admin] token)"
+        }
+    );
     let clients = &config.policy.clients;
     println!(
         "clients: {} from trusted proxies{}, IPv6 grouped by /{}",

@@ -418,3 +418,87 @@ fn reputation_lists_are_read_relative_to_the_config_and_checked_line_by_line() {
         .contains("11.0.0.1".parse().expect("ip")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_threat_example_of_the_issue_compiles_with_its_levels() {
+    let config = parse(&format!(
+        r#"{MINIMAL}
+[threat]
+window = "5m"
+[threat.levels]
+normal   = {{ rate_factor = 1.0 }}
+elevated = {{ rate_factor = 0.5 }}
+high     = {{ rate_factor = 0.2, block_for = "5m" }}
+critical = {{ rate_factor = 0.0, block_for = "1h" }}
+[threat.escalation]
+repeat_factor = 2.0
+max_block = "24h"
+"#
+    ))
+    .expect("valid");
+    let threat = config.threat.expect("threat on");
+    use ratewarden_core::threat::Level;
+    assert_eq!(threat.window, ratewarden_core::Nanos::from_secs(300));
+    assert_eq!(threat.levels.get(Level::Elevated).rate_factor, 0.5);
+    assert_eq!(
+        threat.levels.get(Level::Critical).block_for,
+        Some(ratewarden_core::Nanos::from_secs(3600))
+    );
+    assert_eq!(
+        threat.escalation.max_block,
+        ratewarden_core::Nanos::from_secs(86_400)
+    );
+    assert!(threat
+        .automation_agents
+        .iter()
+        .any(|a| a == "python-requests"));
+    assert!(config.admin.token.is_none());
+}
+
+#[test]
+fn threat_settings_are_checked_with_their_paths() {
+    let e = errors(&format!(
+        r#"{MINIMAL}
+[admin]
+token = "short"
+[threat]
+window = "0s"
+automation_agents = ["curl/", " "]
+[threat.levels]
+elevated = {{ rate_factor = 1.5 }}
+critical = {{ rate_factor = 0.0 }}
+high = {{ rate_factor = 0.2, block_for = "soon" }}
+[threat.escalation]
+repeat_factor = 0.5
+[threat.scoring]
+elevated = 80
+high = 60
+endpoints = {{ threshold = 0, weight = 30 }}
+"#
+    ))
+    .join("\n");
+    for field in [
+        "admin.token:",
+        "threat.window:",
+        "threat.automation_agents[1]:",
+        "threat.levels.elevated.rate_factor:",
+        "threat.levels.critical.block_for:",
+        "threat.levels.high.block_for:",
+        "threat.escalation.repeat_factor:",
+        "threat.scoring:",
+        "threat.scoring.endpoints:",
+    ] {
+        assert!(e.contains(field), "{field} missing from\n{e}");
+    }
+    let unknown = errors(&format!("{MINIMAL}\n[threat]\nwindoww = \"5m\"\n"));
+    assert!(unknown[0].contains("windoww"), "{unknown:?}");
+}
+
+#[test]
+fn the_admin_token_never_reaches_debug_output() {
+    let config = parse(&format!(
+        "{MINIMAL}\n[admin]\ntoken = \"s3cret-admin-token-value\"\n"
+    ))
+    .expect("valid");
+    assert!(!format!("{config:?}").contains("s3cret"));
+}
