@@ -20,6 +20,9 @@ pub enum Command {
     /// A sample API, the gateway in front of it and simulated clients over loopback:
     /// in memory, nothing to install.
     Demo(crate::demo::DemoArgs),
+    /// Detection quality: a labelled mix of users and attackers replayed against static
+    /// limits and against adaptive defence; what reached the API, what was refused.
+    Scenario(crate::scenario::ScenarioArgs),
     /// Run the gateway in front of the upstream named in the configuration.
     Serve {
         /// The TOML configuration file.

@@ -9,6 +9,7 @@ mod config;
 mod demo;
 mod gateway;
 mod metrics;
+mod scenario;
 
 use clap::Parser;
 
@@ -17,11 +18,13 @@ fn main() -> anyhow::Result<()> {
     // The demo prints its own report; per-request logs would drown it.
     let default_level = match cli.command {
         cli::Command::Demo(_) => "warn",
+        cli::Command::Scenario(_) => "error",
         _ => "info",
     };
     cli::init_logging(cli.log_format, default_level);
     match cli.command {
         cli::Command::Demo(args) => demo::run(&args),
+        cli::Command::Scenario(args) => scenario::run(&args),
         cli::Command::CheckConfig { file } => check_config::run(&file),
         cli::Command::Serve {
             config: path,
