@@ -14,14 +14,18 @@
 -- status
 --   Reply: now, the level record ("level|reason,reason" or ""), and the block in force:
 --   until (0: none), offence, reasons, client.
--- set_level level reasons ttl_ms
---   Records the level (a normal level deletes the record).
+-- set_level expected level reasons ttl_ms
+--   Records the level (a normal level deletes the record), only if the level recorded
+--   now is `expected`, so of two concurrent changes from one level only the first
+--   lands (and alerts). Reply: 1 if recorded, 0 if not.
 -- block forget reasons client length1 length2 ...
 --   Unless a block is in force, counts an offence and blocks for the length of that
 --   offence (the last length for any later one). Reply: until, offence, reasons,
---   client, 1 if this call blocked.
--- lift
---   Deletes the block, the offences and the level. Reply: 1 if a block was in force.
+--   client, 1 if this call blocked, now.
+-- lift window
+--   Deletes the block, the offences, the level and the behaviour of the current and
+--   previous windows: a lifted client starts with a clean slate. Reply: 1 if a block
+--   was in force.
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -47,6 +51,14 @@ end
 local base = KEYS[1]
 local op = ARGV[1]
 local now = server_now()
+
+local function recorded_level()
+  local record = redis.call('GET', base .. ':level')
+  if record then
+    return tonumber(string.match(record, '^(%d)')) or 0
+  end
+  return 0
+end
 
 local function block_in_force()
   local b = redis.call('HMGET', base .. ':block', 'until', 'offence', 'reasons', 'client')
@@ -99,10 +111,8 @@ if op == 'observe' then
   end
   redis.call('PEXPIRE', last, keep_ms)
 
-  local level = 0
-  local record = redis.call('GET', base .. ':level')
-  if record then
-    level = tonumber(string.match(record, '^(%d)')) or 0
+  local level = recorded_level()
+  if level ~= 0 then
     redis.call('PEXPIRE', base .. ':level', ceil_ms(window))
   end
   local reply = { now, level }
@@ -122,16 +132,19 @@ elseif op == 'status' then
   end
   return { now, record, 0, 0, '', '' }
 elseif op == 'set_level' then
-  if ARGV[2] == '0' then
+  if recorded_level() ~= tonumber(ARGV[2]) then
+    return 0
+  end
+  if ARGV[3] == '0' then
     redis.call('DEL', base .. ':level')
   else
-    redis.call('SET', base .. ':level', ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[4])
+    redis.call('SET', base .. ':level', ARGV[3] .. '|' .. ARGV[4], 'PX', ARGV[5])
   end
   return 1
 elseif op == 'block' then
   local b = block_in_force()
   if b then
-    return { b[1], b[2], b[3], b[4], 0 }
+    return { b[1], b[2], b[3], b[4], 0, now }
   end
   local forget = tonumber(ARGV[2])
   local offence = redis.call('INCR', base .. ':offences')
@@ -142,10 +155,13 @@ elseif op == 'block' then
     'reasons', ARGV[3], 'client', ARGV[4])
   redis.call('PEXPIRE', base .. ':block', ceil_ms(length) + 1)
   redis.call('PEXPIRE', base .. ':offences', ceil_ms(length + forget) + 1)
-  return { untl, offence, ARGV[3], ARGV[4], 1 }
+  return { untl, offence, ARGV[3], ARGV[4], 1, now }
 elseif op == 'lift' then
   local had = block_in_force() and 1 or 0
-  redis.call('DEL', base .. ':block', base .. ':offences', base .. ':level')
+  local index = math.floor(now / tonumber(ARGV[2]))
+  redis.call('DEL', base .. ':block', base .. ':offences', base .. ':level', base .. ':last',
+    base .. ':w:' .. format_int(index), base .. ':w:' .. format_int(index - 1),
+    base .. ':e:' .. format_int(index), base .. ':e:' .. format_int(index - 1))
   return had
 end
 return redis.error_reply('ratewarden threat script: unknown operation ' .. tostring(op))

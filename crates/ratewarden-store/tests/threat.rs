@@ -118,14 +118,23 @@ async fn levels_are_recorded_and_cleared<S: ThreatStore>(b: Backend<S>) {
     let client = "2001:db8:1::/64";
     assert_eq!(a.status(client).await.unwrap().level, Level::Normal);
     let reasons = vec!["auth_failures=14".to_owned()];
-    a.set_level(client, Level::High, &reasons, HOUR)
+    a.set_level(client, Level::Normal, Level::High, &reasons, HOUR)
         .await
         .unwrap();
     let status = other.status(client).await.unwrap();
     assert_eq!((status.level, status.reasons), (Level::High, reasons));
     let observed = other.observe(client, &request(1, 200), HOUR).await.unwrap();
     assert_eq!(observed.recorded, Level::High);
-    a.set_level(client, Level::Normal, &[], HOUR).await.unwrap();
+    // A change from a level no longer recorded does not land (another gateway won).
+    assert!(!a
+        .set_level(client, Level::Normal, Level::Elevated, &[], HOUR)
+        .await
+        .unwrap());
+    assert_eq!(other.status(client).await.unwrap().level, Level::High);
+    assert!(a
+        .set_level(client, Level::High, Level::Normal, &[], HOUR)
+        .await
+        .unwrap());
     assert_eq!(other.status(client).await.unwrap().level, Level::Normal);
 }
 
@@ -160,10 +169,16 @@ async fn blocks_escalate_once_per_offence<S: ThreatStore>(b: Backend<S>) {
         listed.iter().map(|b| b.client.as_str()).collect::<Vec<_>>(),
         [client]
     );
-    assert!(other.lift(client).await.unwrap());
+    for i in 0..3 {
+        a.observe(client, &request(i, 401), HOUR).await.unwrap();
+    }
+    assert!(other.lift(client, HOUR).await.unwrap());
     assert_eq!(a.status(client).await.unwrap().block, None);
     assert!(a.blocks().await.unwrap().is_empty());
-    assert!(!a.lift(client).await.unwrap(), "nothing left to lift");
+    assert!(!a.lift(client, HOUR).await.unwrap(), "nothing left to lift");
+    // Lifting gives a clean slate: behaviour forgotten too.
+    let after = a.observe(client, &request(1, 200), HOUR).await.unwrap();
+    assert_eq!(after.signals.requests, 1.0);
     // Lifting forgives: the next block is a first offence again.
     let (fresh, _) = a.block(client, &plan(&[HOUR])).await.unwrap();
     assert_eq!(fresh.offence, 1);

@@ -108,21 +108,34 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The client as the gateway names it: an address, or an IPv6 network of the configured
-/// prefix (any address inside it will do).
+/// The client as the gateway names it: an address, or for IPv6 its network of the
+/// configured prefix. A wider network is refused rather than narrowed to one client: an
+/// operator blocking a /24 must not believe it blocked when it blocked one address.
 fn parse_client(text: &str, ipv6_prefix: u8) -> Result<String, Box<Response>> {
     let text = text.trim();
-    let ip = text
-        .parse::<IpAddr>()
-        .ok()
-        .or_else(|| text.parse::<ipnet::IpNet>().ok().map(|n| n.addr()))
-        .ok_or_else(|| {
-            Box::new(error(
-                StatusCode::BAD_REQUEST,
-                "bad_client",
-                "name the client by its IP address (or, for IPv6, its network)",
+    let bad = |detail: String| Box::new(error(StatusCode::BAD_REQUEST, "bad_client", &detail));
+    let ip = match (text.parse::<IpAddr>(), text.parse::<ipnet::IpNet>()) {
+        (Ok(ip), _) => ip,
+        (_, Ok(net)) => {
+            let whole = match net {
+                ipnet::IpNet::V4(_) => net.prefix_len() == 32,
+                ipnet::IpNet::V6(_) => {
+                    net.prefix_len() == 128 || net.prefix_len() == ipv6_prefix.min(128)
+                }
+            };
+            if !whole {
+                return Err(bad(format!(
+                    "{text} is a range: blocks are per client (an IPv4 address, or an IPv6 /{ipv6_prefix}); use [reputation] deny lists for ranges"
+                )));
+            }
+            net.addr()
+        }
+        _ => {
+            return Err(bad(
+                "name the client by its IP address (or, for IPv6, its network)".into(),
             ))
-        })?;
+        }
+    };
     let ip = ratewarden_core::identity::canonical_ip(ip);
     Ok(client_label(ip, client_network(ip, ipv6_prefix)))
 }
@@ -199,15 +212,16 @@ async fn add_block(
             )
         }
     };
-    let reason = format!(
-        "admin:{}",
-        new.reason
-            .as_deref()
-            .unwrap_or("manual")
-            .chars()
-            .take(200)
-            .collect::<String>()
-    );
+    // One reason, whatever it says: commas separate reasons where they are stored.
+    let said: String = new
+        .reason
+        .as_deref()
+        .unwrap_or("manual")
+        .chars()
+        .take(200)
+        .map(|c| if c == ',' || c.is_control() { ';' } else { c })
+        .collect();
+    let reason = format!("admin:{said}");
     let plan = ratewarden_store::threat::BlockPlan {
         ladder: vec![length],
         forget_after: defence.config().escalation.forget_after,
@@ -247,7 +261,7 @@ async fn lift_block(
         Ok(c) => c,
         Err(r) => return *r,
     };
-    match defence.store().lift(&client).await {
+    match defence.store().lift(&client, defence.config().window).await {
         Ok(true) => {
             tracing::warn!(target: "ratewarden::admin", client, "block lifted by the admin API");
             Json(json!({ "client": client, "lifted": true })).into_response()

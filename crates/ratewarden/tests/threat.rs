@@ -348,6 +348,15 @@ fn operators_add_list_and_lift_blocks() {
     let list = json(&gw.admin("GET", "/admin/blocks", Some(TOKEN), ""));
     assert_eq!(list["blocks"][0]["client"], client);
     assert_eq!(list["blocks"][0]["reasons"][0], "admin:seen in incident 42");
+    // A range is refused, not silently narrowed to its first address.
+    let range = gw.admin(
+        "POST",
+        "/admin/blocks",
+        Some(TOKEN),
+        r#"{"client": "127.0.6.0/24", "for": "1h"}"#,
+    );
+    assert_eq!(range.status, 400, "{}", range.body);
+    assert!(range.body.contains("range"), "{}", range.body);
     assert_eq!(
         gw.admin(
             "POST",

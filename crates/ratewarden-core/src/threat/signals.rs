@@ -174,6 +174,8 @@ impl Signals {
 /// One client's behaviour, as the memory backend keeps it.
 #[derive(Clone, Debug, Default)]
 pub struct ClientWindow {
+    /// The window length the buckets were counted over.
+    window: Nanos,
     /// Index of the current window (time / window length).
     index: u64,
     current: Bucket,
@@ -220,6 +222,14 @@ impl ClientWindow {
     }
 
     fn roll(&mut self, now: Timestamp, window: Nanos) {
+        if window != self.window {
+            // A reload changed the window: buckets of another length mean nothing now,
+            // and their indices would read as a clock gone backwards forever.
+            *self = ClientWindow {
+                window,
+                ..ClientWindow::default()
+            };
+        }
         let index = now.as_nanos() / window.as_nanos().max(1);
         if index <= self.index {
             return; // same window, or time went backwards: stay

@@ -95,6 +95,20 @@ fn signals_of_an_old_window_fade_out() {
 }
 
 #[test]
+fn a_longer_window_after_a_reload_starts_afresh_and_keeps_rolling() {
+    let mut w = ClientWindow::default();
+    let short = Nanos::from_secs(60);
+    for i in 0..10 {
+        w.observe(&request(i, 1, RequestOutcome::Answered(401)), short);
+    }
+    let at = request(10, 1, RequestOutcome::Answered(200)).at;
+    w.observe(&request(10, 1, RequestOutcome::Answered(200)), WINDOW);
+    assert_eq!(w.signals(at, WINDOW).auth_failures, 0.0);
+    let later = at.saturating_add(Nanos::from_secs(3 * 300));
+    assert_eq!(w.signals(later, WINDOW).requests, 0.0, "still rolls");
+}
+
+#[test]
 fn scaled_limits_admit_less_and_keep_the_cost() {
     let rate = Rate::new(10, Nanos::from_secs(1)).expect("rate");
     let limit = Limit::Gcra(Gcra::new(rate, 20).expect("gcra"));

@@ -54,6 +54,16 @@ impl<C: Clock> RedisStore<C> {
         .await
     }
 
+    async fn threat_pipe(&self, pipe: redis::Pipeline) -> Result<(), StoreError> {
+        self.threat_live(|live| async move {
+            match live {
+                Live::Server(mut c) => pipe.query_async::<()>(&mut c).await,
+                Live::Cluster(mut c) => pipe.query_async::<()>(&mut c).await,
+            }
+        })
+        .await
+    }
+
     /// Runs `work` on the connection within the timeout; fails at once while the
     /// limiter's breaker is open, since Redis is known to be down.
     async fn threat_live<T, F, W>(&self, work: W) -> Result<T, StoreError>
@@ -137,18 +147,20 @@ impl<C: Clock> ThreatStore for RedisStore<C> {
     async fn set_level(
         &self,
         client: &str,
+        expected: Level,
         level: Level,
         reasons: &[String],
         window: Nanos,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let args = [
             "set_level".to_owned(),
+            expected.index().to_string(),
             level.index().to_string(),
             reasons.join(","),
             window.as_nanos().div_ceil(1_000_000).max(1).to_string(),
         ];
-        let _: i64 = self.threat_call(client, &args).await?;
-        Ok(())
+        let set: i64 = self.threat_call(client, &args).await?;
+        Ok(set == 1)
     }
 
     async fn block(&self, client: &str, plan: &BlockPlan) -> Result<(Block, bool), StoreError> {
@@ -164,7 +176,7 @@ impl<C: Clock> ThreatStore for RedisStore<C> {
                 .map(|l| l.as_nanos().div_ceil(1000).to_string()),
         );
         let reply: Vec<Value> = self.threat_call(client, &args).await?;
-        let [until, offence, reasons, blocked, made] = reply.as_slice() else {
+        let [until, offence, reasons, blocked, made, now] = reply.as_slice() else {
             return Err(protocol("block", &reply));
         };
         let block = Block {
@@ -174,20 +186,34 @@ impl<C: Clock> ThreatStore for RedisStore<C> {
             reasons: split_reasons(&text(reasons)?),
         };
         if int(made)? == 1 {
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(keys::block_index(&self.settings.key_prefix))
+            let index = keys::block_index(&self.settings.key_prefix);
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZADD")
+                .arg(&index)
                 .arg(block.until.as_nanos() / 1_000_000)
-                .arg(client);
+                .arg(client)
+                .ignore()
+                // Ended blocks leave the index here too, by the server's clock, so it
+                // stays as small as the set of blocks in force.
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(int(now)? / 1000)
+                .ignore();
             // The index only serves listings: a failure here leaves the block in force.
-            if let Err(e) = self.threat_command::<i64>(zadd).await {
+            if let Err(e) = self.threat_pipe(pipe).await {
                 tracing::warn!(error = %e, "block recorded, but not in the admin index");
             }
         }
         Ok((block, int(made)? == 1))
     }
 
-    async fn lift(&self, client: &str) -> Result<bool, StoreError> {
-        let had: i64 = self.threat_call(client, &["lift".into()]).await?;
+    async fn lift(&self, client: &str, window: Nanos) -> Result<bool, StoreError> {
+        let args = [
+            "lift".to_owned(),
+            window.as_nanos().div_ceil(1000).max(1).to_string(),
+        ];
+        let had: i64 = self.threat_call(client, &args).await?;
         let mut zrem = redis::cmd("ZREM");
         zrem.arg(keys::block_index(&self.settings.key_prefix))
             .arg(client);
@@ -197,7 +223,9 @@ impl<C: Clock> ThreatStore for RedisStore<C> {
 
     async fn blocks(&self) -> Result<Vec<Block>, StoreError> {
         let index = keys::block_index(&self.settings.key_prefix);
-        let now_ms = self.clock.now().as_nanos() / 1_000_000;
+        // The server's clock, as the blocks' end times are.
+        let (seconds, micros): (u64, u64) = self.threat_command(redis::cmd("TIME")).await?;
+        let now_ms = seconds * 1000 + micros / 1000;
         let mut trim = redis::cmd("ZREMRANGEBYSCORE");
         trim.arg(&index).arg("-inf").arg(now_ms);
         let _: i64 = self.threat_command(trim).await?;

@@ -10,6 +10,15 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 
 const SHARDS: usize = 32;
+/// A full shard is swept for stale records at most this often: a flood of new clients
+/// must not turn every request into a scan.
+const SWEEP_EVERY: Nanos = Nanos::from_secs(1);
+
+#[derive(Default)]
+struct Shard {
+    records: HashMap<String, Record>,
+    last_sweep: Timestamp,
+}
 
 #[derive(Default)]
 struct Record {
@@ -46,8 +55,12 @@ impl Record {
 }
 
 /// Threat state of at most `max_clients` clients, in this process.
+///
+/// When every slot holds a live record, a new client is not tracked (it keeps its
+/// static limits) until records go stale; a block is always recorded, evicting an
+/// unblocked client's record if it must, so a flood of addresses cannot disable blocks.
 pub struct MemoryThreats<C: Clock> {
-    shards: Vec<Mutex<HashMap<String, Record>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     hasher: RandomState,
     clock: C,
@@ -58,33 +71,49 @@ impl<C: Clock> MemoryThreats<C> {
     /// all are live, a new client is not tracked until one goes stale).
     pub fn new(max_clients: usize, clock: C) -> MemoryThreats<C> {
         MemoryThreats {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: max_clients.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
             clock,
         }
     }
 
-    fn shard(&self, client: &str) -> &Mutex<HashMap<String, Record>> {
+    fn shard(&self, client: &str) -> &Mutex<Shard> {
         let i = (self.hasher.hash_one(client) % SHARDS as u64) as usize;
         &self.shards[i]
     }
 
-    /// Runs `f` on the client's record, creating it if there is room.
+    /// Runs `f` on the client's record, creating it if there is room; with `force`,
+    /// making room by evicting an unblocked record.
     fn with_record<T>(
         &self,
         client: &str,
         now: Timestamp,
+        force: bool,
         f: impl FnOnce(&mut Record) -> T,
     ) -> Option<T> {
-        let mut shard = self.shard(client).lock();
-        if !shard.contains_key(client) && shard.len() >= self.per_shard {
-            shard.retain(|_, r| !r.is_stale(now));
-            if shard.len() >= self.per_shard {
-                return None;
+        let mut guard = self.shard(client).lock();
+        let shard = &mut *guard;
+        if !shard.records.contains_key(client) && shard.records.len() >= self.per_shard {
+            if now.saturating_since(shard.last_sweep) >= SWEEP_EVERY {
+                shard.last_sweep = now;
+                shard.records.retain(|_, r| !r.is_stale(now));
+            }
+            if shard.records.len() >= self.per_shard {
+                if !force {
+                    return None;
+                }
+                let victim = shard
+                    .records
+                    .iter()
+                    .find(|(_, r)| r.block_at(now).is_none())
+                    .map(|(k, _)| k.clone());
+                if let Some(victim) = victim {
+                    shard.records.remove(&victim);
+                }
             }
         }
-        Some(f(shard.entry(client.to_owned()).or_default()))
+        Some(f(shard.records.entry(client.to_owned()).or_default()))
     }
 
     /// Drops records that say nothing any more; returns how many are left.
@@ -94,8 +123,9 @@ impl<C: Clock> MemoryThreats<C> {
             .iter()
             .map(|s| {
                 let mut s = s.lock();
-                s.retain(|_, r| !r.is_stale(now));
-                s.len()
+                s.records.retain(|_, r| !r.is_stale(now));
+                s.last_sweep = now;
+                s.records.len()
             })
             .sum()
     }
@@ -103,7 +133,7 @@ impl<C: Clock> MemoryThreats<C> {
     fn status_now(&self, client: &str) -> ClientStatus {
         let now = self.clock.now();
         let shard = self.shard(client).lock();
-        let Some(record) = shard.get(client) else {
+        let Some(record) = shard.records.get(client) else {
             return ClientStatus {
                 now,
                 ..ClientStatus::default()
@@ -133,7 +163,7 @@ impl<C: Clock> ThreatStore for MemoryThreats<C> {
         let now = self.clock.now();
         let mut o = *observation;
         o.at = now;
-        let observed = self.with_record(client, now, |r| {
+        let observed = self.with_record(client, now, false, |r| {
             r.window = window;
             r.behaviour.observe(&o, window);
             let recorded = r.level_at(now).0;
@@ -155,12 +185,16 @@ impl<C: Clock> ThreatStore for MemoryThreats<C> {
     async fn set_level(
         &self,
         client: &str,
+        expected: Level,
         level: Level,
         reasons: &[String],
         window: Nanos,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let now = self.clock.now();
-        self.with_record(client, now, |r| {
+        let set = self.with_record(client, now, false, |r| {
+            if r.level_at(now).0 != expected {
+                return false;
+            }
             r.level = level;
             r.reasons = reasons.to_vec();
             r.level_until = if level == Level::Normal {
@@ -168,13 +202,14 @@ impl<C: Clock> ThreatStore for MemoryThreats<C> {
             } else {
                 now.saturating_add(window)
             };
+            true
         });
-        Ok(())
+        Ok(set.unwrap_or(false))
     }
 
     async fn block(&self, client: &str, plan: &BlockPlan) -> Result<(Block, bool), StoreError> {
         let now = self.clock.now();
-        let made = self.with_record(client, now, |r| {
+        let made = self.with_record(client, now, true, |r| {
             if let Some(b) = r.block_at(now) {
                 return (b.clone(), false);
             }
@@ -193,25 +228,16 @@ impl<C: Clock> ThreatStore for MemoryThreats<C> {
             r.block = Some(block.clone());
             (block, true)
         });
-        made.ok_or_else(|| {
-            StoreError::Unavailable("threat table full: no room to record a block".into())
-        })
+        made.ok_or_else(|| StoreError::Unavailable("threat table full of blocked clients".into()))
     }
 
-    async fn lift(&self, client: &str) -> Result<bool, StoreError> {
+    async fn lift(&self, client: &str, _window: Nanos) -> Result<bool, StoreError> {
         let now = self.clock.now();
         let mut shard = self.shard(client).lock();
-        Ok(match shard.get_mut(client) {
-            Some(r) => {
-                let was = r.block_at(now).is_some();
-                r.block = None;
-                r.offences = 0;
-                r.offences_until = now;
-                r.level_until = now;
-                was
-            }
-            None => false,
-        })
+        Ok(shard
+            .records
+            .remove(client)
+            .is_some_and(|r| r.block_at(now).is_some()))
     }
 
     async fn blocks(&self) -> Result<Vec<Block>, StoreError> {
@@ -221,6 +247,7 @@ impl<C: Clock> ThreatStore for MemoryThreats<C> {
             .iter()
             .flat_map(|s| {
                 s.lock()
+                    .records
                     .values()
                     .filter_map(|r| r.block_at(now).cloned())
                     .collect::<Vec<_>>()

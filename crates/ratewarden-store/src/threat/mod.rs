@@ -103,14 +103,17 @@ pub trait ThreatStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Observed, StoreError>> + Send;
 
     /// Records the client's level and reasons, held for `window` unless observations
-    /// refresh it (a normal level clears the record).
+    /// refresh it (a normal level clears the record), if its recorded level is still
+    /// `expected`; whether it was recorded. Of two gateways changing a level at once,
+    /// only one succeeds, and only it should announce the change.
     fn set_level(
         &self,
         client: &str,
+        expected: Level,
         level: Level,
         reasons: &[String],
         window: Nanos,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Blocks the client per `plan` unless it is blocked already; returns the block in
     /// force and whether this call made it.
@@ -120,8 +123,14 @@ pub trait ThreatStore: Send + Sync + 'static {
         plan: &BlockPlan,
     ) -> impl Future<Output = Result<(Block, bool), StoreError>> + Send;
 
-    /// Lifts the client's block and forgets its offences; whether there was a block.
-    fn lift(&self, client: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Lifts the client's block, forgets its offences, its level and its behaviour over
+    /// `window` (a clean slate: otherwise the same signals would raise it again at
+    /// once); whether there was a block.
+    fn lift(
+        &self,
+        client: &str,
+        window: Nanos,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Blocks in force, soonest ending first.
     fn blocks(&self) -> impl Future<Output = Result<Vec<Block>, StoreError>> + Send;

@@ -42,6 +42,7 @@ impl std::fmt::Debug for RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawThreat {
     pub window: Option<String>,
+    pub max_clients: Option<i64>,
     pub automation_agents: Option<Vec<String>>,
     #[serde(default)]
     pub levels: RawLevels,

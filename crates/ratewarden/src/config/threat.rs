@@ -50,6 +50,8 @@ pub struct ThreatConfig {
     pub escalation: Escalation,
     /// Lower-case substrings of automation user agents.
     pub automation_agents: Vec<String>,
+    /// Most clients tracked in memory (about 600 bytes each); Redis keys expire instead.
+    pub max_clients: usize,
 }
 
 /// The admin API's settings.
@@ -103,6 +105,16 @@ pub fn threat(raw: Option<&RawThreat>, errors: &mut Errors) -> Option<ThreatConf
         Duration::from_secs(300),
         errors,
     );
+    let max_clients = match raw.max_clients.unwrap_or(100_000) {
+        n @ 1..=100_000_000 => Some(n as usize),
+        n => {
+            errors.add(
+                "threat.max_clients",
+                format!("{n}: use a number of clients from 1 to 100000000"),
+            );
+            None
+        }
+    };
     let mut levels = LevelResponses::default();
     let given = [
         (Level::Normal, &raw.levels.normal),
@@ -176,6 +188,7 @@ pub fn threat(raw: Option<&RawThreat>, errors: &mut Errors) -> Option<ThreatConf
             forget_after: forget_after?,
         },
         automation_agents,
+        max_clients: max_clients?,
     })
 }
 

@@ -102,6 +102,8 @@ pub async fn handle(
                 {
                     return responses::blocked(block.remaining(defence.now()));
                 }
+                // The store could not record the block: this level refuses anyway.
+                return responses::blocked(block_for);
             }
             Some((defence, label, standing, response))
         }
@@ -357,7 +359,9 @@ fn trigger<B>(request: &Request<B>, ip: std::net::IpAddr) -> Trigger {
 /// mode when that is what raised it.
 fn block_reasons(standing: &Standing, rule: Option<&str>) -> Vec<String> {
     let mut reasons = standing.reasons.clone();
-    if reasons.is_empty() {
+    if standing.raised_by_incident {
+        reasons.push(format!("incident_mode:level={}", standing.level));
+    } else if reasons.is_empty() {
         reasons.push(format!("level={}", standing.level));
     }
     if let Some(rule) = rule {

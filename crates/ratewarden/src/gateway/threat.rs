@@ -24,6 +24,9 @@ use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// The most distinct block lengths a plan lists (Redis gets them as arguments).
+const MAX_LADDER: u32 = 64;
+
 /// Where threat state is kept: as the limiter's store says.
 pub enum Threats {
     /// In this process.
@@ -53,13 +56,14 @@ impl ThreatStore for Threats {
     async fn set_level(
         &self,
         client: &str,
+        expected: Level,
         level: Level,
         reasons: &[String],
         window: Nanos,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         match self {
-            Threats::Memory(m) => m.set_level(client, level, reasons, window).await,
-            Threats::Redis(r) => r.set_level(client, level, reasons, window).await,
+            Threats::Memory(m) => m.set_level(client, expected, level, reasons, window).await,
+            Threats::Redis(r) => r.set_level(client, expected, level, reasons, window).await,
         }
     }
     async fn block(&self, client: &str, plan: &BlockPlan) -> Result<(Block, bool), StoreError> {
@@ -68,10 +72,10 @@ impl ThreatStore for Threats {
             Threats::Redis(r) => r.block(client, plan).await,
         }
     }
-    async fn lift(&self, client: &str) -> Result<bool, StoreError> {
+    async fn lift(&self, client: &str, window: Nanos) -> Result<bool, StoreError> {
         match self {
-            Threats::Memory(m) => m.lift(client).await,
-            Threats::Redis(r) => r.lift(client).await,
+            Threats::Memory(m) => m.lift(client, window).await,
+            Threats::Redis(r) => r.lift(client, window).await,
         }
     }
     async fn blocks(&self) -> Result<Vec<Block>, StoreError> {
@@ -112,6 +116,8 @@ pub struct Standing {
     pub level: Level,
     /// Why it is at its recorded level.
     pub reasons: Vec<String>,
+    /// Incident mode raised its level above the recorded one.
+    pub raised_by_incident: bool,
     /// Its block, if blocked.
     pub block: Option<Block>,
     /// The store's time.
@@ -159,8 +165,8 @@ impl Defence {
             .as_ref()
             .map_or_else(Sanitiser::default, |a| a.sanitiser().clone());
         let store = match store {
-            StoreConfig::Memory { max_keys } => {
-                Threats::Memory(MemoryThreats::new((*max_keys).max(1), SystemClock::new()))
+            StoreConfig::Memory { .. } => {
+                Threats::Memory(MemoryThreats::new(config.max_clients, SystemClock::new()))
             }
             StoreConfig::Redis { settings, .. } => Threats::Redis(Box::new(RedisStore::new(
                 settings.clone(),
@@ -275,6 +281,7 @@ impl Defence {
             Some(incident) => incident.raise(status.level),
             None => status.level,
         };
+        let raised_by_incident = level > status.level;
         metrics
             .requests_by_level
             .get_or_create(&LevelLabel {
@@ -284,6 +291,7 @@ impl Defence {
         Standing {
             level,
             reasons: status.reasons,
+            raised_by_incident,
             block: status.block,
             now: status.now,
         }
@@ -299,12 +307,16 @@ impl Defence {
         let config = self.config.load();
         let e = &config.escalation;
         let mut ladder = Vec::new();
-        for offence in 1..=64 {
+        for offence in 1..=MAX_LADDER {
             let length = e.block_length(base, offence);
             ladder.push(length);
             if length >= e.max_block || e.repeat_factor <= 1.0 {
                 break;
             }
+        }
+        // A factor so small that 64 steps do not reach the cap: the next step is the cap.
+        if ladder.len() == MAX_LADDER as usize && ladder.last() < Some(&e.max_block) {
+            ladder.push(e.max_block);
         }
         BlockPlan {
             ladder,
@@ -383,19 +395,25 @@ impl Defence {
             if assessment.level == observed.recorded {
                 return;
             }
-            if let Err(e) = defence
+            // Only the observation that actually moves the level announces it: of the
+            // requests in flight when a client crosses a threshold, one alerts.
+            match defence
                 .store
                 .set_level(
                     &client,
+                    observed.recorded,
                     assessment.level,
                     &assessment.reasons,
                     config.window,
                 )
                 .await
             {
-                return failed(&defence.metrics, &e);
+                Ok(true) => {
+                    defence.level_changed(&client, observed.recorded, &assessment, &trigger)
+                }
+                Ok(false) => {}
+                Err(e) => failed(&defence.metrics, &e),
             }
-            defence.level_changed(&client, observed.recorded, &assessment, &trigger);
         });
     }
 
@@ -500,10 +518,11 @@ fn failed(metrics: &Metrics, error: &StoreError) {
     tracing::debug!(error = %error, "threat store failed; request decided at its recorded level");
 }
 
-/// A stable hash (the same in every gateway, so Redis's distinct counts agree).
+/// A stable hash: the same in every gateway and every build, so that gateways sharing
+/// Redis count an endpoint (or a user agent) once.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
     // SipHash-1-3 with fixed keys: not a secret, only a spread.
-    let mut h = std::hash::DefaultHasher::new();
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x7261_7465, 0x7761_7264);
     h.write(bytes);
     h.finish()
 }
