@@ -11,7 +11,8 @@
 //! - [`network_set`]: large sets of IP networks with logarithmic lookups (reputation);
 //! - [`path`]: the canonical form of request paths that rules match on;
 //! - [`policy`] and [`rule_name`]: compiled rules, route matching and counter keys;
-//! - [`threat`]: behaviour signals, threat scores and levels, and what levels do.
+//! - [`threat`]: behaviour signals, threat scores and levels, and what levels do;
+//! - [`login`]: where a login names its account, canonical accounts, progressive delay.
 //!
 //! It does no I/O and keeps no state of its own: where state lives (memory, Redis) is
 //! the business of `ratewarden-store`, and how a decision becomes HTTP headers is the
@@ -21,6 +22,7 @@ pub mod algorithm;
 pub mod clock;
 pub mod decision;
 pub mod identity;
+pub mod login;
 pub mod network_set;
 pub mod path;
 pub mod policy;

@@ -103,6 +103,16 @@ fn authorised<'a>(
     })
 }
 
+/// [`authorised`], and the client named in the path.
+fn authorised_for<'a>(
+    state: &'a AdminState,
+    headers: &HeaderMap,
+    client: &str,
+) -> Result<(&'a Arc<Defence>, String), Box<Response>> {
+    let defence = authorised(state, headers)?;
+    Ok((defence, parse_client(client, state.ipv6_prefix)?))
+}
+
 /// Compares in time independent of where the inputs differ.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -253,12 +263,8 @@ async fn lift_block(
     headers: HeaderMap,
     Path(client): Path<String>,
 ) -> Response {
-    let defence = match authorised(&state, &headers) {
-        Ok(d) => d,
-        Err(r) => return *r,
-    };
-    let client = match parse_client(&client, state.ipv6_prefix) {
-        Ok(c) => c,
+    let (defence, client) = match authorised_for(&state, &headers, &client) {
+        Ok(found) => found,
         Err(r) => return *r,
     };
     match defence.store().lift(&client, defence.config().window).await {
@@ -280,12 +286,8 @@ async fn client_standing(
     headers: HeaderMap,
     Path(client): Path<String>,
 ) -> Response {
-    let defence = match authorised(&state, &headers) {
-        Ok(d) => d,
-        Err(r) => return *r,
-    };
-    let client = match parse_client(&client, state.ipv6_prefix) {
-        Ok(c) => c,
+    let (defence, client) = match authorised_for(&state, &headers, &client) {
+        Ok(found) => found,
         Err(r) => return *r,
     };
     match defence.store().status(&client).await {
