@@ -10,7 +10,8 @@
 --   after two windows), its endpoint to that window's HyperLogLog, and times the gap
 --   since the client's previous request. Reply: now, the recorded level (0-3), the ten
 --   bucket fields of the current then the previous window, the distinct endpoints of
---   both windows.
+--   the current then the previous window (single-key PFCOUNTs, which Redis caches; a
+--   two-key PFCOUNT would merge two dense sketches on every request).
 -- status
 --   Reply: now, the level record ("level|reason,reason" or ""), and the block in force:
 --   until (0: none), offence, reasons, client.
@@ -93,9 +94,13 @@ if op == 'observe' then
   end
   local add = { 1, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
     tonumber(ARGV[8]), tonumber(ARGV[9]), changed }
+  local fresh = false
   for i = 1, 7 do
     if add[i] ~= 0 then
-      redis.call('HINCRBY', current, FIELDS[i], add[i])
+      local n = redis.call('HINCRBY', current, FIELDS[i], add[i])
+      if i == 1 and n == 1 then
+        fresh = true
+      end
     end
   end
   if gap ~= nil and gap <= MAX_TIMED_GAP_MS then
@@ -103,9 +108,12 @@ if op == 'observe' then
     redis.call('HINCRBY', current, 'gap_sum_ms', gap)
     redis.call('HINCRBY', current, 'gap_squares_ms', format_int(gap * gap))
   end
-  redis.call('PEXPIRE', current, keep_ms)
   redis.call('PFADD', ends_current, ARGV[3])
-  redis.call('PEXPIRE', ends_current, keep_ms)
+  if fresh then
+    -- The window's first request: its keys expire two windows from now, once.
+    redis.call('PEXPIRE', current, keep_ms)
+    redis.call('PEXPIRE', ends_current, keep_ms)
+  end
   if seen[1] == false or seen[1] == nil or now >= tonumber(seen[1]) then
     redis.call('HSET', last, 'at', format_int(now), 'agent', ARGV[4])
   end
@@ -122,7 +130,8 @@ if op == 'observe' then
       reply[#reply + 1] = tonumber(values[i] or '0') or 0
     end
   end
-  reply[#reply + 1] = redis.call('PFCOUNT', ends_current, ends_previous)
+  reply[#reply + 1] = redis.call('PFCOUNT', ends_current)
+  reply[#reply + 1] = redis.call('PFCOUNT', ends_previous)
   return reply
 elseif op == 'status' then
   local record = redis.call('GET', base .. ':level') or ''

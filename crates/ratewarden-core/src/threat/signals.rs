@@ -133,14 +133,16 @@ pub struct Signals {
 impl Signals {
     /// The signals at `elapsed` into the current window of length `window`: the current
     /// bucket in full, the previous one weighted by the share of it still inside a
-    /// window-long look-back (the sliding-window estimate). `endpoints` is the distinct
-    /// count over both buckets.
+    /// window-long look-back (the sliding-window estimate). `endpoints` are the distinct
+    /// counts of the two buckets, weighed the same way (an endpoint touched in both is
+    /// counted in both: cheaper than a union, which in Redis merges two HyperLogLogs on
+    /// every request, and never lower).
     pub fn from_buckets(
         current: &Bucket,
         previous: &Bucket,
         elapsed: Nanos,
         window: Nanos,
-        endpoints: f64,
+        endpoints: (f64, f64),
     ) -> Signals {
         let window_ns = window.as_nanos().max(1) as f64;
         let w = (1.0 - elapsed.as_nanos() as f64 / window_ns).clamp(0.0, 1.0);
@@ -160,7 +162,7 @@ impl Signals {
             errors: mix(|b| b.errors),
             auth_failures: mix(|b| b.auth_failures),
             limited: mix(|b| b.limited),
-            endpoints,
+            endpoints: endpoints.0 + w * endpoints.1,
             automation: mix(|b| b.automation),
             spoofed: mix(|b| b.spoofed),
             agent_changes: mix(|b| b.agent_changes),
@@ -203,15 +205,16 @@ impl ClientWindow {
     /// The signals at `now`.
     pub fn signals(&mut self, now: Timestamp, window: Nanos) -> Signals {
         self.roll(now, window);
-        let mut endpoints = self.endpoints_current.clone();
-        endpoints.merge(&self.endpoints_previous);
         let elapsed = Nanos(now.as_nanos() % window.as_nanos().max(1));
         Signals::from_buckets(
             &self.current,
             &self.previous,
             elapsed,
             window,
-            endpoints.estimate(),
+            (
+                self.endpoints_current.estimate(),
+                self.endpoints_previous.estimate(),
+            ),
         )
     }
 
