@@ -181,51 +181,45 @@ impl Scoring {
         }
     }
 
-    /// Scores `signals`.
+    /// Scores `signals`. Reasons are only written for signals that score: this runs
+    /// after every request.
     pub fn assess(&self, s: &Signals) -> Assessment {
         let mut parts: Vec<(f64, String)> = Vec::new();
-        let mut add = |points: f64, reason: String| {
+        let mut add = |points: f64, reason: &dyn Fn() -> String| {
             if points > 0.0 {
-                parts.push((points, reason));
+                parts.push((points, reason()));
             }
         };
-        add(
-            self.request_rate.points(s.request_rate),
-            format!("request_rate={:.1}/s", s.request_rate),
-        );
+        add(self.request_rate.points(s.request_rate), &|| {
+            format!("request_rate={:.1}/s", s.request_rate)
+        });
         if s.requests >= self.min_requests {
             let ratio = s.errors / s.requests;
-            add(
-                self.error_ratio.points(ratio),
-                format!("error_ratio={ratio:.2}"),
-            );
+            add(self.error_ratio.points(ratio), &|| {
+                format!("error_ratio={ratio:.2}")
+            });
         }
-        add(
-            self.auth_failures.points(s.auth_failures),
-            format!("auth_failures={}", s.auth_failures.round()),
-        );
-        add(
-            self.limited.points(s.limited),
-            format!("limited={}", s.limited.round()),
-        );
-        add(
-            self.endpoints.points(s.endpoints),
-            format!("endpoints={}", s.endpoints.round()),
-        );
-        add(
-            self.spoofed_forwarding.points(s.spoofed),
-            format!("spoofed_forwarding={}", s.spoofed.round()),
-        );
-        add(
-            self.agent_changes.points(s.agent_changes),
-            format!("agent_changes={}", s.agent_changes.round()),
-        );
+        add(self.auth_failures.points(s.auth_failures), &|| {
+            format!("auth_failures={}", s.auth_failures.round())
+        });
+        add(self.limited.points(s.limited), &|| {
+            format!("limited={}", s.limited.round())
+        });
+        add(self.endpoints.points(s.endpoints), &|| {
+            format!("endpoints={}", s.endpoints.round())
+        });
+        add(self.spoofed_forwarding.points(s.spoofed), &|| {
+            format!("spoofed_forwarding={}", s.spoofed.round())
+        });
+        add(self.agent_changes.points(s.agent_changes), &|| {
+            format!("agent_changes={}", s.agent_changes.round())
+        });
         if s.automation >= 1.0 {
-            add(self.automation_agent, "automation_agent".to_owned());
+            add(self.automation_agent, &|| "automation_agent".to_owned());
         }
         if let (Some(cv), Some(mean)) = (s.timing_cv, s.mean_gap_ms) {
             if s.gaps >= self.min_gaps && cv <= self.regular_cv && mean >= self.min_mean_gap_ms {
-                add(self.regular_timing, format!("timing_cv={cv:.2}"));
+                add(self.regular_timing, &|| format!("timing_cv={cv:.2}"));
             }
         }
         parts.sort_by(|a, b| b.0.total_cmp(&a.0));
