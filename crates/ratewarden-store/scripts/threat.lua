@@ -8,7 +8,8 @@
 -- observe window endpoint agent error auth limited automation spoofed
 --   Adds one request to the bucket of the current window (a hash per window, expiring
 --   after two windows), its endpoint to that window's HyperLogLog, and times the gap
---   since the client's previous request. Reply: now, the recorded level (0-3), the ten
+--   since the client's previous request. Reply: now, the recorded level (0-3), the end
+--   of the block in force (0: none), the ten
 --   bucket fields of the current then the previous window, the distinct endpoints of
 --   the current then the previous window (single-key PFCOUNTs, which Redis caches; a
 --   two-key PFCOUNT would merge two dense sketches on every request).
@@ -123,7 +124,8 @@ if op == 'observe' then
   if level ~= 0 then
     redis.call('PEXPIRE', base .. ':level', ceil_ms(window))
   end
-  local reply = { now, level }
+  local b = block_in_force()
+  local reply = { now, level, b and b[1] or 0 }
   for _, key in ipairs({ current, previous }) do
     local values = redis.call('HMGET', key, unpack(FIELDS))
     for i = 1, #FIELDS do

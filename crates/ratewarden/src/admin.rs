@@ -237,6 +237,7 @@ async fn add_block(
         forget_after: defence.config().escalation.forget_after,
         reasons: vec![reason],
     };
+    defence.forget(&client);
     match defence.store().block(&client, &plan).await {
         Ok((block, made)) => {
             if made {
@@ -267,6 +268,7 @@ async fn lift_block(
         Ok(found) => found,
         Err(r) => return *r,
     };
+    defence.forget(&client);
     match defence.store().lift(&client, defence.config().window).await {
         Ok(true) => {
             tracing::warn!(target: "ratewarden::admin", client, "block lifted by the admin API");

@@ -126,7 +126,7 @@ impl<C: Clock> ThreatStore for RedisStore<C> {
             flag(o.spoofed_forwarding),
         ];
         let reply: Vec<i64> = self.threat_call(client, &args).await?;
-        if reply.len() != 4 + 2 * BUCKET_FIELDS {
+        if reply.len() != 5 + 2 * BUCKET_FIELDS {
             return Err(StoreError::Protocol(format!(
                 "threat script: observe answered {} values",
                 reply.len()
@@ -134,16 +134,19 @@ impl<C: Clock> ThreatStore for RedisStore<C> {
         }
         let now = micros(reply[0]);
         let recorded = Level::from_index(u8::try_from(reply[1]).unwrap_or(0));
-        let current = bucket(&reply[2..2 + BUCKET_FIELDS]);
-        let previous = bucket(&reply[2 + BUCKET_FIELDS..2 + 2 * BUCKET_FIELDS]);
+        let blocked_until = (reply[2] > 0).then(|| micros(reply[2]));
+        let current = bucket(&reply[3..3 + BUCKET_FIELDS]);
+        let previous = bucket(&reply[3 + BUCKET_FIELDS..3 + 2 * BUCKET_FIELDS]);
         let endpoints = (
-            reply[2 + 2 * BUCKET_FIELDS].max(0) as f64,
             reply[3 + 2 * BUCKET_FIELDS].max(0) as f64,
+            reply[4 + 2 * BUCKET_FIELDS].max(0) as f64,
         );
         let elapsed = Nanos(now.as_nanos() % window.as_nanos().max(1));
         Ok(Observed {
             signals: Signals::from_buckets(&current, &previous, elapsed, window, endpoints),
             recorded,
+            blocked_until,
+            now,
         })
     }
 

@@ -173,12 +173,16 @@ impl<C: Clock> ThreatStore for MemoryThreats<C> {
             Observed {
                 signals: r.behaviour.signals(now, window),
                 recorded,
+                blocked_until: r.block_at(now).map(|b| b.until),
+                now,
             }
         });
         // A full table: the client is not tracked (it keeps its static limits).
         Ok(observed.unwrap_or(Observed {
             signals: Default::default(),
             recorded: Level::Normal,
+            blocked_until: None,
+            now,
         }))
     }
 

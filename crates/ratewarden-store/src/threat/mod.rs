@@ -60,6 +60,12 @@ pub struct Observed {
     pub signals: Signals,
     /// The level recorded before it (to tell a change).
     pub recorded: Level,
+    /// When the client's block ends, if it is blocked (another gateway may have just
+    /// blocked it): lets a gateway tell whether what it remembers of the client still
+    /// holds.
+    pub blocked_until: Option<Timestamp>,
+    /// The store's time.
+    pub now: Timestamp,
 }
 
 /// What a new block should last: the lengths of a client's 1st, 2nd, ... block (see

@@ -43,6 +43,7 @@ impl std::fmt::Debug for RawAdmin {
 pub struct RawThreat {
     pub window: Option<String>,
     pub max_clients: Option<i64>,
+    pub status_cache: Option<String>,
     pub automation_agents: Option<Vec<String>>,
     #[serde(default)]
     pub levels: RawLevels,

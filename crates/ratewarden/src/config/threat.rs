@@ -52,6 +52,9 @@ pub struct ThreatConfig {
     pub automation_agents: Vec<String>,
     /// Most clients tracked in memory (about 600 bytes each); Redis keys expire instead.
     pub max_clients: usize,
+    /// With Redis, how long a gateway trusts what it last read of a client's standing
+    /// before reading it again (`None`: every request reads it).
+    pub status_cache: Option<Nanos>,
 }
 
 /// The admin API's settings.
@@ -114,6 +117,24 @@ pub fn threat(raw: Option<&RawThreat>, errors: &mut Errors) -> Option<ThreatConf
             );
             None
         }
+    };
+    let status_cache = match raw.status_cache.as_deref().map(str::trim) {
+        None => Some(Some(Nanos::from_secs(1))),
+        Some("off") => Some(None),
+        Some(v) => match parse_duration(v) {
+            Ok(d) if d <= Duration::from_secs(60) => Some(Some(Nanos::from(d))),
+            Ok(_) => {
+                errors.add(
+                    "threat.status_cache",
+                    format!("{v:?}: at most 60s (blocks by other gateways wait this long here)"),
+                );
+                None
+            }
+            Err(e) => {
+                errors.add("threat.status_cache", format!("{e}, or \"off\""));
+                None
+            }
+        },
     };
     let mut levels = LevelResponses::default();
     let given = [
@@ -189,6 +210,7 @@ pub fn threat(raw: Option<&RawThreat>, errors: &mut Errors) -> Option<ThreatConf
         },
         automation_agents,
         max_clients: max_clients?,
+        status_cache: status_cache?,
     })
 }
 

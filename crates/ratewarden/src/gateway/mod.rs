@@ -12,6 +12,7 @@ mod forward;
 mod handler;
 mod limiter;
 pub mod responses;
+mod status_cache;
 pub mod threat;
 
 use crate::config::{self, Config};

@@ -6,6 +6,7 @@
 //! (memory, or Redis so that every gateway sees the same levels and blocks).
 
 use super::abuse::AbuseReporter;
+use super::status_cache::StatusCache;
 use crate::config::{StoreConfig, ThreatConfig};
 use crate::metrics::{BlockOrigin, LevelLabel, Metrics, StoreFailure};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -149,6 +150,8 @@ pub struct Defence {
     metrics: Arc<Metrics>,
     /// Where alerts go; `None`: log lines.
     alerts: Option<Arc<AbuseReporter>>,
+    /// Standing read from Redis, kept `[threat] status_cache` (none in memory).
+    cache: Option<StatusCache>,
 }
 
 impl Defence {
@@ -164,6 +167,12 @@ impl Defence {
         let sanitiser = alerts
             .as_ref()
             .map_or_else(Sanitiser::default, |a| a.sanitiser().clone());
+        let cache = match (store, config.status_cache) {
+            (StoreConfig::Redis { .. }, Some(ttl)) => {
+                Some(StatusCache::new(ttl, config.max_clients))
+            }
+            _ => None,
+        };
         let store = match store {
             StoreConfig::Memory { .. } => {
                 Threats::Memory(MemoryThreats::new(config.max_clients, SystemClock::new()))
@@ -182,6 +191,7 @@ impl Defence {
             instance,
             metrics,
             alerts,
+            cache,
         })
     }
 
@@ -267,15 +277,25 @@ impl Defence {
     /// still apply: defence adds to them, it never replaces them).
     pub async fn standing(&self, client: &str) -> Standing {
         let metrics = &self.metrics;
-        let status = match self.store.status(client).await {
-            Ok(s) => s,
-            Err(e) => {
-                failed(metrics, &e);
-                ClientStatus {
-                    now: self.clock.now(),
-                    ..ClientStatus::default()
+        let local_now = self.clock.now();
+        let cached = self.cache.as_ref().and_then(|c| c.get(client, local_now));
+        let status = match cached {
+            Some(status) => status,
+            None => match self.store.status(client).await {
+                Ok(s) => {
+                    if let Some(cache) = &self.cache {
+                        cache.put(client, s.clone(), local_now);
+                    }
+                    s
                 }
-            }
+                Err(e) => {
+                    failed(metrics, &e);
+                    ClientStatus {
+                        now: local_now,
+                        ..ClientStatus::default()
+                    }
+                }
+            },
         };
         let level = match self.incident() {
             Some(incident) => incident.raise(status.level),
@@ -294,6 +314,14 @@ impl Defence {
             raised_by_incident,
             block: status.block,
             now: status.now,
+        }
+    }
+
+    /// Drops what this gateway remembers of the client's standing: after a change made
+    /// here (a block, a level, an operator's lift), the next request reads the store.
+    pub fn forget(&self, client: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget(client);
         }
     }
 
@@ -336,6 +364,7 @@ impl Defence {
         trigger: Option<&Trigger>,
     ) -> Option<Block> {
         let metrics = &self.metrics;
+        self.forget(client);
         let (block, made) = match self.store.block(client, plan).await {
             Ok(b) => b,
             Err(e) => {
@@ -391,6 +420,9 @@ impl Defence {
                 Ok(o) => o,
                 Err(e) => return failed(&defence.metrics, &e),
             };
+            if let Some(cache) = &defence.cache {
+                cache.confirm(&client, &observed, defence.clock.now());
+            }
             let assessment = config.scoring.assess(&observed.signals);
             if assessment.level == observed.recorded {
                 return;
@@ -409,6 +441,7 @@ impl Defence {
                 .await
             {
                 Ok(true) => {
+                    defence.forget(&client);
                     defence.level_changed(&client, observed.recorded, &assessment, &trigger)
                 }
                 Ok(false) => {}
