@@ -2,10 +2,10 @@
 # Gateway throughput with adaptive defence ([threat]) on, beside off, in the same run:
 # with the memory store, and with Redis.
 #
-#   scripts/bench-threat.sh [SECONDS] [CONNECTIONS]
+#   scripts/bench-threat.sh [SECONDS] [CONNECTIONS] [CLIENTS]
 #
 # wrk sends every request through a trusted proxy address (127.0.0.1) with an
-# X-Forwarded-For drawn from 10,000 client addresses; the rule admits everything, so
+# X-Forwarded-For drawn from CLIENTS (default 10,000) client addresses; the rule admits everything, so
 # each request costs what defence adds to an allowed request: reading the client's
 # standing before the rules, and recording its behaviour afterwards. The upstream is
 # nginx answering 200. Redis: the server on 127.0.0.1:6379 if it answers, else one
@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 . scripts/common.sh
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-50}
+CLIENTS=${3:-10000}
 
 ensure nginx wrk redis-server redis-cli -- nginx wrk redis-server redis-tools
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -56,9 +57,9 @@ else
   wait_port "$REDIS_PORT"
 fi
 
-cat >"$WORK/clients.lua" <<'LUA'
+cat >"$WORK/clients.lua" <<LUA
 request = function()
-  local c = math.random(0, 9999)
+  local c = math.random(0, $CLIENTS - 1)
   local xff = string.format("10.0.%d.%d", math.floor(c / 256), c % 256)
   return wrk.format("GET", "/api/x", { ["X-Forwarded-For"] = xff })
 end
@@ -113,7 +114,7 @@ R_OFF=$(run r-off "$REDIS" "")
 R_ON=$(run r-on "$REDIS" "$THREAT")
 ratio() { python3 -c "print(f'{float(\"$1\")/float(\"$2\"):.2f}')"; }
 
-echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, 10,000 client addresses, all allowed; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%Y-%m-%d)"
+echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, $CLIENTS client addresses, all allowed; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%Y-%m-%d)"
 echo
 echo "| store | [threat] off, requests/s | [threat] on, requests/s | ratio on / off |"
 echo "|---|---|---|---|"
