@@ -5,10 +5,11 @@
 -- ARGV[1]: the operation. Times are the server's, in microseconds; integers go back
 -- through format_int (tostring would drop digits).
 --
--- observe window endpoint agent error auth limited automation spoofed
---   Adds one request to the bucket of the current window (a hash per window, expiring
---   after two windows), its endpoint to that window's HyperLogLog, and times the gap
---   since the client's previous request. Reply: now, the recorded level (0-3), the end
+-- observe window first_at last_at first_agent last_agent <ten bucket counts> endpoint...
+--   Adds a batch of the client's requests to the bucket of the current window (a hash
+--   per window, expiring after two windows) and its endpoints to that window's
+--   HyperLogLog; times the gap between the client's previous request and the batch's
+--   first (arrival times in microseconds, from the gateways). Reply: now, the recorded level (0-3), the end
 --   of the block in force (0: none), the ten
 --   bucket fields of the current then the previous window, the distinct endpoints of
 --   the current then the previous window (single-key PFCOUNTs, which Redis caches; a
@@ -73,6 +74,7 @@ end
 
 if op == 'observe' then
   local window = tonumber(ARGV[2])
+  local first_at, last_at = tonumber(ARGV[3]), tonumber(ARGV[4])
   local index = math.floor(now / window)
   local current = base .. ':w:' .. format_int(index)
   local previous = base .. ':w:' .. format_int(index - 1)
@@ -81,42 +83,46 @@ if op == 'observe' then
   local last = base .. ':last'
   local keep_ms = ceil_ms(2 * window) + 1000
 
+  local add = {}
+  for i = 1, #FIELDS do
+    add[i] = tonumber(ARGV[6 + i])
+  end
+  -- The gap and agent change before the batch's first request, against the client's
+  -- previous request (as any gateway saw it).
   local seen = redis.call('HMGET', last, 'at', 'agent')
-  local gap = nil
-  local changed = 0
-  if seen[1] then
-    local at = tonumber(seen[1])
-    if now >= at then
-      gap = math.floor((now - at) / 1000)
+  local seen_at = tonumber(seen[1] or '')
+  if seen_at then
+    if first_at >= seen_at then
+      local gap = math.floor((first_at - seen_at) / 1000)
+      if gap <= MAX_TIMED_GAP_MS then
+        add[8] = add[8] + 1
+        add[9] = add[9] + gap
+        add[10] = add[10] + gap * gap
+      end
     end
-    if seen[2] ~= ARGV[4] then
-      changed = 1
+    if seen[2] ~= ARGV[5] then
+      add[7] = add[7] + 1
     end
   end
-  local add = { 1, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
-    tonumber(ARGV[8]), tonumber(ARGV[9]), changed }
   local fresh = false
-  for i = 1, 7 do
+  for i = 1, #FIELDS do
     if add[i] ~= 0 then
-      local n = redis.call('HINCRBY', current, FIELDS[i], add[i])
-      if i == 1 and n == 1 then
+      local n = redis.call('HINCRBY', current, FIELDS[i], format_int(add[i]))
+      if i == 1 and n == add[1] then
         fresh = true
       end
     end
   end
-  if gap ~= nil and gap <= MAX_TIMED_GAP_MS then
-    redis.call('HINCRBY', current, 'gaps', 1)
-    redis.call('HINCRBY', current, 'gap_sum_ms', gap)
-    redis.call('HINCRBY', current, 'gap_squares_ms', format_int(gap * gap))
+  if #ARGV > 16 then
+    redis.call('PFADD', ends_current, unpack(ARGV, 17))
   end
-  redis.call('PFADD', ends_current, ARGV[3])
   if fresh then
-    -- The window's first request: its keys expire two windows from now, once.
+    -- The window's first requests: its keys expire two windows from now, once.
     redis.call('PEXPIRE', current, keep_ms)
     redis.call('PEXPIRE', ends_current, keep_ms)
   end
-  if seen[1] == false or seen[1] == nil or now >= tonumber(seen[1]) then
-    redis.call('HSET', last, 'at', format_int(now), 'agent', ARGV[4])
+  if seen_at == nil or last_at >= seen_at then
+    redis.call('HSET', last, 'at', format_int(last_at), 'agent', ARGV[6])
   end
   redis.call('PEXPIRE', last, keep_ms)
 

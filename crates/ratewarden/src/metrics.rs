@@ -95,6 +95,8 @@ pub struct Metrics {
     pub incident_mode: Gauge,
     /// Threat-store calls that failed (the request goes on at its recorded level).
     pub threat_store_errors: Family<StoreFailure, Counter>,
+    /// Requests not observed because too many clients were pending a flush.
+    pub threat_observations_dropped: Counter,
 }
 
 impl Metrics {
@@ -190,7 +192,14 @@ impl Metrics {
             "Threat store calls that failed, by kind",
             threat_store_errors.clone(),
         );
+        let threat_observations_dropped = Counter::default();
+        registry.register(
+            "threat_observations_dropped",
+            "Requests not observed by adaptive defence because [threat] max_clients were already pending",
+            threat_observations_dropped.clone(),
+        );
         Metrics {
+            threat_observations_dropped,
             level_changes,
             requests_by_level,
             blocks,

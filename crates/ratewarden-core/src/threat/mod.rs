@@ -16,7 +16,7 @@ pub mod sketch;
 
 pub use response::{Escalation, LevelResponse, LevelResponses};
 pub use score::{Assessment, Level, Scoring, Weighted};
-pub use signals::{Bucket, ClientWindow, Observation, RequestOutcome, Signals};
+pub use signals::{Batch, Bucket, ClientWindow, Observation, RequestOutcome, Signals};
 pub use sketch::DistinctSketch;
 
 #[cfg(test)]

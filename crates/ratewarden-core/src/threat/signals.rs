@@ -93,6 +93,89 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Adds another bucket's counts to this one.
+    pub fn absorb(&mut self, other: &Bucket) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.auth_failures += other.auth_failures;
+        self.limited += other.limited;
+        self.automation += other.automation;
+        self.spoofed += other.spoofed;
+        self.agent_changes += other.agent_changes;
+        self.gaps += other.gaps;
+        self.gap_sum_ms = self.gap_sum_ms.saturating_add(other.gap_sum_ms);
+        self.gap_squares_ms = self.gap_squares_ms.saturating_add(other.gap_squares_ms);
+    }
+
+    /// The counts in a fixed order (the Redis script's field order).
+    pub fn fields(&self) -> [u64; 10] {
+        [
+            self.requests,
+            self.errors,
+            self.auth_failures,
+            self.limited,
+            self.automation,
+            self.spoofed,
+            self.agent_changes,
+            self.gaps,
+            self.gap_sum_ms,
+            self.gap_squares_ms,
+        ]
+    }
+}
+
+/// The most distinct endpoints one batch carries: a client touching more between two
+/// flushes is counted as touching this many more (it is already far past any threshold).
+pub const MAX_BATCH_ENDPOINTS: usize = 256;
+
+/// Observations of one client gathered between two flushes, added to the store at once:
+/// a busy client costs one store update per flush, not one per request.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Counts, with the gaps and user-agent changes between the batch's own requests.
+    pub bucket: Bucket,
+    /// Distinct endpoint hashes.
+    pub endpoints: Vec<u64>,
+    /// Arrival of the first request (the gap before it is timed by the store).
+    pub first_at: Timestamp,
+    /// Its user agent hash.
+    pub first_agent: u64,
+    /// Arrival of the latest request.
+    pub last_at: Timestamp,
+    /// Its user agent hash.
+    pub last_agent: u64,
+}
+
+impl Batch {
+    /// A batch of one request.
+    pub fn of(o: &Observation) -> Batch {
+        let mut bucket = Bucket::default();
+        bucket.add(o, None, false);
+        Batch {
+            bucket,
+            endpoints: vec![o.endpoint],
+            first_at: o.at,
+            first_agent: o.agent,
+            last_at: o.at,
+            last_agent: o.agent,
+        }
+    }
+
+    /// Adds one more request.
+    pub fn add(&mut self, o: &Observation) {
+        let gap = gap_ms(Some(self.last_at), o.at);
+        self.bucket.add(o, gap, o.agent != self.last_agent);
+        if self.endpoints.len() < MAX_BATCH_ENDPOINTS && !self.endpoints.contains(&o.endpoint) {
+            self.endpoints.push(o.endpoint);
+        }
+        if o.at >= self.last_at {
+            self.last_at = o.at;
+        }
+        self.last_agent = o.agent;
+    }
+}
+
 /// The time since the previous request, in whole milliseconds, if it is known and not
 /// in the future (concurrent requests may be observed out of order).
 pub fn gap_ms(previous: Option<Timestamp>, now: Timestamp) -> Option<u64> {
@@ -191,15 +274,31 @@ pub struct ClientWindow {
 impl ClientWindow {
     /// Adds one observation, moving the buckets on if a window has passed.
     pub fn observe(&mut self, o: &Observation, window: Nanos) {
-        self.roll(o.at, window);
-        let gap = gap_ms(self.last_at, o.at);
-        let agent_changed = self.last_at.is_some() && self.last_agent != o.agent;
-        self.current.add(o, gap, agent_changed);
-        self.endpoints_current.insert(o.endpoint);
-        if self.last_at.is_none_or(|last| o.at >= last) {
-            self.last_at = Some(o.at);
+        self.add_batch(&Batch::of(o), window, o.at);
+    }
+
+    /// Adds a batch at `now`, moving the buckets on if a window has passed; the gap
+    /// and user-agent change before the batch's first request are judged here, against
+    /// the client's previous request.
+    pub fn add_batch(&mut self, batch: &Batch, window: Nanos, now: Timestamp) {
+        self.roll(now, window);
+        let mut counts = batch.bucket;
+        if let Some(gap) = gap_ms(self.last_at, batch.first_at).filter(|g| *g <= MAX_TIMED_GAP_MS) {
+            counts.gaps += 1;
+            counts.gap_sum_ms = counts.gap_sum_ms.saturating_add(gap);
+            counts.gap_squares_ms = counts.gap_squares_ms.saturating_add(gap * gap);
         }
-        self.last_agent = o.agent;
+        if self.last_at.is_some() && self.last_agent != batch.first_agent {
+            counts.agent_changes += 1;
+        }
+        self.current.absorb(&counts);
+        for endpoint in &batch.endpoints {
+            self.endpoints_current.insert(*endpoint);
+        }
+        if self.last_at.is_none_or(|last| batch.last_at >= last) {
+            self.last_at = Some(batch.last_at);
+        }
+        self.last_agent = batch.last_agent;
     }
 
     /// The signals at `now`.

@@ -10,7 +10,7 @@ use super::{Live, RedisStore};
 use crate::error::StoreError;
 use crate::threat::{Block, BlockPlan, ClientStatus, Observed, ThreatStore};
 use ratewarden_core::clock::Clock;
-use ratewarden_core::threat::{Bucket, Level, Observation, RequestOutcome, Signals};
+use ratewarden_core::threat::{Batch, Bucket, Level, Signals};
 use ratewarden_core::{Nanos, Timestamp};
 use redis::{FromRedisValue, RedisError, Value};
 
@@ -110,21 +110,18 @@ impl<C: Clock> ThreatStore for RedisStore<C> {
     async fn observe(
         &self,
         client: &str,
-        o: &Observation,
+        batch: &Batch,
         window: Nanos,
     ) -> Result<Observed, StoreError> {
-        let flag = |b: bool| if b { "1" } else { "0" }.to_owned();
-        let args = [
-            "observe".to_owned(),
-            window.as_nanos().div_ceil(1000).max(1).to_string(),
-            format!("{:016x}", o.endpoint),
-            format!("{:016x}", o.agent),
-            flag(o.is_error()),
-            flag(o.is_auth_failure()),
-            flag(o.outcome == RequestOutcome::Limited),
-            flag(o.automation_agent),
-            flag(o.spoofed_forwarding),
-        ];
+        let mut args = Vec::with_capacity(16 + batch.endpoints.len());
+        args.push("observe".to_owned());
+        args.push(window.as_nanos().div_ceil(1000).max(1).to_string());
+        args.push((batch.first_at.as_nanos() / 1000).to_string());
+        args.push((batch.last_at.as_nanos() / 1000).to_string());
+        args.push(format!("{:016x}", batch.first_agent));
+        args.push(format!("{:016x}", batch.last_agent));
+        args.extend(batch.bucket.fields().iter().map(u64::to_string));
+        args.extend(batch.endpoints.iter().map(|e| format!("{e:016x}")));
         let reply: Vec<i64> = self.threat_call(client, &args).await?;
         if reply.len() != 5 + 2 * BUCKET_FIELDS {
             return Err(StoreError::Protocol(format!(

@@ -4,7 +4,7 @@ use super::{Block, BlockPlan, ClientStatus, Observed, ThreatStore};
 use crate::error::StoreError;
 use parking_lot::Mutex;
 use ratewarden_core::clock::Clock;
-use ratewarden_core::threat::{ClientWindow, Level, Observation};
+use ratewarden_core::threat::{Batch, ClientWindow, Level};
 use ratewarden_core::{Nanos, Timestamp};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -157,15 +157,13 @@ impl<C: Clock> ThreatStore for MemoryThreats<C> {
     async fn observe(
         &self,
         client: &str,
-        observation: &Observation,
+        batch: &Batch,
         window: Nanos,
     ) -> Result<Observed, StoreError> {
         let now = self.clock.now();
-        let mut o = *observation;
-        o.at = now;
         let observed = self.with_record(client, now, false, |r| {
             r.window = window;
-            r.behaviour.observe(&o, window);
+            r.behaviour.add_batch(batch, window, now);
             let recorded = r.level_at(now).0;
             if recorded != Level::Normal {
                 r.level_until = now.saturating_add(window);

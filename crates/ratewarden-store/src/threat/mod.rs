@@ -12,7 +12,7 @@ mod memory;
 pub use memory::MemoryThreats;
 
 use crate::error::StoreError;
-use ratewarden_core::threat::{Level, Observation, Signals};
+use ratewarden_core::threat::{Batch, Level, Signals};
 use ratewarden_core::{Nanos, Timestamp};
 use std::future::Future;
 
@@ -99,12 +99,13 @@ pub trait ThreatStore: Send + Sync + 'static {
     fn status(&self, client: &str)
         -> impl Future<Output = Result<ClientStatus, StoreError>> + Send;
 
-    /// Records one request over a window of `window` and returns the client's signals.
-    /// The observation's `at` is replaced by the store's time.
+    /// Records a batch of the client's requests over a window of `window` and returns
+    /// its signals. Windows turn by the store's time; gaps between requests are timed
+    /// by their arrival times (the gateways' clocks).
     fn observe(
         &self,
         client: &str,
-        observation: &Observation,
+        batch: &Batch,
         window: Nanos,
     ) -> impl Future<Output = Result<Observed, StoreError>> + Send;
 

@@ -109,6 +109,7 @@ impl Bound {
                     abuse.clone(),
                 )?);
                 defence.spawn_janitor();
+                defence.spawn_flusher();
                 Some(defence)
             }
             None => None,

@@ -11,8 +11,9 @@ use crate::config::{StoreConfig, ThreatConfig};
 use crate::metrics::{BlockOrigin, LevelLabel, Metrics, StoreFailure};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderValue, Method, Uri};
+use parking_lot::Mutex;
 use ratewarden_core::clock::{Clock, SystemClock};
-use ratewarden_core::threat::{Assessment, Level, LevelResponse, Observation};
+use ratewarden_core::threat::{Assessment, Batch, Level, LevelResponse, Observation};
 use ratewarden_core::{Nanos, Timestamp};
 use ratewarden_detect::sinks::LogSink;
 use ratewarden_detect::{Alert, IdentityKind, Sanitiser, Severity, Source, ThreatContext};
@@ -21,9 +22,23 @@ use ratewarden_store::threat::{
     Block, BlockPlan, ClientStatus, MemoryThreats, Observed, ThreatStore,
 };
 use ratewarden_store::StoreError;
+use std::collections::HashMap;
 use std::hash::Hasher;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
+
+/// How often pending observations go to the store: the most a level change lags.
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// Clients' batches sent to the store at once.
+const FLUSHES_IN_FLIGHT: usize = 64;
+const PENDING_SHARDS: usize = 16;
+
+/// A client's requests since the last flush, and what an alert may show of the first.
+struct Pending {
+    batch: Batch,
+    trigger: Trigger,
+}
 
 /// The most distinct block lengths a plan lists (Redis gets them as arguments).
 const MAX_LADDER: u32 = 64;
@@ -46,7 +61,7 @@ impl ThreatStore for Threats {
     async fn observe(
         &self,
         client: &str,
-        o: &Observation,
+        o: &Batch,
         window: Nanos,
     ) -> Result<Observed, StoreError> {
         match self {
@@ -152,6 +167,10 @@ pub struct Defence {
     alerts: Option<Arc<AbuseReporter>>,
     /// Standing read from Redis, kept `[threat] status_cache` (none in memory).
     cache: Option<StatusCache>,
+    /// Observations not yet flushed, per client.
+    pending: Vec<Mutex<HashMap<String, Pending>>>,
+    pending_per_shard: usize,
+    hasher: RandomState,
 }
 
 impl Defence {
@@ -182,6 +201,7 @@ impl Defence {
                 SystemClock::new(),
             )?)),
         };
+        let pending_per_shard = config.max_clients.div_ceil(PENDING_SHARDS).max(1);
         Ok(Defence {
             config: ArcSwap::from_pointee(config),
             store,
@@ -192,6 +212,11 @@ impl Defence {
             metrics,
             alerts,
             cache,
+            pending: (0..PENDING_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            pending_per_shard,
+            hasher: RandomState::new(),
         })
     }
 
@@ -406,48 +431,97 @@ impl Defence {
         Some(block)
     }
 
-    /// Records one request of `client` and acts on a change of level; runs off the
-    /// request path.
-    pub fn observe(self: &Arc<Self>, client: String, observation: Observation, trigger: Trigger) {
-        let defence = self.clone();
+    /// Records one request of `client`: added to the client's pending batch, which
+    /// the flusher hands to the store (and scores) within [`FLUSH_EVERY`]. Never waits.
+    pub fn observe(&self, client: String, observation: Observation, trigger: Trigger) {
+        let shard = &self.pending[(self.hasher.hash_one(&client) % PENDING_SHARDS as u64) as usize];
+        let mut pending = shard.lock();
+        if let Some(p) = pending.get_mut(&client) {
+            p.batch.add(&observation);
+            return;
+        }
+        if pending.len() >= self.pending_per_shard {
+            drop(pending);
+            self.metrics.threat_observations_dropped.inc();
+            return;
+        }
+        pending.insert(
+            client,
+            Pending {
+                batch: Batch::of(&observation),
+                trigger,
+            },
+        );
+    }
+
+    /// Starts the flusher: every [`FLUSH_EVERY`], each client's pending batch goes to
+    /// the store (at most [`FLUSHES_IN_FLIGHT`] at once) and is scored.
+    pub fn spawn_flusher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let config = defence.config.load_full();
-            let observed = match defence
-                .store
-                .observe(&client, &observation, config.window)
-                .await
-            {
-                Ok(o) => o,
-                Err(e) => return failed(&defence.metrics, &e),
-            };
-            if let Some(cache) = &defence.cache {
-                cache.confirm(&client, &observed, defence.clock.now());
-            }
-            let assessment = config.scoring.assess(&observed.signals);
-            if assessment.level == observed.recorded {
-                return;
-            }
-            // Only the observation that actually moves the level announces it: of the
-            // requests in flight when a client crosses a threshold, one alerts.
-            match defence
-                .store
-                .set_level(
-                    &client,
-                    observed.recorded,
-                    assessment.level,
-                    &assessment.reasons,
-                    config.window,
-                )
-                .await
-            {
-                Ok(true) => {
-                    defence.forget(&client);
-                    defence.level_changed(&client, observed.recorded, &assessment, &trigger)
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(FLUSHES_IN_FLIGHT));
+            let mut ticks = tokio::time::interval(FLUSH_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(defence) = weak.upgrade() else {
+                    return;
+                };
+                for shard in defence.pending.iter() {
+                    let batch = std::mem::take(&mut *shard.lock());
+                    for (client, pending) in batch {
+                        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let defence = defence.clone();
+                        tokio::spawn(async move {
+                            defence.flush(client, pending).await;
+                            drop(permit);
+                        });
+                    }
                 }
-                Ok(false) => {}
-                Err(e) => failed(&defence.metrics, &e),
             }
         });
+    }
+
+    /// Adds one client's batch to the store, scores it, and acts on a change of level.
+    async fn flush(&self, client: String, pending: Pending) {
+        let config = self.config.load_full();
+        let observed = match self
+            .store
+            .observe(&client, &pending.batch, config.window)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => return failed(&self.metrics, &e),
+        };
+        if let Some(cache) = &self.cache {
+            cache.confirm(&client, &observed, self.clock.now());
+        }
+        let assessment = config.scoring.assess(&observed.signals);
+        if assessment.level == observed.recorded {
+            return;
+        }
+        // Only the flush that actually moves the level announces it: of two gateways
+        // seeing a client cross a threshold at once, one alerts.
+        match self
+            .store
+            .set_level(
+                &client,
+                observed.recorded,
+                assessment.level,
+                &assessment.reasons,
+                config.window,
+            )
+            .await
+        {
+            Ok(true) => {
+                self.forget(&client);
+                self.level_changed(&client, observed.recorded, &assessment, &pending.trigger)
+            }
+            Ok(false) => {}
+            Err(e) => failed(&self.metrics, &e),
+        }
     }
 
     fn level_changed(&self, client: &str, from: Level, to: &Assessment, trigger: &Trigger) {
