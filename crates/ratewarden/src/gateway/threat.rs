@@ -337,7 +337,8 @@ impl Defence {
             level,
             reasons: status.reasons,
             raised_by_incident,
-            block: status.block,
+            // A remembered block may have ended since it was read.
+            block: status.block.filter(|b| b.until > status.now),
             now: status.now,
         }
     }
