@@ -167,6 +167,8 @@ pub struct Defence {
     alerts: Option<Arc<AbuseReporter>>,
     /// Standing read from Redis, kept `[threat] status_cache` (none in memory).
     cache: Option<StatusCache>,
+    /// `ratewarden_threat_requests_total` by level, so a request takes no family lock.
+    requests_by_level: [prometheus_client::metrics::counter::Counter; 4],
     /// Observations not yet flushed, per client.
     pending: Vec<Mutex<HashMap<String, Pending>>>,
     pending_per_shard: usize,
@@ -202,6 +204,14 @@ impl Defence {
             )?)),
         };
         let pending_per_shard = config.max_clients.div_ceil(PENDING_SHARDS).max(1);
+        let requests_by_level = Level::ALL.map(|level| {
+            metrics
+                .requests_by_level
+                .get_or_create(&LevelLabel {
+                    level: level.as_str(),
+                })
+                .clone()
+        });
         Ok(Defence {
             config: ArcSwap::from_pointee(config),
             store,
@@ -216,6 +226,7 @@ impl Defence {
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             pending_per_shard,
+            requests_by_level,
             hasher: RandomState::new(),
         })
     }
@@ -327,12 +338,7 @@ impl Defence {
             None => status.level,
         };
         let raised_by_incident = level > status.level;
-        metrics
-            .requests_by_level
-            .get_or_create(&LevelLabel {
-                level: level.as_str(),
-            })
-            .inc();
+        self.requests_by_level[usize::from(level.index())].inc();
         Standing {
             level,
             reasons: status.reasons,
