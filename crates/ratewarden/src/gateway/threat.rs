@@ -615,12 +615,13 @@ impl Defence {
         let Some(ua) = user_agent else {
             return false;
         };
-        let ua = String::from_utf8_lossy(ua.as_bytes()).to_ascii_lowercase();
-        self.config
-            .load()
-            .automation_agents
-            .iter()
-            .any(|a| ua.contains(a.as_str()))
+        // Patterns are lower case; the user agent is compared in place, ASCII case
+        // folded, without a lower-cased copy per request.
+        let ua = ua.as_bytes();
+        self.config.load().automation_agents.iter().any(|a| {
+            let a = a.as_bytes();
+            !a.is_empty() && ua.windows(a.len()).any(|w| w.eq_ignore_ascii_case(a))
+        })
     }
 }
 
