@@ -19,6 +19,7 @@ pub mod failure;
 pub mod memory;
 pub mod redis;
 mod store;
+pub mod login;
 pub mod threat;
 
 pub use check::{Check, CounterKey, Decisions};

@@ -69,6 +69,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Clients refused or exempted before any rule.
     pub reputation: Reputation,
+    /// Protected login endpoints (`[[login]]`); their per-address limits are rules.
+    pub logins: Vec<crate::login::LoginRoute>,
 }
 
 /// Reputation lists (`[reputation]`): checked before every rule.
@@ -124,6 +126,11 @@ impl Policy {
             applicable.checks.push((rule, rule.key.render(request)));
         }
         applicable
+    }
+
+    /// The login endpoint a request is an attempt on, if any (the first that matches).
+    pub fn login_route(&self, request: &RequestFacts<'_>) -> Option<&crate::login::LoginRoute> {
+        self.logins.iter().find(|l| l.matches(request))
     }
 }
 

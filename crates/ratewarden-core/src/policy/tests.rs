@@ -43,6 +43,7 @@ fn facts<'a>(
 fn every_matching_rule_applies_in_order() {
     let policy = Policy {
         reputation: Default::default(),
+        logins: Vec::new(),
         rules: vec![
             rule("api", prefix("/api/v1/"), "ip"),
             rule("auth", prefix("/api/v1/auth"), "ip"),
@@ -89,6 +90,7 @@ fn except_prefixes_carve_out_specific_routes() {
     general.route.except_path_prefixes = vec![CanonicalPath::parse("/api/v1/auth/").expect("path")];
     let policy = Policy {
         reputation: Default::default(),
+        logins: Vec::new(),
         rules: vec![general, rule("auth", prefix("/api/v1/auth/"), "ip")],
         ..Policy::default()
     };
@@ -164,6 +166,7 @@ fn deny_refuses_and_allow_skips() {
     blocked.deny = vec!["203.0.113.0/24".parse().expect("net")];
     let policy = Policy {
         reputation: Default::default(),
+        logins: Vec::new(),
         rules: vec![limited, blocked],
         ..Policy::default()
     };

@@ -41,6 +41,14 @@ pub(crate) fn threat_key(prefix: &str, client: &str) -> String {
     format!("{prefix}:{LAYOUT}:{{{}}}:threat", tag.as_str())
 }
 
+/// The base key of a login subject's state: an account's (failures, lockout, attempts
+/// in flight, known addresses, addresses seen) or an address's (accounts it tried), all
+/// under the subject's tag. Subjects come pseudonymised; the tag hides them further.
+pub(crate) fn login_key(prefix: &str, subject: &str) -> String {
+    let tag = ClientTag::of(subject);
+    format!("{prefix}:{LAYOUT}:{{{}}}:login", tag.as_str())
+}
+
 /// The index of blocks in force (clients by end time), for the admin API.
 pub(crate) fn block_index(prefix: &str) -> String {
     format!("{prefix}:{LAYOUT}:threat:blocks")

@@ -20,6 +20,7 @@ mod breaker;
 mod connection;
 mod keys;
 mod script;
+mod login;
 mod threat;
 
 pub use connection::{redacted, RedisTarget};

@@ -27,7 +27,7 @@ impl<C: Clock> RedisStore<C> {
         args: &[String],
     ) -> Result<T, StoreError> {
         let key = keys::threat_key(&self.settings.key_prefix, client);
-        self.threat_live(|live| async move {
+        self.on_live(|live| async move {
             let mut invocation = THREAT.key(key);
             for a in args {
                 invocation.arg(a);
@@ -45,7 +45,7 @@ impl<C: Clock> RedisStore<C> {
         &self,
         command: redis::Cmd,
     ) -> Result<T, StoreError> {
-        self.threat_live(|live| async move {
+        self.on_live(|live| async move {
             match live {
                 Live::Server(mut c) => command.query_async(&mut c).await,
                 Live::Cluster(mut c) => command.query_async(&mut c).await,
@@ -55,7 +55,7 @@ impl<C: Clock> RedisStore<C> {
     }
 
     async fn threat_pipe(&self, pipe: redis::Pipeline) -> Result<(), StoreError> {
-        self.threat_live(|live| async move {
+        self.on_live(|live| async move {
             match live {
                 Live::Server(mut c) => pipe.query_async::<()>(&mut c).await,
                 Live::Cluster(mut c) => pipe.query_async::<()>(&mut c).await,
@@ -66,7 +66,7 @@ impl<C: Clock> RedisStore<C> {
 
     /// Runs `work` on the connection within the timeout; fails at once while the
     /// limiter's breaker is open, since Redis is known to be down.
-    async fn threat_live<T, F, W>(&self, work: W) -> Result<T, StoreError>
+    pub(super) async fn on_live<T, F, W>(&self, work: W) -> Result<T, StoreError>
     where
         W: FnOnce(Live) -> F,
         F: std::future::Future<Output = Result<T, RedisError>>,
@@ -280,11 +280,11 @@ fn split_reasons(joined: &str) -> Vec<String> {
         .collect()
 }
 
-fn micros(us: i64) -> Timestamp {
+pub(super) fn micros(us: i64) -> Timestamp {
     Timestamp(u64::try_from(us).unwrap_or(0).saturating_mul(1000))
 }
 
-fn int(v: &Value) -> Result<i64, StoreError> {
+pub(super) fn int(v: &Value) -> Result<i64, StoreError> {
     i64::from_redis_value(v.clone())
         .map_err(|e| StoreError::Protocol(format!("threat script: {e}")))
 }
