@@ -52,6 +52,11 @@ impl Nanos {
     pub const fn saturating_add(self, other: Nanos) -> Nanos {
         Nanos(self.0.saturating_add(other.0))
     }
+
+    /// Saturating difference (zero when `other` is longer).
+    pub const fn saturating_sub(self, other: Nanos) -> Nanos {
+        Nanos(self.0.saturating_sub(other.0))
+    }
 }
 
 impl From<Duration> for Nanos {

@@ -99,6 +99,23 @@ pub struct ThreatContext {
     pub offence: Option<u32>,
 }
 
+/// What login protection saw, on `credential_stuffing` and `distributed_login_attack`
+/// alerts. Accounts appear only as pseudonyms.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoginContext {
+    /// The `[[login]]` route.
+    pub login: String,
+    /// Distinct accounts the client tried within the window (stuffing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct_accounts: Option<u64>,
+    /// Distinct addresses that tried the account within the window (distributed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct_addresses: Option<u64>,
+    /// The account's pseudonym (distributed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+}
+
 /// A client that keeps hitting limits, or whose threat level rose, or that was blocked.
 #[derive(Clone, Debug, Serialize)]
 pub struct Alert {
@@ -145,4 +162,7 @@ pub struct Alert {
     /// Adaptive defence's view, on `threat_level_raised` and `client_blocked` alerts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threat: Option<ThreatContext>,
+    /// Login protection's view, on login attack alerts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<LoginContext>,
 }

@@ -217,6 +217,7 @@ impl<S: Store, C: Clock> Tracker<S, C> {
             last_violation: seconds,
             instance: self.settings.instance.clone(),
             threat: None,
+            login: None,
         })));
     }
 

@@ -6,7 +6,8 @@
 -- ARGV[1]: the operation. Times are the server's, in microseconds; durations come in
 -- milliseconds. Integers go back through format_int (tostring would drop digits).
 --
--- Keys of an account: :f failures (expire `window` after the last one), :lock the end
+-- Keys of an account: :f failures and :ft the time of the last one (both expire
+-- `window` after it), :lock the end
 -- of a lockout (expires with it), :fl attempts in flight (expire `in_flight` after the
 -- latest began), :good known addresses (sorted by when they stop being known), :a:<n>
 -- the addresses that tried it in window n (HyperLogLog).
@@ -14,7 +15,8 @@
 -- begin limit window_ms lockout_ms scope in_flight_ms address
 --   scope: 1 for account+ip (a known address is not locked out), 0 for account.
 --   Reply: {'locked', remaining_us} | {'busy'} |
---          {'ok', failures, known (0/1), distinct addresses}
+--          {'ok', failures, known (0/1), distinct addresses, microseconds since the
+--           last failure (-1: none)}
 -- finish limit window_ms lockout_ms outcome address known_ms
 --   outcome: f (failure), s (success) or i (inconclusive).
 --   Reply: {failures, lockout_ms started (0: none)}
@@ -70,7 +72,11 @@ if op == 'begin' then
   redis.call('INCR', base .. ':fl')
   redis.call('PEXPIRE', base .. ':fl', in_flight_ms)
   local addresses = add_distinct(base .. ':a:', window_ms, address)
-  return { 'ok', format_int(failures), known and 1 or 0, addresses }
+  local since = -1
+  if failures > 0 then
+    since = math.max(0, now - int(redis.call('GET', base .. ':ft')))
+  end
+  return { 'ok', format_int(failures), known and 1 or 0, addresses, format_int(since) }
 elseif op == 'finish' then
   local limit, window_ms, lockout_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
   local outcome, address, known_ms = ARGV[5], ARGV[6], tonumber(ARGV[7])
@@ -80,15 +86,16 @@ elseif op == 'finish' then
   if outcome == 'f' then
     local failures = redis.call('INCR', base .. ':f')
     redis.call('PEXPIRE', base .. ':f', window_ms)
+    redis.call('SET', base .. ':ft', format_int(now), 'PX', window_ms)
     if failures >= limit then
       -- A lockout clears the count: when it ends, the account starts afresh.
-      redis.call('DEL', base .. ':f')
+      redis.call('DEL', base .. ':f', base .. ':ft')
       redis.call('SET', base .. ':lock', format_int(now + lockout_ms * 1000), 'PX', lockout_ms)
       return { 0, lockout_ms }
     end
     return { failures, 0 }
   elseif outcome == 's' then
-    redis.call('DEL', base .. ':f', base .. ':lock')
+    redis.call('DEL', base .. ':f', base .. ':ft', base .. ':lock')
     local good = base .. ':good'
     redis.call('ZADD', good, now + known_ms * 1000, address)
     redis.call('ZREMRANGEBYSCORE', good, '-inf', now)

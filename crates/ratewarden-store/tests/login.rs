@@ -126,10 +126,8 @@ async fn concurrent_attempts_never_exceed_the_limit<S: LoginStore>(b: Backend<S>
         other => panic!("expected a lockout, got {other:?}"),
     }
     // Another account is untouched.
-    assert_eq!(
-        admitted(b.stores[0].begin("acct_other", "addr_0", &rules).await.unwrap()).failures,
-        0
-    );
+    let other = admitted(b.stores[0].begin("acct_other", "addr_0", &rules).await.unwrap());
+    assert_eq!((other.failures, other.since_failure), (0, None));
 }
 
 async fn success_clears_failures_and_remembers_the_address<S: LoginStore>(b: Backend<S>) {
@@ -144,6 +142,8 @@ async fn success_clears_failures_and_remembers_the_address<S: LoginStore>(b: Bac
     }
     let attempt = admitted(two.begin("acct_alice", "addr_home", &scoped).await.unwrap());
     assert_eq!(attempt.failures, 2);
+    let since = attempt.since_failure.expect("a failure was recorded");
+    assert!(since < Nanos::from_secs(5), "{since:?}");
     assert!(!attempt.known_address);
     let done = two
         .finish("acct_alice", "addr_home", Outcome::Success, &scoped)

@@ -62,6 +62,17 @@ pub struct BlockOrigin {
     pub origin: &'static str,
 }
 
+/// A login route and what happened to an attempt on it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoginResult {
+    /// The `[[login]]` name.
+    pub login: String,
+    /// success, failure, inconclusive, locked, throttled, delayed, refused_ambiguous,
+    /// unidentified, oversized, store_error; and for `login_attacks`: stuffing,
+    /// distributed.
+    pub result: &'static str,
+}
+
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
@@ -97,6 +108,11 @@ pub struct Metrics {
     pub threat_store_errors: Family<StoreFailure, Counter>,
     /// Requests not observed because too many clients were pending a flush.
     pub threat_observations_dropped: Counter,
+    /// Login attempts by route and result.
+    pub login_attempts: Family<LoginResult, Counter>,
+    /// Credential stuffing (one address, many accounts) and distributed guessing (one
+    /// account, many addresses) detected, by route.
+    pub login_attacks: Family<LoginResult, Counter>,
 }
 
 impl Metrics {
@@ -198,7 +214,21 @@ impl Metrics {
             "Requests not observed by adaptive defence because [threat] max_clients were already pending",
             threat_observations_dropped.clone(),
         );
+        let login_attempts = Family::<LoginResult, Counter>::default();
+        registry.register(
+            "login_attempts",
+            "Attempts on [[login]] routes, by result",
+            login_attempts.clone(),
+        );
+        let login_attacks = Family::<LoginResult, Counter>::default();
+        registry.register(
+            "login_attacks",
+            "Credential stuffing (result=stuffing) and distributed guessing (result=distributed) detected on [[login]] routes",
+            login_attacks.clone(),
+        );
         Metrics {
+            login_attempts,
+            login_attacks,
             threat_observations_dropped,
             level_changes,
             requests_by_level,

@@ -47,6 +47,21 @@ impl Sink {
 /// One line saying what happened, for a log message or a Sentry event title.
 pub(crate) fn headline(alert: &Alert) -> String {
     let who = format!("{} {}", alert.identity.as_str(), alert.identity_value);
+    if let Some(login) = &alert.login {
+        return match (login.distinct_accounts, login.distinct_addresses) {
+            (Some(accounts), _) => format!(
+                "Credential stuffing on {}: {who} tried {accounts} distinct accounts in {} s",
+                login.login, alert.window_seconds
+            ),
+            (None, addresses) => format!(
+                "Distributed login attack on {}: account {} tried from {} distinct addresses in {} s",
+                login.login,
+                login.account.as_deref().unwrap_or("?"),
+                addresses.unwrap_or(0),
+                alert.window_seconds
+            ),
+        };
+    }
     match &alert.threat {
         Some(t) if alert.kind == "client_blocked" => format!(
             "Client blocked: {who} at threat level {} for {} s (offence {}): {}",

@@ -52,6 +52,7 @@ impl WindowedSketch {
 struct AccountRecord {
     failures: u32,
     failures_until: Timestamp,
+    last_failure: Timestamp,
     locked_until: Timestamp,
     in_flight: u32,
     in_flight_until: Timestamp,
@@ -216,6 +217,7 @@ impl<C: Clock> LoginStore for MemoryLogins<C> {
             let addresses = r.addresses.add(address_hash, now, rules.window);
             Admission::Admitted(Attempt {
                 failures: r.failures,
+                since_failure: (r.failures > 0).then(|| now.saturating_since(r.last_failure)),
                 known_address: known,
                 addresses,
             })
@@ -236,6 +238,7 @@ impl<C: Clock> LoginStore for MemoryLogins<C> {
                 Outcome::Failure => {
                     r.failures += 1;
                     r.failures_until = now.saturating_add(rules.window);
+                    r.last_failure = now;
                     if r.failures >= rules.failures {
                         r.failures = 0;
                         r.failures_until = now;

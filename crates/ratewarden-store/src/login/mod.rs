@@ -60,6 +60,8 @@ pub enum Admission {
 pub struct Attempt {
     /// Failures recorded within the window (attempts in flight not included).
     pub failures: u32,
+    /// Time since the latest of those failures (`None`: no failure recorded).
+    pub since_failure: Option<Nanos>,
     /// Whether the address logged in to this account successfully before.
     pub known_address: bool,
     /// Distinct addresses that tried the account (this one included), estimated.

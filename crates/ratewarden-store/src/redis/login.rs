@@ -69,8 +69,11 @@ impl<C: Clock> LoginStore for RedisStore<C> {
                 micros(int(remaining)?).as_nanos(),
             ))),
             (Some("busy"), _) => Ok(Admission::Busy),
-            (Some("ok"), [_, failures, known, addresses]) => Ok(Admission::Admitted(Attempt {
+            (Some("ok"), [_, failures, known, addresses, since]) => Ok(Admission::Admitted(Attempt {
                 failures: u32::try_from(int(failures)?).unwrap_or(0),
+                since_failure: u64::try_from(int(since)?)
+                    .ok()
+                    .map(|us| Nanos(us.saturating_mul(1000))),
                 known_address: int(known)? == 1,
                 addresses: u64::try_from(int(addresses)?).unwrap_or(0),
             })),

@@ -8,7 +8,7 @@ use ratewarden_detect::{AbuseSettings, IdentityKind};
 use std::time::Duration;
 
 /// The shortest `[privacy] secret`: a pseudonym is only as strong as its key.
-const MIN_SECRET: usize = 16;
+pub(super) const MIN_SECRET: usize = 16;
 
 /// Abuse tracking and alerting, validated.
 #[derive(Clone)]

@@ -72,6 +72,13 @@ pub fn compile(raw: RawConfig, base: &std::path::Path) -> Result<Config, ConfigE
             rule(r, &field, &mut errors)
         })
         .collect();
+    let logins = super::login::logins(
+        &raw.login,
+        &raw.privacy,
+        raw.abuse.is_some(),
+        &mut names,
+        &mut errors,
+    );
     if let Some(StoreConfig::Redis { .. }) = store {
         for (i, rule) in rules.iter().enumerate() {
             if let Some(rule) = rule {
@@ -92,10 +99,12 @@ pub fn compile(raw: RawConfig, base: &std::path::Path) -> Result<Config, ConfigE
             abuse,
             threat,
             admin,
+            login_pseudonyms: logins.pseudonymiser,
             policy: Policy {
                 reputation,
                 clients,
-                rules: rules.into_iter().flatten().collect(),
+                rules: rules.into_iter().flatten().chain(logins.rules).collect(),
+                logins: logins.routes,
             },
         }),
         _ => Err(ConfigErrors(errors.0)),
@@ -348,23 +357,23 @@ fn clients(raw: &RawClients, errors: &mut Errors) -> ClientPolicy {
     }
 }
 
-fn rule(raw: &RawRule, field: &str, errors: &mut Errors) -> Option<Rule> {
-    let f = |name: &str| format!("{field}.{name}");
+/// Why `name` cannot name a rule or a login route, if it cannot.
+pub(super) fn rule_name_problem(name: &str) -> Option<String> {
     // Names appear unescaped in JSON bodies, structured-field headers and metric labels.
-    let name_ok = !raw.name.is_empty()
-        && raw.name.len() <= 64
-        && raw
-            .name
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
-    if !name_ok {
-        errors.add(
-            f("name"),
-            format!(
-                "{:?} is not a rule name; use up to 64 letters, digits, '_', '-', '.' or ':'",
-                raw.name
-            ),
-        );
+    (!name_ok).then(|| {
+        format!("{name:?} is not a rule name; use up to 64 letters, digits, '_', '-', '.' or ':'")
+    })
+}
+
+fn rule(raw: &RawRule, field: &str, errors: &mut Errors) -> Option<Rule> {
+    let f = |name: &str| format!("{field}.{name}");
+    if let Some(problem) = rule_name_problem(&raw.name) {
+        errors.add(f("name"), problem);
     }
     let route = route(&raw.route, &f("match"), errors);
     let key = errors.check(
@@ -492,7 +501,7 @@ fn rule(raw: &RawRule, field: &str, errors: &mut Errors) -> Option<Rule> {
     })
 }
 
-fn route(raw: &RawMatch, field: &str, errors: &mut Errors) -> Option<RouteMatch> {
+pub(super) fn route(raw: &RawMatch, field: &str, errors: &mut Errors) -> Option<RouteMatch> {
     let path = |errors: &mut Errors, name: &str, value: &Option<String>| match value {
         None => Some(None),
         Some(p) if !p.starts_with('/') => {

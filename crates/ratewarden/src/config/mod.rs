@@ -5,6 +5,7 @@
 
 mod abuse;
 mod compile;
+mod login;
 mod raw;
 mod threat;
 
@@ -36,6 +37,9 @@ pub struct Config {
     pub threat: Option<ThreatConfig>,
     /// The admin API (`[admin]`).
     pub admin: AdminConfig,
+    /// Pseudonyms of login accounts and addresses (`[privacy] secret`), when `[[login]]`
+    /// routes are configured.
+    pub login_pseudonyms: Option<ratewarden_detect::Pseudonymiser>,
 }
 
 /// `[server]`.

@@ -24,6 +24,59 @@ pub struct RawConfig {
     pub threat: Option<RawThreat>,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub login: Vec<RawLogin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub route: RawMatch,
+    pub account: String,
+    pub max_body: Option<toml::Value>,
+    pub failure_status: Option<Vec<i64>>,
+    #[serde(default)]
+    pub per_account: RawPerAccount,
+    pub per_ip: Option<RawPerIp>,
+    pub progressive_delay: Option<RawProgressiveDelay>,
+    pub challenge_after: Option<i64>,
+    pub lockout_scope: Option<String>,
+    pub lockout_status: Option<i64>,
+    #[serde(default)]
+    pub stuffing: RawStuffing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPerAccount {
+    pub failures: Option<i64>,
+    pub window: Option<String>,
+    pub lockout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPerIp {
+    pub attempts: i64,
+    pub window: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProgressiveDelay {
+    pub after: Option<i64>,
+    pub base: Option<String>,
+    pub max: Option<String>,
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStuffing {
+    pub accounts_per_ip: Option<i64>,
+    pub ips_per_account: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]

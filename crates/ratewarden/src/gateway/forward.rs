@@ -21,7 +21,7 @@ use std::time::Duration;
 
 /// The pooled HTTP/1.1 client to the upstream.
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, ForwardBody>,
     base: Uri,
     timeout: Duration,
 }
@@ -63,6 +63,17 @@ impl Upstream {
         client_ip: IpAddr,
         metrics: &Metrics,
     ) -> Response<Body> {
+        self.forward_body(request.map(ForwardBody::Streamed), client_ip, metrics)
+            .await
+    }
+
+    /// [`Upstream::forward`] for a request whose body was partly or wholly read.
+    pub async fn forward_body(
+        &self,
+        request: Request<ForwardBody>,
+        client_ip: IpAddr,
+        metrics: &Metrics,
+    ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         let client_authority = parts.uri.authority().cloned();
         let path_and_query = parts
@@ -88,6 +99,11 @@ impl Upstream {
             parts.headers.insert(xff, v);
         }
         parts.headers.remove("forwarded");
+        // Only the gateway may ask the upstream for a challenge (login protection).
+        parts.headers.remove(&CHALLENGE);
+        if let Some(challenge) = parts.extensions.remove::<Challenge>() {
+            parts.headers.insert(&CHALLENGE, challenge.0);
+        }
         if !parts.headers.contains_key(http::header::HOST) {
             // HTTP/2 names the host in :authority: the upstream hears the same host the
             // rules saw (the handler refused requests without one).
@@ -121,6 +137,79 @@ impl Upstream {
                     StatusCode::GATEWAY_TIMEOUT,
                     "the upstream did not answer in time",
                 )
+            }
+        }
+    }
+}
+
+/// The header that tells the upstream to challenge a login (CAPTCHA, second factor).
+pub static CHALLENGE: HeaderName = HeaderName::from_static("x-ratewarden-challenge");
+
+/// A request extension: the value of [`CHALLENGE`] the upstream should get. Whatever
+/// the client sent in that header is always removed first.
+#[derive(Clone, Debug)]
+pub struct Challenge(pub HeaderValue);
+
+/// A request body on its way to the upstream: as it comes from the client, or the part
+/// the gateway already read (to find a login's account) followed by the rest.
+pub enum ForwardBody {
+    /// Streamed through untouched.
+    Streamed(Incoming),
+    /// Bytes already read, then whatever the client still sends (`None`: it sent all).
+    Replayed {
+        /// What was read.
+        head: Option<Bytes>,
+        /// The rest of the client's body.
+        rest: Option<Incoming>,
+    },
+}
+
+impl hyper::body::Body for ForwardBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ForwardBody::Streamed(body) => Pin::new(body).poll_frame(cx),
+            ForwardBody::Replayed { head, rest } => {
+                if let Some(bytes) = head.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                match rest {
+                    Some(body) => Pin::new(body).poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ForwardBody::Streamed(body) => body.is_end_stream(),
+            ForwardBody::Replayed { head, rest } => {
+                head.is_none() && rest.as_ref().is_none_or(|r| r.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ForwardBody::Streamed(body) => body.size_hint(),
+            ForwardBody::Replayed { head, rest } => {
+                let read = head.as_ref().map_or(0, |h| h.len() as u64);
+                let rest = rest
+                    .as_ref()
+                    .map_or_else(|| hyper::body::SizeHint::with_exact(0), |r| r.size_hint());
+                // Upper first: set_lower panics above the upper bound.
+                let mut hint = hyper::body::SizeHint::new();
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(read));
+                }
+                hint.set_lower(rest.lower().saturating_add(read));
+                hint
             }
         }
     }

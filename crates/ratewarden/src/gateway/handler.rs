@@ -2,6 +2,7 @@
 //! evaluate the policy, ask the store once, then answer or forward.
 
 use super::forward::Upstream;
+use super::login;
 use super::limiter::Verdict;
 use super::responses::{self, RuleOutcome};
 use super::threat::{client_label, stable_hash, Standing, Trigger};
@@ -113,7 +114,7 @@ pub async fn handle(
     // on one while the upstream may read the other (send a fresh random value first and
     // the real API key second, and every request gets a new bucket).
     let ambiguous_key_header = std::sync::atomic::AtomicBool::new(false);
-    let applicable = {
+    let (applicable, login_route) = {
         let lookup = |name: &str| {
             let mut values = headers.get_all(name).iter();
             let first = values.next()?;
@@ -130,7 +131,7 @@ pub async fn handle(
             client_network: network,
             header: &lookup,
         };
-        policy.evaluate(&facts)
+        (policy.evaluate(&facts), policy.login_route(&facts))
     };
     if ambiguous_key_header.load(std::sync::atomic::Ordering::Relaxed) {
         return refuse(
@@ -326,11 +327,22 @@ pub async fn handle(
         .filter(|a| a.counts_upstream())
         .map(|a| a.head(&request));
     let trigger = defended.as_ref().map(|_| trigger(&request, client.ip));
-    let mut response = upstream.forward(request, client.ip, metrics).await;
+    let (mut response, login) = match login_route.zip(gateway.logins.as_ref()) {
+        Some((route, guard)) => {
+            let address = client_label(client.ip, network);
+            let delayed = &gateway.delayed;
+            login::attempt(guard, upstream, route, request, client.ip, &address, delayed).await
+        }
+        None => (
+            upstream.forward(request, client.ip, metrics).await,
+            login::AttemptNotes::default(),
+        ),
+    };
     if let (Some((defence, label, _, _)), Some(mut observation), Some(trigger)) =
         (&defended, observation, trigger)
     {
         observation.outcome = RequestOutcome::Answered(response.status().as_u16());
+        let _ = login.stuffing;
         defence.observe(label.clone(), observation, trigger);
     }
     if let (Some(abuse), Some(head)) = (&gateway.abuse, head) {
@@ -343,7 +355,7 @@ pub async fn handle(
 }
 
 /// What an alert about this request's client may show of it (sanitised when used).
-fn trigger<B>(request: &Request<B>, ip: std::net::IpAddr) -> Trigger {
+pub(super) fn trigger<B>(request: &Request<B>, ip: std::net::IpAddr) -> Trigger {
     let headers = request.headers();
     Trigger {
         ip,

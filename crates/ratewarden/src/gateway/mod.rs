@@ -11,6 +11,7 @@ mod abuse;
 mod forward;
 mod handler;
 mod limiter;
+mod login;
 pub mod responses;
 mod status_cache;
 pub mod threat;
@@ -51,6 +52,7 @@ pub struct Gateway {
     store: limiter::Limiter,
     abuse: Option<Arc<abuse::AbuseReporter>>,
     defence: Option<Arc<threat::Defence>>,
+    logins: Option<Arc<login::LoginGuard>>,
     upstream: UpstreamSettings,
     metrics: Arc<Metrics>,
     clock: SystemClock,
@@ -97,14 +99,10 @@ impl Bound {
         };
         let defence = match &config.threat {
             Some(threat) => {
-                let instance = config.abuse.as_ref().map_or_else(
-                    || config::default_instance(Some(config.server.listen.port())),
-                    |a| a.settings.instance.clone(),
-                );
                 let defence = Arc::new(threat::Defence::new(
                     threat.clone(),
                     &config.store,
-                    instance,
+                    instance(&config),
                     metrics.clone(),
                     abuse.clone(),
                 )?);
@@ -115,11 +113,25 @@ impl Bound {
             None => None,
         };
         let s = &config.server;
+        let logins = match &config.login_pseudonyms {
+            Some(pseudonyms) => Some(Arc::new(login::LoginGuard::new(
+                &config.store,
+                pseudonyms.clone(),
+                metrics.clone(),
+                abuse.clone(),
+                instance(&config),
+                // The longest an attempt can take: its delay, then the upstream.
+                s.upstream_timeout + longest_login_delay(&config.policy),
+                s.header_timeout,
+            )?)),
+            None => None,
+        };
         let gateway = Arc::new(Gateway {
             policy: ArcSwap::from_pointee(config.policy.clone()),
             store,
             abuse,
             defence: defence.clone(),
+            logins,
             upstream: UpstreamSettings {
                 base: s.upstream.clone(),
                 connect_timeout: s.upstream_connect_timeout,
@@ -328,6 +340,24 @@ async fn accept_loop(
     Ok(())
 }
 
+/// The name alerts give this gateway.
+fn instance(config: &Config) -> String {
+    config.abuse.as_ref().map_or_else(
+        || config::default_instance(Some(config.server.listen.port())),
+        |a| a.settings.instance.clone(),
+    )
+}
+
+/// The longest progressive delay any login route may hold a request.
+fn longest_login_delay(policy: &Policy) -> Duration {
+    policy
+        .logins
+        .iter()
+        .filter_map(|l| l.delay.map(|d| d.max.to_duration()))
+        .max()
+        .unwrap_or_default()
+}
+
 /// What a reload cannot change, rendered for comparison (never logged: it holds the
 /// Redis URLs and alerting secrets as written, so that a changed one is noticed).
 fn fixed_settings(config: &Config) -> String {
@@ -345,8 +375,15 @@ fn fixed_settings(config: &Config) -> String {
         .map(|a| a.restart_material())
         .unwrap_or_default();
     let admin_token = config.admin.token.as_deref().unwrap_or_default();
+    // Login protection starts with its pseudonym key: a fingerprint of it tells a
+    // rotated secret, or [[login]] added or removed, apart.
+    let login = config
+        .login_pseudonyms
+        .as_ref()
+        .map(|p| p.pseudonym("restart", "fingerprint"))
+        .unwrap_or_default();
     format!(
-        "{:?} {:?} {urls} {abuse} {admin_token}",
+        "{:?} {:?} {urls} {abuse} {admin_token} {login}",
         config.server, config.store
     )
 }

@@ -159,6 +159,48 @@ pub fn blocked(retry_after: ratewarden_core::Nanos) -> Response<Body> {
     response
 }
 
+/// A login attempt refused: the account is locked out (`error = "account_locked"`, at
+/// the route's lockout status) or must wait (`"login_throttled"`, 429).
+pub fn login_refused(
+    status: StatusCode,
+    error: &str,
+    detail: &str,
+    login: &str,
+    retry_after: ratewarden_core::Nanos,
+) -> Response<Body> {
+    let seconds = retry_after.as_secs_ceil().max(1);
+    let body = serde_json::json!({
+        "type": format!("https://ratewarden.dev/problems/{error}"),
+        "title": status.canonical_reason().unwrap_or("Too Many Requests"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "error": error,
+        "login": login,
+        "retry_after": seconds,
+    });
+    let mut response = problem(status, &body);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+/// 408 for a request whose body did not come in time.
+pub fn request_timeout(detail: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "https://ratewarden.dev/problems/request-timeout",
+        "title": "Request Timeout",
+        "status": 408,
+        "detail": detail,
+        "error": "request_timeout",
+    });
+    let mut response = problem(StatusCode::REQUEST_TIMEOUT, &body);
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// 400 for a request the gateway will not interpret (bad path, smuggling attempt).
 pub fn bad_request(detail: &str) -> Response<Body> {
     let body = serde_json::json!({

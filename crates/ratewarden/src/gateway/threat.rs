@@ -574,40 +574,17 @@ impl Defence {
         trigger: Option<&Trigger>,
         context: ThreatContext,
     ) {
-        let now = self.clock.now().as_secs_ceil();
-        let alert = Alert {
+        let mut alert = alert_about(
             kind,
             severity,
-            identity: IdentityKind::Ip,
-            identity_value: client.to_owned(),
-            client_ip: trigger.map_or_else(|| client.to_owned(), |t| t.ip.to_string()),
-            client_network: client.to_owned(),
-            violations: 0,
-            window_seconds: self.config.load().window.as_secs_ceil(),
-            violations_since_last_alert: 0,
-            rules: Vec::new(),
-            source: Source::Gateway,
-            method: trigger.map_or_else(String::new, |t| self.sanitiser.text(t.method.as_str())),
-            path: trigger.map_or_else(String::new, |t| {
-                self.sanitiser
-                    .path_and_query(t.uri.path_and_query().map_or("/", |p| p.as_str()))
-            }),
-            user_agent: trigger
-                .and_then(|t| t.user_agent.as_ref())
-                .map(|ua| self.sanitiser.text(&String::from_utf8_lossy(ua.as_bytes()))),
-            authenticated: trigger.is_some_and(|t| t.authenticated),
-            user: None,
-            api_key_id: None,
-            first_violation: now,
-            last_violation: now,
-            instance: self.instance.clone(),
-            threat: Some(context),
-        };
-        match &self.alerts {
-            Some(reporter) => reporter.raise(alert),
-            // No [[alerts]] configured: the alert is a log line.
-            None => LogSink.deliver(&alert),
-        }
+            client,
+            trigger,
+            self.config.load().window,
+            &self.sanitiser,
+            &self.instance,
+        );
+        alert.threat = Some(context);
+        deliver(self.alerts.as_deref(), alert);
     }
 
     /// Whether `user_agent` names a known automation tool.
@@ -631,6 +608,57 @@ fn failed(metrics: &Metrics, error: &StoreError) {
         .get_or_create(&StoreFailure { kind: error.kind() })
         .inc();
     tracing::debug!(error = %error, "threat store failed; request decided at its recorded level");
+}
+
+/// An alert about `client` (its address or network) over `window`, with what may be
+/// shown of the request that raised it, sanitised.
+pub fn alert_about(
+    kind: &'static str,
+    severity: Severity,
+    client: &str,
+    trigger: Option<&Trigger>,
+    window: Nanos,
+    sanitiser: &Sanitiser,
+    instance: &str,
+) -> Alert {
+    // An alert's time stamp is wall-clock time, as its readers expect.
+    let now = SystemClock::new().now().as_secs_ceil();
+    Alert {
+        kind,
+        severity,
+        identity: IdentityKind::Ip,
+        identity_value: client.to_owned(),
+        client_ip: trigger.map_or_else(|| client.to_owned(), |t| t.ip.to_string()),
+        client_network: client.to_owned(),
+        violations: 0,
+        window_seconds: window.as_secs_ceil(),
+        violations_since_last_alert: 0,
+        rules: Vec::new(),
+        source: Source::Gateway,
+        method: trigger.map_or_else(String::new, |t| sanitiser.text(t.method.as_str())),
+        path: trigger.map_or_else(String::new, |t| {
+            sanitiser.path_and_query(t.uri.path_and_query().map_or("/", |p| p.as_str()))
+        }),
+        user_agent: trigger
+            .and_then(|t| t.user_agent.as_ref())
+            .map(|ua| sanitiser.text(&String::from_utf8_lossy(ua.as_bytes()))),
+        authenticated: trigger.is_some_and(|t| t.authenticated),
+        user: None,
+        api_key_id: None,
+        first_violation: now,
+        last_violation: now,
+        instance: instance.to_owned(),
+        threat: None,
+        login: None,
+    }
+}
+
+/// Hands `alert` to alerting, or (no `[[alerts]]` configured) writes it as a log line.
+pub fn deliver(alerts: Option<&AbuseReporter>, alert: Alert) {
+    match alerts {
+        Some(reporter) => reporter.raise(alert),
+        None => LogSink.deliver(&alert),
+    }
 }
 
 /// A stable hash: the same in every gateway and every build, so that gateways sharing

@@ -1,0 +1,512 @@
+//! Login protection on the request path: an attempt on a `[[login]]` route has its
+//! account read (from a bounded prefix of the body, or a header), is admitted or
+//! refused by the account's state in the store (lockout, attempts in flight), held or
+//! refused for its progressive delay, marked for a challenge, forwarded, and has its
+//! outcome (the upstream's status) recorded before the answer goes back, so the next
+//! attempt sees it.
+//!
+//! Accounts and addresses are pseudonymised (keyed HMAC) before they reach the store, a
+//! log line or an alert; the password is never looked at.
+
+use super::forward::{Challenge, ForwardBody, Upstream};
+use super::responses;
+use super::handler::trigger;
+use super::threat::{alert_about, deliver, Trigger};
+use super::{abuse::AbuseReporter, Body};
+use crate::config::StoreConfig;
+use crate::metrics::{LoginResult, Metrics};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use ratewarden_core::clock::{Clock, SystemClock};
+use ratewarden_core::login::{
+    account_in_body, account_in_header, AccountSource, DelayMode, LoginRoute, Named, Outcome,
+};
+use ratewarden_core::{Nanos, Timestamp};
+use ratewarden_detect::{LoginContext, Pseudonymiser, Sanitiser, Severity};
+use ratewarden_store::login::{AccountRules, Admission, Finished, LoginStore, MemoryLogins};
+use ratewarden_store::redis::RedisStore;
+use ratewarden_store::StoreError;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an address that logged in successfully stays known (lockout_scope =
+/// "account+ip").
+const KNOWN_FOR: Nanos = Nanos::from_secs(30 * 86_400);
+/// Attack alerts remembered per gateway (to send one per attacker per window).
+const MAX_ALERTED: usize = 10_000;
+
+/// Where login state is kept: as the limiter's store says.
+pub enum Logins {
+    /// In this process.
+    Memory(MemoryLogins<SystemClock>),
+    /// In Redis, shared by every gateway.
+    Redis(Box<RedisStore<SystemClock>>),
+}
+
+impl LoginStore for Logins {
+    async fn begin(
+        &self,
+        account: &str,
+        address: &str,
+        rules: &AccountRules,
+    ) -> Result<Admission, StoreError> {
+        match self {
+            Logins::Memory(m) => m.begin(account, address, rules).await,
+            Logins::Redis(r) => r.begin(account, address, rules).await,
+        }
+    }
+    async fn finish(
+        &self,
+        account: &str,
+        address: &str,
+        outcome: Outcome,
+        rules: &AccountRules,
+    ) -> Result<Finished, StoreError> {
+        match self {
+            Logins::Memory(m) => m.finish(account, address, outcome, rules).await,
+            Logins::Redis(r) => r.finish(account, address, outcome, rules).await,
+        }
+    }
+    async fn tried(
+        &self,
+        route: &str,
+        address: &str,
+        account: &str,
+        window: Nanos,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Logins::Memory(m) => m.tried(route, address, account, window).await,
+            Logins::Redis(r) => r.tried(route, address, account, window).await,
+        }
+    }
+}
+
+/// Login protection's shared state.
+pub struct LoginGuard {
+    store: Logins,
+    pseudonyms: Pseudonymiser,
+    metrics: Arc<Metrics>,
+    alerts: Option<Arc<AbuseReporter>>,
+    sanitiser: Sanitiser,
+    instance: String,
+    /// How long an attempt counts as in flight: the longest it can take.
+    in_flight_for: Nanos,
+    /// How long to wait for the part of a body that names the account.
+    body_timeout: Duration,
+    /// Attack alerts sent, by subject, until when (one per window).
+    alerted: Mutex<HashMap<String, Timestamp>>,
+    clock: SystemClock,
+}
+
+/// What the handler needs to know about an attempt, besides the response.
+#[derive(Default)]
+pub struct AttemptNotes {
+    /// The client tried more distinct accounts than the route allows (stuffing).
+    pub stuffing: bool,
+}
+
+impl LoginGuard {
+    /// Login protection over `store`.
+    pub fn new(
+        store: &StoreConfig,
+        pseudonyms: Pseudonymiser,
+        metrics: Arc<Metrics>,
+        alerts: Option<Arc<AbuseReporter>>,
+        instance: String,
+        longest_attempt: Duration,
+        body_timeout: Duration,
+    ) -> anyhow::Result<LoginGuard> {
+        let store = match store {
+            StoreConfig::Memory { max_keys } => {
+                Logins::Memory(MemoryLogins::new(*max_keys, SystemClock::new()))
+            }
+            StoreConfig::Redis { settings, .. } => Logins::Redis(Box::new(RedisStore::new(
+                settings.clone(),
+                SystemClock::new(),
+            )?)),
+        };
+        let sanitiser = alerts
+            .as_ref()
+            .map_or_else(Sanitiser::default, |a| a.sanitiser().clone());
+        Ok(LoginGuard {
+            store,
+            pseudonyms,
+            metrics,
+            alerts,
+            sanitiser,
+            instance,
+            in_flight_for: Nanos::from(longest_attempt),
+            body_timeout,
+            alerted: Mutex::new(HashMap::new()),
+            clock: SystemClock::new(),
+        })
+    }
+
+    fn count(&self, route: &LoginRoute, result: &'static str) {
+        self.metrics
+            .login_attempts
+            .get_or_create(&LoginResult {
+                login: route.name.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    fn rules(&self, route: &LoginRoute) -> AccountRules {
+        AccountRules {
+            failures: route.per_account.failures,
+            window: route.per_account.window,
+            lockout: route.per_account.lockout,
+            scope: route.lockout_scope,
+            in_flight_for: self.in_flight_for,
+            known_for: KNOWN_FOR,
+        }
+    }
+}
+
+/// Runs one login attempt from `client_ip` (`address`: its label) through protection
+/// and the upstream.
+pub async fn attempt(
+    guard: &Arc<LoginGuard>,
+    upstream: &Upstream,
+    route: &LoginRoute,
+    request: Request<Incoming>,
+    client_ip: IpAddr,
+    address: &str,
+    delayed: &tokio::sync::Semaphore,
+) -> (Response<Body>, AttemptNotes) {
+    let mut notes = AttemptNotes::default();
+    let (mut request, named) = match name_account(guard, route, request).await {
+        Ok(read) => read,
+        Err(response) => return (response, notes),
+    };
+    let account = match named {
+        Named::Account(account) => account,
+        Named::Ambiguous(why) => {
+            guard.count(route, "refused_ambiguous");
+            return (responses::bad_request(why), notes);
+        }
+        Named::Missing | Named::Unreadable => {
+            // Nothing to count against an account; the per-address limit still applies.
+            guard.count(route, "unidentified");
+            return (
+                upstream
+                    .forward_body(request, client_ip, &guard.metrics)
+                    .await,
+                notes,
+            );
+        }
+    };
+    let account = guard
+        .pseudonyms
+        .pseudonym(&format!("login:{}", route.name), &account);
+    let address = guard.pseudonyms.pseudonym("address", address);
+    let rules = guard.rules(route);
+    let (admission, tried) = tokio::join!(
+        guard.store.begin(&account, &address, &rules),
+        guard
+            .store
+            .tried(&route.name, &address, &account, route.per_account.window),
+    );
+    let trigger = trigger(&request, client_ip);
+    if let Ok(accounts) = tried {
+        if accounts >= u64::from(route.stuffing.accounts_per_ip) {
+            notes.stuffing = true;
+            guard.attack(route, &address, &trigger, Some(accounts), None, None);
+        }
+    }
+    let attempt = match admission {
+        Ok(Admission::Admitted(attempt)) => attempt,
+        Ok(Admission::Locked(remaining)) => {
+            guard.count(route, "locked");
+            let status =
+                StatusCode::from_u16(route.lockout_status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+            let response = responses::login_refused(
+                status,
+                "account_locked",
+                "too many failed logins on this account; it is locked for a while",
+                &route.name,
+                remaining,
+            );
+            return (response, notes);
+        }
+        Ok(Admission::Busy) => {
+            guard.count(route, "throttled");
+            let response = responses::login_refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                "login_throttled",
+                "other attempts on this account are in progress; try again shortly",
+                &route.name,
+                Nanos::from_secs(1),
+            );
+            return (response, notes);
+        }
+        Err(e) => {
+            // Login protection fails open: the per-address limit still holds, and
+            // refusing every login while the store is down would lock everyone out.
+            guard.count(route, "store_error");
+            tracing::warn!(login = %route.name, error = %e, "login store unavailable; attempt forwarded unprotected");
+            return (
+                upstream
+                    .forward_body(request, client_ip, &guard.metrics)
+                    .await,
+                notes,
+            );
+        }
+    };
+    // From here the attempt counts as in flight until its outcome is recorded, or,
+    // should the client go away first, until the guard releases it.
+    let mut in_flight = InFlight {
+        guard: guard.clone(),
+        account,
+        address,
+        rules,
+        open: true,
+    };
+    if attempt.addresses >= u64::from(route.stuffing.ips_per_account) {
+        guard.attack(
+            route,
+            &in_flight.address,
+            &trigger,
+            None,
+            Some(attempt.addresses),
+            Some(&in_flight.account),
+        );
+    }
+    let exempt = attempt.known_address;
+    // The delay runs from the latest failure: a client that waited it out goes on.
+    let delay = route
+        .delay
+        .filter(|_| !exempt)
+        .map_or(Nanos::ZERO, |d| d.for_failures(attempt.failures))
+        .saturating_sub(attempt.since_failure.unwrap_or(Nanos::MAX));
+    if delay > Nanos::ZERO {
+        let held = match route.delay_mode {
+            DelayMode::Hold => delayed.try_acquire().ok(),
+            DelayMode::Reject => None,
+        };
+        match held {
+            Some(_permit) => {
+                guard.count(route, "delayed");
+                tokio::time::sleep(delay.to_duration()).await;
+            }
+            None => {
+                guard.count(route, "throttled");
+                in_flight.finish(Outcome::Inconclusive).await;
+                let response = responses::login_refused(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "login_throttled",
+                    "recent failed logins on this account: wait before trying again",
+                    &route.name,
+                    delay,
+                );
+                return (response, notes);
+            }
+        }
+    }
+    if route
+        .challenge_after
+        .is_some_and(|after| attempt.failures >= after && !exempt)
+    {
+        request
+            .extensions_mut()
+            .insert(Challenge(HeaderValue::from_static("required")));
+    }
+    let response = upstream
+        .forward_body(request, client_ip, &guard.metrics)
+        .await;
+    let outcome = route.outcome(response.status().as_u16());
+    guard.count(
+        route,
+        match outcome {
+            Outcome::Failure => "failure",
+            Outcome::Success => "success",
+            Outcome::Inconclusive => "inconclusive",
+        },
+    );
+    if let Some(finished) = in_flight.finish(outcome).await {
+        if let Some(lockout) = finished.locked_for {
+            tracing::warn!(login = %route.name, account = %in_flight.account, lockout_seconds = lockout.as_secs_ceil(), "account locked out after repeated failed logins");
+        }
+    }
+    (response, notes)
+}
+
+/// Reads what names the account: the header, or the body up to `max_body` (a longer,
+/// unreadable or slow body goes on as it came, counted).
+async fn name_account(
+    guard: &LoginGuard,
+    route: &LoginRoute,
+    request: Request<Incoming>,
+) -> Result<(Request<ForwardBody>, Named), Response<Body>> {
+    if let AccountSource::Header(name) = &route.account {
+        let named = account_in_header(request.headers().get_all(name).iter().map(|v| v.as_bytes()));
+        return Ok((request.map(ForwardBody::Streamed), named));
+    }
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > route.max_body as u64) {
+        guard.count(route, "oversized");
+        return Ok((request.map(ForwardBody::Streamed), Named::Unreadable));
+    }
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(guard.body_timeout, read_prefix(body, route.max_body)).await;
+    match read {
+        Ok(Ok((head, None))) => {
+            let named = account_in_body(&route.account, &head);
+            let body = ForwardBody::Replayed {
+                head: Some(head),
+                rest: None,
+            };
+            Ok((Request::from_parts(parts, body), named))
+        }
+        Ok(Ok((head, rest))) => {
+            guard.count(route, "oversized");
+            let body = ForwardBody::Replayed {
+                head: Some(head),
+                rest,
+            };
+            Ok((Request::from_parts(parts, body), Named::Unreadable))
+        }
+        Ok(Err(_)) => Err(responses::bad_request("the request body could not be read")),
+        Err(_) => Err(responses::request_timeout(
+            "the login request's body did not arrive in time",
+        )),
+    }
+}
+
+/// Reads `body` until it ends or more than `max` bytes came: the bytes, and the rest of
+/// the body if it did not end.
+async fn read_prefix(
+    mut body: Incoming,
+    max: usize,
+) -> Result<(Bytes, Option<Incoming>), hyper::Error> {
+    let mut head = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        // Trailers carry no account; only data is kept.
+        if let Ok(data) = frame?.into_data() {
+            head.extend_from_slice(&data);
+            if head.len() > max {
+                return Ok((head.freeze(), Some(body)));
+            }
+        }
+    }
+    Ok((head.freeze(), None))
+}
+
+/// An admitted attempt not yet finished: dropped unfinished (the client went away), it
+/// is released in the background so it stops counting against the account.
+struct InFlight {
+    guard: Arc<LoginGuard>,
+    account: String,
+    address: String,
+    rules: AccountRules,
+    open: bool,
+}
+
+impl InFlight {
+    async fn finish(&mut self, outcome: Outcome) -> Option<Finished> {
+        self.open = false;
+        match self
+            .guard
+            .store
+            .finish(&self.account, &self.address, outcome, &self.rules)
+            .await
+        {
+            Ok(finished) => Some(finished),
+            Err(e) => {
+                tracing::warn!(error = %e, "login outcome not recorded");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let (guard, account, address, rules) = (
+            self.guard.clone(),
+            std::mem::take(&mut self.account),
+            std::mem::take(&mut self.address),
+            self.rules,
+        );
+        tokio::spawn(async move {
+            let _ = guard
+                .store
+                .finish(&account, &address, Outcome::Inconclusive, &rules)
+                .await;
+        });
+    }
+}
+
+impl LoginGuard {
+    /// Counts and alerts an attack on `route`: stuffing (`accounts` from one address)
+    /// or a distributed guess (`addresses` on one account). One alert per subject per
+    /// window from this gateway.
+    fn attack(
+        &self,
+        route: &LoginRoute,
+        address: &str,
+        trigger: &Trigger,
+        accounts: Option<u64>,
+        addresses: Option<u64>,
+        account: Option<&str>,
+    ) {
+        let (kind, result, subject) = match account {
+            None => ("credential_stuffing", "stuffing", address),
+            Some(account) => ("distributed_login_attack", "distributed", account),
+        };
+        let now = self.clock.now();
+        {
+            let mut alerted = self.alerted.lock();
+            let key = format!("{}\u{0}{subject}", route.name);
+            if alerted.get(&key).is_some_and(|until| *until > now) {
+                return;
+            }
+            if alerted.len() >= MAX_ALERTED {
+                alerted.retain(|_, until| *until > now);
+                if alerted.len() >= MAX_ALERTED {
+                    return;
+                }
+            }
+            alerted.insert(key, now.saturating_add(route.per_account.window));
+        }
+        self.metrics
+            .login_attacks
+            .get_or_create(&LoginResult {
+                login: route.name.clone(),
+                result,
+            })
+            .inc();
+        let client = trigger.ip.to_string();
+        tracing::warn!(target: "ratewarden::login", login = %route.name, kind, client = %client, distinct_accounts = accounts, distinct_addresses = addresses, account, "login attack detected");
+        let mut alert = alert_about(
+            kind,
+            Severity::Critical,
+            &client,
+            Some(trigger),
+            route.per_account.window,
+            &self.sanitiser,
+            &self.instance,
+        );
+        alert.violations = accounts.or(addresses).unwrap_or(0);
+        alert.login = Some(LoginContext {
+            login: route.name.clone(),
+            distinct_accounts: accounts,
+            distinct_addresses: addresses,
+            account: account.map(str::to_owned),
+        });
+        deliver(self.alerts.as_deref(), alert);
+    }
+}
