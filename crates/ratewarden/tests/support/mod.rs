@@ -539,3 +539,117 @@ impl Receiver {
         self.received.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
+
+/// The one password [`LoginApp`] accepts.
+pub const GOOD_PASSWORD: &str = "correct-horse-battery";
+
+/// A login API: `username` and `password` from a JSON or form body; 200 for
+/// [`GOOD_PASSWORD`], 401 for any other, 400 for a body it cannot read. It remembers
+/// what it saw and answers after `pause` (to let attempts overlap).
+pub struct LoginApp {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<LoginSeen>>>,
+}
+
+/// What the login API saw of one request.
+#[derive(Clone, Debug)]
+pub struct LoginSeen {
+    pub path: String,
+    pub body_len: usize,
+    pub username: Option<String>,
+    pub challenge: Option<String>,
+}
+
+impl LoginApp {
+    pub fn start(pause: Duration) -> LoginApp {
+        use http_body_util::BodyExt;
+        let seen: Arc<Mutex<Vec<LoginSeen>>> = Arc::default();
+        let log = seen.clone();
+        let port = serve(move |req: Request<hyper::body::Incoming>| {
+            let log = log.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let challenge = req
+                    .headers()
+                    .get("x-ratewarden-challenge")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let fields: Option<(String, String)> =
+                    serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| {
+                            Some((
+                                v.get("username")?.as_str()?.to_owned(),
+                                v.get("password")?.as_str()?.to_owned(),
+                            ))
+                        });
+                if let Ok(mut log) = log.lock() {
+                    log.push(LoginSeen {
+                        path,
+                        body_len: body.len(),
+                        username: fields.as_ref().map(|f| f.0.clone()),
+                        challenge,
+                    });
+                }
+                tokio::time::sleep(pause).await;
+                let status = match &fields {
+                    Some((_, password)) if password == GOOD_PASSWORD => 200,
+                    Some(_) => 401,
+                    None => 400,
+                };
+                let mut response = Response::new(Full::new(Bytes::from(format!(
+                    "{{\"status\":{status}}}"
+                ))));
+                *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        LoginApp { port, seen }
+    }
+
+    pub fn seen(&self) -> Vec<LoginSeen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Gateway {
+    /// A POST from `source` with a body of `content_type`, and extra headers.
+    pub fn post(
+        &self,
+        source: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (n, v) in headers {
+            request.push_str(&format!("{n}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        parse(&self.raw(source, &bytes))
+    }
+
+    /// A JSON login from `source`.
+    pub fn login(&self, source: &str, username: &str, password: &str) -> Reply {
+        let body = serde_json::json!({ "username": username, "password": password });
+        self.post(
+            source,
+            "/api/v1/auth/login",
+            "application/json",
+            body.to_string().as_bytes(),
+            &[],
+        )
+    }
+}

@@ -1,0 +1,252 @@
+//! Login protection, end to end: the real binary on loopback in front of a login API
+//! that answers 401 or 200 by password, clients speaking from distinct 127.x.y.z
+//! addresses.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{free_port, Gateway, LoginApp, Reply, GOOD_PASSWORD};
+
+const SECRET: &str = "login-test-privacy-secret-0123456789";
+
+fn config(app: &LoginApp, login: &str, extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{}"
+upstream = "http://127.0.0.1:{}"
+admin_listen = "127.0.0.1:{}"
+
+[privacy]
+secret = "{SECRET}"
+
+[[login]]
+name = "web_login"
+match = {{ path = "/api/v1/auth/login", methods = ["POST"] }}
+account = "json:username"
+{login}
+
+{extra}
+"#,
+        free_port(),
+        app.port,
+        free_port()
+    )
+}
+
+fn json(reply: &Reply) -> serde_json::Value {
+    serde_json::from_str(&reply.body).unwrap_or_else(|_| panic!("not JSON: {}", reply.body))
+}
+
+fn retry_after(reply: &Reply) -> u64 {
+    reply
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {:?}", reply.headers))
+}
+
+fn metric(gw: &Gateway, line_start: &str) -> f64 {
+    gw.metrics()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn five_failures_from_different_addresses_lock_the_account() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(
+        &app,
+        r#"per_account = { failures = 5, window = "1h", lockout = "1h" }"#,
+        "",
+    ));
+    for i in 1..=5 {
+        let reply = gw.login(&format!("127.0.1.{i}"), "alice@example.com", "guess");
+        assert_eq!(reply.status, 401, "attempt {i} reaches the upstream");
+    }
+    // Whatever the address and the spelling, and even with the right password.
+    let reply = gw.login("127.0.1.9", " ALICE@Example.com", GOOD_PASSWORD);
+    assert_eq!(reply.status, 429, "{}", reply.body);
+    let body = json(&reply);
+    assert_eq!(body["error"], "account_locked");
+    assert_eq!(body["login"], "web_login");
+    assert!((3500..=3600).contains(&retry_after(&reply)));
+    assert_eq!(app.seen().len(), 5, "a locked account's attempts stop here");
+    // Other accounts, and the same addresses, are untouched.
+    assert_eq!(gw.login("127.0.1.1", "bob", GOOD_PASSWORD).status, 200);
+    assert_eq!(
+        metric(&gw, r#"ratewarden_login_attempts_total{login="web_login",result="locked"}"#),
+        1.0
+    );
+}
+
+#[test]
+fn a_success_resets_the_failures() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(&app, "", ""));
+    for _ in 0..4 {
+        assert_eq!(gw.login("127.0.2.1", "carol", "wrong").status, 401);
+    }
+    assert_eq!(gw.login("127.0.2.1", "carol", GOOD_PASSWORD).status, 200);
+    for _ in 0..4 {
+        assert_eq!(gw.login("127.0.2.1", "carol", "wrong").status, 401);
+    }
+    assert_eq!(gw.login("127.0.2.1", "carol", GOOD_PASSWORD).status, 200);
+}
+
+#[test]
+fn concurrent_guesses_never_exceed_the_failure_limit() {
+    // The API takes 300 ms per answer, so twenty guesses fired at once all arrive
+    // before any failure is known.
+    let app = LoginApp::start(Duration::from_millis(300));
+    let gw = std::sync::Arc::new(Gateway::start(&config(&app, "", "")));
+    let threads: Vec<_> = (0..20)
+        .map(|i| {
+            let gw = gw.clone();
+            std::thread::spawn(move || gw.login(&format!("127.0.3.{}", i + 1), "dave", "x").status)
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().expect("join")).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    assert_eq!(app.seen().len(), 5);
+    let reply = gw.login("127.0.3.99", "dave", GOOD_PASSWORD);
+    assert_eq!(json(&reply)["error"], "account_locked");
+}
+
+#[test]
+fn the_delay_grows_from_the_last_failure_and_is_capped() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(
+        &app,
+        r#"per_account = { failures = 20 }
+progressive_delay = { after = 2, base = "1s", max = "2s", mode = "reject" }"#,
+        "",
+    ));
+    let source = "127.0.4.1";
+    assert_eq!(gw.login(source, "erin", "a").status, 401);
+    assert_eq!(gw.login(source, "erin", "b").status, 401, "no delay before `after`");
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let refused = gw.login(source, "erin", "c");
+        assert_eq!(refused.status, 429, "{}", refused.body);
+        assert_eq!(json(&refused)["error"], "login_throttled");
+        let wait = retry_after(&refused);
+        waits.push(wait);
+        std::thread::sleep(Duration::from_millis(wait * 1000 + 100));
+        assert_eq!(
+            gw.login(source, "erin", "c").status,
+            401,
+            "after the wait the attempt goes through"
+        );
+    }
+    assert_eq!(waits, [1, 2, 2], "base, doubled, then capped at max");
+    assert_eq!(app.seen().len(), 5, "refused attempts never reach the API");
+}
+
+#[test]
+fn a_held_attempt_is_delayed_then_forwarded() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(
+        &app,
+        r#"progressive_delay = { after = 1, base = "600ms", max = "5s" }"#,
+        "",
+    ));
+    assert_eq!(gw.login("127.0.5.1", "frank", "a").status, 401);
+    let started = Instant::now();
+    assert_eq!(gw.login("127.0.5.1", "frank", "b").status, 401);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "held for about the base delay: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn the_challenge_header_comes_only_from_the_gateway() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(&app, "challenge_after = 2", ""));
+    let body = br#"{"username":"grace","password":"x"}"#;
+    let forged = [("X-Ratewarden-Challenge", "passed")];
+    for _ in 0..2 {
+        let reply = gw.post("127.0.6.1", "/api/v1/auth/login", "application/json", body, &forged);
+        assert_eq!(reply.status, 401);
+    }
+    let reply = gw.post("127.0.6.1", "/api/v1/auth/login", "application/json", body, &forged);
+    assert_eq!(reply.status, 401);
+    let challenges: Vec<Option<String>> = app.seen().into_iter().map(|s| s.challenge).collect();
+    assert_eq!(
+        challenges,
+        [None, None, Some("required".to_owned())],
+        "the client's own header is stripped; the gateway adds it from the 2nd failure"
+    );
+    // Elsewhere too, a client cannot send it.
+    gw.post("127.0.6.1", "/other", "application/json", b"{}", &forged);
+    assert_eq!(app.seen().last().and_then(|s| s.challenge.clone()), None);
+}
+
+#[test]
+fn ambiguous_bodies_are_refused_and_odd_ones_pass_untouched() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(&app, r#"max_body = "16KiB""#, ""));
+    let path = "/api/v1/auth/login";
+    // The API would read the last username, we would count the first.
+    let twice = br#"{"username":"decoy","username":"henry","password":"x"}"#;
+    let reply = gw.post("127.0.7.1", path, "application/json", twice, &[]);
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let batched = br#"[{"username":"a","password":"x"},{"username":"b","password":"y"}]"#;
+    assert_eq!(gw.post("127.0.7.1", path, "application/json", batched, &[]).status, 400);
+    assert!(app.seen().is_empty(), "neither reached the API");
+    // Not JSON: passed on as it came, counted.
+    let form = b"username=henry&password=x";
+    let reply = gw.post("127.0.7.1", path, "application/x-www-form-urlencoded", form, &[]);
+    assert_eq!(reply.status, 400, "the API's own answer");
+    // 10 MiB: passed on byte for byte without being held in memory.
+    let mut big = br#"{"username":"henry","password":"x","pad":""#.to_vec();
+    big.resize(10 << 20, b'a');
+    big.extend_from_slice(br#""}"#);
+    let reply = gw.post("127.0.7.1", path, "application/json", &big, &[]);
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    let seen = app.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].body_len, form.len());
+    assert_eq!(seen[1].body_len, big.len());
+    assert_eq!(
+        metric(&gw, r#"ratewarden_login_attempts_total{login="web_login",result="oversized"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&gw, r#"ratewarden_login_attempts_total{login="web_login",result="refused_ambiguous"}"#),
+        2.0
+    );
+}
+
+#[test]
+fn stuffing_from_one_address_is_flagged_without_leaking_credentials() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(
+        &app,
+        "stuffing = { accounts_per_ip = 20 }",
+        r#"[[rules]]
+name = "everything"
+match = { path_prefix = "/" }
+rate = "1000/s"
+"#,
+    ));
+    let canary_password = "Canary-Pa55word-7f3a";
+    for i in 0..50 {
+        let user = format!("canary-user-{i}@example.com");
+        assert_eq!(gw.login("127.0.8.1", &user, canary_password).status, 401);
+    }
+    assert_eq!(
+        metric(&gw, r#"ratewarden_login_attacks_total{login="web_login",result="stuffing"}"#),
+        1.0,
+        "one alert per attacker per window"
+    );
+    let log = gw.log();
+    assert!(log.contains("credential_stuffing"), "{log}");
+    assert!(!log.contains("canary-user"), "an account name reached the log");
+    assert!(!log.contains(canary_password), "a password reached the log");
+    assert!(!gw.metrics().contains("canary"), "a credential reached the metrics");
+}
