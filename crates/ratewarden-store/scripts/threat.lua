@@ -5,12 +5,12 @@
 -- ARGV[1]: the operation. Times are the server's, in microseconds; integers go back
 -- through format_int (tostring would drop digits).
 --
--- observe window first_at last_at first_agent last_agent <ten bucket counts> endpoint...
+-- observe window first_at last_at first_agent last_agent <eleven bucket counts> endpoint...
 --   Adds a batch of the client's requests to the bucket of the current window (a hash
 --   per window, expiring after two windows) and its endpoints to that window's
 --   HyperLogLog; times the gap between the client's previous request and the batch's
 --   first (arrival times in microseconds, from the gateways). Reply: now, the recorded level (0-3), the end
---   of the block in force (0: none), the ten
+--   of the block in force (0: none), the eleven
 --   bucket fields of the current then the previous window, the distinct endpoints of
 --   the current then the previous window (single-key PFCOUNTs, which Redis caches; a
 --   two-key PFCOUNT would merge two dense sketches on every request).
@@ -34,8 +34,9 @@ if redis.replicate_commands then
   redis.replicate_commands()
 end
 
+-- In the order of Bucket::fields (src/threat/signals.rs in ratewarden-core).
 local FIELDS = { 'requests', 'errors', 'auth_failures', 'limited', 'automation', 'spoofed',
-  'agent_changes', 'gaps', 'gap_sum_ms', 'gap_squares_ms' }
+  'agent_changes', 'gaps', 'gap_sum_ms', 'gap_squares_ms', 'stuffing' }
 local MAX_TIMED_GAP_MS = 60000
 
 local function format_int(n)
@@ -113,8 +114,8 @@ if op == 'observe' then
       end
     end
   end
-  if #ARGV > 16 then
-    redis.call('PFADD', ends_current, unpack(ARGV, 17))
+  if #ARGV > 6 + #FIELDS then
+    redis.call('PFADD', ends_current, unpack(ARGV, 7 + #FIELDS))
   end
   if fresh then
     -- The window's first requests: its keys expire two windows from now, once.

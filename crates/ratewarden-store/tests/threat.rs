@@ -68,6 +68,7 @@ fn request(endpoint: u64, status: u16) -> Batch {
         agent: 42,
         automation_agent: false,
         spoofed_forwarding: false,
+        credential_stuffing: false,
         outcome: RequestOutcome::Answered(status),
     })
 }
@@ -196,6 +197,7 @@ async fn batches_count_like_the_requests_in_them<S: ThreatStore>(b: Backend<S>) 
         agent: 42,
         automation_agent: false,
         spoofed_forwarding: false,
+        credential_stuffing: false,
         outcome: RequestOutcome::Answered(401),
     };
     let mut first = Batch::of(&at(0));

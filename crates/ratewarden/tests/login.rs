@@ -250,3 +250,38 @@ rate = "1000/s"
     assert!(!log.contains(canary_password), "a password reached the log");
     assert!(!gw.metrics().contains("canary"), "a credential reached the metrics");
 }
+
+#[test]
+fn stuffing_raises_the_threat_level_until_the_client_is_blocked() {
+    let app = LoginApp::start(Duration::ZERO);
+    let token = "login-test-admin-token-0123";
+    let gw = Gateway::start(&config(
+        &app,
+        "stuffing = { accounts_per_ip = 10 }",
+        &format!(
+            r#"[admin]
+token = "{token}"
+
+[threat]
+"#
+        ),
+    ));
+    let mut statuses = Vec::new();
+    for i in 0..60 {
+        let reply = gw.login("127.0.9.1", &format!("user-{i}"), "Summer2026!");
+        statuses.push(reply.status);
+        if reply.status == 403 {
+            break;
+        }
+        // Give the observation flusher (every 200 ms) a chance to score the client.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(statuses.last(), Some(&403), "the stuffer ends up blocked: {statuses:?}");
+    let standing = gw.admin("GET", "/admin/clients/127.0.9.1", Some(token), "");
+    assert_eq!(standing.status, 200, "{}", standing.body);
+    let standing = json(&standing);
+    let reasons = standing.to_string();
+    assert!(reasons.contains("credential_stuffing="), "{reasons}");
+    // A user logging in normally from elsewhere is untouched.
+    assert_eq!(gw.login("127.0.9.2", "user-0", GOOD_PASSWORD).status, 200);
+}

@@ -110,6 +110,8 @@ pub struct Scoring {
     pub spoofed_forwarding: Weighted,
     /// User-agent changes.
     pub agent_changes: Weighted,
+    /// Login attempts while counted as credential stuffing (login protection).
+    pub credential_stuffing: Weighted,
     /// Points for a known automation user agent.
     pub automation_agent: f64,
     /// Points for clockwork timing: a gap coefficient of variation at or below
@@ -143,6 +145,7 @@ impl Default for Scoring {
             endpoints: Weighted::new(60.0, 30.0),
             spoofed_forwarding: Weighted::new(1.0, 15.0),
             agent_changes: Weighted::new(5.0, 20.0),
+            credential_stuffing: Weighted::new(1.0, 40.0),
             automation_agent: 15.0,
             regular_timing: 40.0,
             regular_cv: 0.1,
@@ -213,6 +216,9 @@ impl Scoring {
         });
         add(self.agent_changes.points(s.agent_changes), &|| {
             format!("agent_changes={}", s.agent_changes.round())
+        });
+        add(self.credential_stuffing.points(s.stuffing), &|| {
+            format!("credential_stuffing={}", s.stuffing.round())
         });
         if s.automation >= 1.0 {
             add(self.automation_agent, &|| "automation_agent".to_owned());

@@ -33,6 +33,9 @@ pub struct Observation {
     pub automation_agent: bool,
     /// Forwarding headers came from a peer not trusted to send them.
     pub spoofed_forwarding: bool,
+    /// A login attempt from a client that login protection counts as credential
+    /// stuffing (it tried too many distinct accounts).
+    pub credential_stuffing: bool,
     /// How it ended.
     pub outcome: RequestOutcome,
 }
@@ -72,6 +75,8 @@ pub struct Bucket {
     pub gap_sum_ms: u64,
     /// The sum of their squares, in milliseconds squared.
     pub gap_squares_ms: u64,
+    /// Login attempts made while counted as credential stuffing.
+    pub stuffing: u64,
 }
 
 impl Bucket {
@@ -85,6 +90,7 @@ impl Bucket {
         self.automation += u64::from(o.automation_agent);
         self.spoofed += u64::from(o.spoofed_forwarding);
         self.agent_changes += u64::from(agent_changed);
+        self.stuffing += u64::from(o.credential_stuffing);
         if let Some(gap) = gap_ms.filter(|g| *g <= MAX_TIMED_GAP_MS) {
             self.gaps += 1;
             self.gap_sum_ms = self.gap_sum_ms.saturating_add(gap);
@@ -106,10 +112,11 @@ impl Bucket {
         self.gaps += other.gaps;
         self.gap_sum_ms = self.gap_sum_ms.saturating_add(other.gap_sum_ms);
         self.gap_squares_ms = self.gap_squares_ms.saturating_add(other.gap_squares_ms);
+        self.stuffing += other.stuffing;
     }
 
     /// The counts in a fixed order (the Redis script's field order).
-    pub fn fields(&self) -> [u64; 10] {
+    pub fn fields(&self) -> [u64; 11] {
         [
             self.requests,
             self.errors,
@@ -121,6 +128,7 @@ impl Bucket {
             self.gaps,
             self.gap_sum_ms,
             self.gap_squares_ms,
+            self.stuffing,
         ]
     }
 }
@@ -204,6 +212,8 @@ pub struct Signals {
     pub spoofed: f64,
     /// User agent changes.
     pub agent_changes: f64,
+    /// Login attempts made while counted as credential stuffing.
+    pub stuffing: f64,
     /// Inter-arrival gaps timed.
     pub gaps: f64,
     /// Coefficient of variation of the gaps (standard deviation / mean); `None` without
@@ -249,6 +259,7 @@ impl Signals {
             automation: mix(|b| b.automation),
             spoofed: mix(|b| b.spoofed),
             agent_changes: mix(|b| b.agent_changes),
+            stuffing: mix(|b| b.stuffing),
             gaps,
             timing_cv: timing_cv.flatten(),
             mean_gap_ms,

@@ -13,6 +13,7 @@ fn request(at_ms: u64, endpoint: u64, outcome: RequestOutcome) -> Observation {
         agent: 7,
         automation_agent: false,
         spoofed_forwarding: false,
+        credential_stuffing: false,
         outcome,
     }
 }

@@ -18,7 +18,7 @@ use redis::{FromRedisValue, RedisError, Value};
 static THREAT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("../../scripts/threat.lua")));
 
-const BUCKET_FIELDS: usize = 10;
+const BUCKET_FIELDS: usize = 11;
 
 impl<C: Clock> RedisStore<C> {
     async fn threat_call<T: FromRedisValue>(
@@ -259,6 +259,7 @@ fn bucket(v: &[i64]) -> Bucket {
         gaps: u(7),
         gap_sum_ms: u(8),
         gap_squares_ms: u(9),
+        stuffing: u(10),
     }
 }
 

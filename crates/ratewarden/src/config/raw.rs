@@ -143,6 +143,7 @@ pub struct RawScoring {
     pub limited: Option<RawWeighted>,
     pub endpoints: Option<RawWeighted>,
     pub spoofed_forwarding: Option<RawWeighted>,
+    pub credential_stuffing: Option<RawWeighted>,
     pub agent_changes: Option<RawWeighted>,
     pub automation_agent: Option<RawFlat>,
     pub regular_timing: Option<RawTiming>,

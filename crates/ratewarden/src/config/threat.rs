@@ -286,6 +286,11 @@ fn scoring(raw: &RawThreat, errors: &mut Errors) -> Option<Scoring> {
         &s.agent_changes,
         &mut scoring.agent_changes,
     );
+    weighted(
+        "credential_stuffing",
+        &s.credential_stuffing,
+        &mut scoring.credential_stuffing,
+    );
     if let Some(a) = &s.automation_agent {
         scoring.automation_agent = a.weight;
     }

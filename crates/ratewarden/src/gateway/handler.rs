@@ -255,6 +255,7 @@ pub async fn handle(
             agent: user_agent.map_or(0, |ua| stable_hash(ua.as_bytes())),
             automation_agent: defence.is_automation(user_agent),
             spoofed_forwarding: client.spoofed_forwarding,
+            credential_stuffing: false,
             outcome: RequestOutcome::Limited,
         }
     });
@@ -342,7 +343,7 @@ pub async fn handle(
         (&defended, observation, trigger)
     {
         observation.outcome = RequestOutcome::Answered(response.status().as_u16());
-        let _ = login.stuffing;
+        observation.credential_stuffing = login.stuffing;
         defence.observe(label.clone(), observation, trigger);
     }
     if let (Some(abuse), Some(head)) = (&gateway.abuse, head) {

@@ -28,12 +28,20 @@ fn runtime() -> &'static Runtime {
     })
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and never handed out before by this process
+/// (tests run in parallel: two gateways must not be given one port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut given = GIVEN.get_or_init(Mutex::default).lock().expect("ports");
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Polls `condition` every 10 ms until it holds; fails with `what` after `within`.
@@ -283,7 +291,13 @@ impl Gateway {
         while std::net::TcpStream::connect(gateway.listen).is_err()
             || std::net::TcpStream::connect(gateway.admin).is_err()
         {
-            assert!(Instant::now() < deadline, "gateway did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start listening on {} and {}; its log:\n{}",
+                gateway.listen,
+                gateway.admin,
+                gateway.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         gateway
