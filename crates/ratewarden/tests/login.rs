@@ -4,8 +4,9 @@
 
 mod support;
 
+use ratewarden_testkit::RedisServer;
 use std::time::{Duration, Instant};
-use support::{free_port, Gateway, LoginApp, Reply, GOOD_PASSWORD};
+use support::{eventually, free_port, Gateway, LoginApp, Receiver, Reply, GOOD_PASSWORD};
 
 const SECRET: &str = "login-test-privacy-secret-0123456789";
 
@@ -235,6 +236,37 @@ rate = "1000/s"
 "#,
     ));
     let canary_password = "Canary-Pa55word-7f3a";
+    let webhook = Receiver::start(200, Duration::ZERO);
+    let gw_alerting = Gateway::start(&config(
+        &app,
+        "stuffing = { accounts_per_ip = 20 }",
+        &format!(
+            "[abuse]\nalert_after = 1000\n[[alerts]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\n",
+            webhook.port
+        ),
+    ));
+    for i in 0..30 {
+        let user = format!("canary-user-{i}@example.com");
+        assert_eq!(gw_alerting.login("127.0.8.2", &user, canary_password).status, 401);
+    }
+    eventually("the stuffing alert is delivered", Duration::from_secs(5), || {
+        !webhook.received().is_empty()
+    });
+    let alerts: Vec<serde_json::Value> = webhook
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("JSON alert"))
+        .collect();
+    assert_eq!(alerts.len(), 1, "one alert per attacker: {alerts:?}");
+    assert_eq!(alerts[0]["kind"], "credential_stuffing");
+    assert_eq!(alerts[0]["client_ip"], "127.0.8.2");
+    assert_eq!(alerts[0]["login"]["login"], "web_login");
+    let accounts = alerts[0]["login"]["distinct_accounts"].as_u64().unwrap_or(0);
+    assert!((20..=23).contains(&accounts), "{accounts}");
+    for received in webhook.received() {
+        let text = received.text();
+        assert!(!text.contains("canary-user") && !text.contains(canary_password), "{text}");
+    }
     for i in 0..50 {
         let user = format!("canary-user-{i}@example.com");
         assert_eq!(gw.login("127.0.8.1", &user, canary_password).status, 401);
@@ -284,4 +316,30 @@ token = "{token}"
     assert!(reasons.contains("credential_stuffing="), "{reasons}");
     // A user logging in normally from elsewhere is untouched.
     assert_eq!(gw.login("127.0.9.2", "user-0", GOOD_PASSWORD).status, 200);
+}
+
+#[test]
+fn two_instances_on_redis_share_failures_and_lockouts() {
+    let redis = RedisServer::start();
+    let app = LoginApp::start(Duration::ZERO);
+    let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
+    let a = Gateway::start(&config(&app, "", &store));
+    let b = Gateway::start(&config(&app, "", &store));
+    for i in 0..5 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(gw.login(&format!("127.0.10.{}", i + 1), "ivan", "x").status, 401);
+    }
+    for gw in [&a, &b] {
+        let reply = gw.login("127.0.10.50", "ivan", GOOD_PASSWORD);
+        assert_eq!(json(&reply)["error"], "account_locked", "{}", reply.body);
+    }
+    assert_eq!(app.seen().len(), 5);
+    // The store holds pseudonyms, never the account name.
+    let keys = std::process::Command::new("redis-cli")
+        .args(["-u", &redis.url(), "--scan"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(keys.contains(":login"), "{keys}");
+    assert!(!keys.contains("ivan"), "{keys}");
 }
