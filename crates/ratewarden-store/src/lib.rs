@@ -16,10 +16,10 @@
 pub mod check;
 pub mod error;
 pub mod failure;
+pub mod login;
 pub mod memory;
 pub mod redis;
 mod store;
-pub mod login;
 pub mod threat;
 
 pub use check::{Check, CounterKey, Decisions};

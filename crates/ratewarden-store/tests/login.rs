@@ -105,7 +105,12 @@ async fn concurrent_attempts_never_exceed_the_limit<S: LoginStore>(b: Backend<S>
     );
     for (n, i) in admitted_from.iter().enumerate() {
         let finished = b.stores[n % 2]
-            .finish("acct_victim", &format!("addr_{i}"), Outcome::Failure, &rules)
+            .finish(
+                "acct_victim",
+                &format!("addr_{i}"),
+                Outcome::Failure,
+                &rules,
+            )
             .await
             .unwrap();
         if n < 4 {
@@ -126,7 +131,12 @@ async fn concurrent_attempts_never_exceed_the_limit<S: LoginStore>(b: Backend<S>
         other => panic!("expected a lockout, got {other:?}"),
     }
     // Another account is untouched.
-    let other = admitted(b.stores[0].begin("acct_other", "addr_0", &rules).await.unwrap());
+    let other = admitted(
+        b.stores[0]
+            .begin("acct_other", "addr_0", &rules)
+            .await
+            .unwrap(),
+    );
     assert_eq!((other.failures, other.since_failure), (0, None));
 }
 
@@ -152,7 +162,11 @@ async fn success_clears_failures_and_remembers_the_address<S: LoginStore>(b: Bac
     assert_eq!(done.failures, 0, "a success resets the account's failures");
     // An attacker elsewhere locks the account out.
     for _ in 0..5 {
-        admitted(one.begin("acct_alice", "addr_attacker", &scoped).await.unwrap());
+        admitted(
+            one.begin("acct_alice", "addr_attacker", &scoped)
+                .await
+                .unwrap(),
+        );
         one.finish("acct_alice", "addr_attacker", Outcome::Failure, &scoped)
             .await
             .unwrap();
@@ -175,7 +189,12 @@ async fn success_clears_failures_and_remembers_the_address<S: LoginStore>(b: Bac
         .await
         .unwrap();
     assert_eq!(
-        admitted(one.begin("acct_alice", "addr_attacker", &scoped).await.unwrap()).failures,
+        admitted(
+            one.begin("acct_alice", "addr_attacker", &scoped)
+                .await
+                .unwrap()
+        )
+        .failures,
         0
     );
 }
@@ -183,7 +202,12 @@ async fn success_clears_failures_and_remembers_the_address<S: LoginStore>(b: Bac
 async fn inconclusive_outcomes_release_without_counting<S: LoginStore>(b: Backend<S>) {
     let rules = rules(LockoutScope::Account);
     for _ in 0..20 {
-        admitted(b.stores[0].begin("acct_bob", "addr_1", &rules).await.unwrap());
+        admitted(
+            b.stores[0]
+                .begin("acct_bob", "addr_1", &rules)
+                .await
+                .unwrap(),
+        );
         let done = b.stores[1]
             .finish("acct_bob", "addr_1", Outcome::Inconclusive, &rules)
             .await
@@ -222,7 +246,12 @@ async fn distinct_accounts_and_addresses_are_estimated<S: LoginStore>(b: Backend
         );
         addresses = attempt.addresses;
         b.stores[i % 2]
-            .finish("acct_sprayed", &format!("addr_{i}"), Outcome::Inconclusive, &rules)
+            .finish(
+                "acct_sprayed",
+                &format!("addr_{i}"),
+                Outcome::Inconclusive,
+                &rules,
+            )
             .await
             .unwrap();
     }
@@ -267,7 +296,10 @@ async fn lockouts_failures_and_stuck_attempts_run_out() {
     for _ in 0..5 {
         admitted(store.begin("acct", "addr", &rules).await.unwrap());
     }
-    assert_eq!(store.begin("acct", "addr", &rules).await.unwrap(), Admission::Busy);
+    assert_eq!(
+        store.begin("acct", "addr", &rules).await.unwrap(),
+        Admission::Busy
+    );
     clock.advance(Nanos::from_secs(61));
     for _ in 0..5 {
         admitted(store.begin("acct", "addr", &rules).await.unwrap());

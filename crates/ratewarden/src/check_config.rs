@@ -115,26 +115,6 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
         config.policy.rules.len()
     );
     for rule in &config.policy.rules {
-        let route = &rule.route;
-        let mut on = Vec::new();
-        if let Some(p) = &route.path {
-            on.push(format!("path = {p}"));
-        }
-        if let Some(p) = &route.path_prefix {
-            on.push(format!("path under {p}"));
-        }
-        for p in &route.except_path_prefixes {
-            on.push(format!("not under {p}"));
-        }
-        if !route.methods.is_empty() {
-            on.push(format!("methods {}", route.methods.join(",")));
-        }
-        if !route.hosts.is_empty() {
-            on.push(format!("hosts {}", route.hosts.join(",")));
-        }
-        if on.is_empty() {
-            on.push("every request".to_owned());
-        }
         let action = match rule.action {
             Action::Reject => "reject",
             Action::Delay => "delay",
@@ -146,7 +126,7 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
             describe(&rule.limit),
             rule.key,
             action,
-            on.join(" and "),
+            describe_route(&rule.route),
             if rule.allow.is_empty() {
                 String::new()
             } else {
@@ -159,7 +139,73 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
             },
         );
     }
+    if !config.policy.logins.is_empty() {
+        println!("login protection (accounts pseudonymised with [privacy] secret):");
+    }
+    for login in &config.policy.logins {
+        let a = &login.per_account;
+        let delay = login.delay.map_or_else(
+            || "no progressive delay".to_owned(),
+            |d| {
+                format!(
+                    "from failure {} a delay of {:?} doubling up to {:?} ({})",
+                    d.after,
+                    d.base.to_duration(),
+                    d.max.to_duration(),
+                    match login.delay_mode {
+                        ratewarden_core::login::DelayMode::Hold => "held",
+                        ratewarden_core::login::DelayMode::Reject => "refused with Retry-After",
+                    }
+                )
+            },
+        );
+        println!(
+            "  {:<16} on {}; account from {} (body read up to {} bytes); failures {:?}; lock after {} failures within {:?} for {:?} ({} scope, status {}); {delay}; {}; stuffing at {} accounts per address, distributed at {} addresses per account",
+            login.name,
+            describe_route(&login.route),
+            login.account,
+            login.max_body,
+            login.failure_status,
+            a.failures,
+            a.window.to_duration(),
+            a.lockout.to_duration(),
+            match login.lockout_scope {
+                ratewarden_core::login::LockoutScope::Account => "account",
+                ratewarden_core::login::LockoutScope::AccountAndIp => "account+ip",
+            },
+            login.lockout_status,
+            login.challenge_after.map_or_else(
+                || "no challenge".to_owned(),
+                |n| format!("challenge from failure {n}")
+            ),
+            login.stuffing.accounts_per_ip,
+            login.stuffing.ips_per_account,
+        );
+    }
     Ok(())
+}
+
+fn describe_route(route: &ratewarden_core::policy::RouteMatch) -> String {
+    let mut on = Vec::new();
+    if let Some(p) = &route.path {
+        on.push(format!("path = {p}"));
+    }
+    if let Some(p) = &route.path_prefix {
+        on.push(format!("path under {p}"));
+    }
+    for p in &route.except_path_prefixes {
+        on.push(format!("not under {p}"));
+    }
+    if !route.methods.is_empty() {
+        on.push(format!("methods {}", route.methods.join(",")));
+    }
+    if !route.hosts.is_empty() {
+        on.push(format!("hosts {}", route.hosts.join(",")));
+    }
+    if on.is_empty() {
+        on.push("every request".to_owned());
+    }
+    on.join(" and ")
 }
 
 fn describe(limit: &Limit) -> String {

@@ -2,6 +2,8 @@
 //! that answers 401 or 200 by password, clients speaking from distinct 127.x.y.z
 //! addresses.
 
+#![allow(clippy::disallowed_methods)] // a held attempt is timed with Instant
+
 mod support;
 
 use ratewarden_testkit::RedisServer;
@@ -77,7 +79,10 @@ fn five_failures_from_different_addresses_lock_the_account() {
     // Other accounts, and the same addresses, are untouched.
     assert_eq!(gw.login("127.0.1.1", "bob", GOOD_PASSWORD).status, 200);
     assert_eq!(
-        metric(&gw, r#"ratewarden_login_attempts_total{login="web_login",result="locked"}"#),
+        metric(
+            &gw,
+            r#"ratewarden_login_attempts_total{login="web_login",result="locked"}"#
+        ),
         1.0
     );
 }
@@ -108,9 +113,19 @@ fn concurrent_guesses_never_exceed_the_failure_limit() {
             std::thread::spawn(move || gw.login(&format!("127.0.3.{}", i + 1), "dave", "x").status)
         })
         .collect();
-    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().expect("join")).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    let statuses: Vec<u16> = threads
+        .into_iter()
+        .map(|t| t.join().expect("join"))
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
     assert_eq!(app.seen().len(), 5);
     let reply = gw.login("127.0.3.99", "dave", GOOD_PASSWORD);
     assert_eq!(json(&reply)["error"], "account_locked");
@@ -127,7 +142,11 @@ progressive_delay = { after = 2, base = "1s", max = "2s", mode = "reject" }"#,
     ));
     let source = "127.0.4.1";
     assert_eq!(gw.login(source, "erin", "a").status, 401);
-    assert_eq!(gw.login(source, "erin", "b").status, 401, "no delay before `after`");
+    assert_eq!(
+        gw.login(source, "erin", "b").status,
+        401,
+        "no delay before `after`"
+    );
     let mut waits = Vec::new();
     for _ in 0..3 {
         let refused = gw.login(source, "erin", "c");
@@ -171,10 +190,22 @@ fn the_challenge_header_comes_only_from_the_gateway() {
     let body = br#"{"username":"grace","password":"x"}"#;
     let forged = [("X-Ratewarden-Challenge", "passed")];
     for _ in 0..2 {
-        let reply = gw.post("127.0.6.1", "/api/v1/auth/login", "application/json", body, &forged);
+        let reply = gw.post(
+            "127.0.6.1",
+            "/api/v1/auth/login",
+            "application/json",
+            body,
+            &forged,
+        );
         assert_eq!(reply.status, 401);
     }
-    let reply = gw.post("127.0.6.1", "/api/v1/auth/login", "application/json", body, &forged);
+    let reply = gw.post(
+        "127.0.6.1",
+        "/api/v1/auth/login",
+        "application/json",
+        body,
+        &forged,
+    );
     assert_eq!(reply.status, 401);
     let challenges: Vec<Option<String>> = app.seen().into_iter().map(|s| s.challenge).collect();
     assert_eq!(
@@ -197,11 +228,21 @@ fn ambiguous_bodies_are_refused_and_odd_ones_pass_untouched() {
     let reply = gw.post("127.0.7.1", path, "application/json", twice, &[]);
     assert_eq!(reply.status, 400, "{}", reply.body);
     let batched = br#"[{"username":"a","password":"x"},{"username":"b","password":"y"}]"#;
-    assert_eq!(gw.post("127.0.7.1", path, "application/json", batched, &[]).status, 400);
+    assert_eq!(
+        gw.post("127.0.7.1", path, "application/json", batched, &[])
+            .status,
+        400
+    );
     assert!(app.seen().is_empty(), "neither reached the API");
     // Not JSON: passed on as it came, counted.
     let form = b"username=henry&password=x";
-    let reply = gw.post("127.0.7.1", path, "application/x-www-form-urlencoded", form, &[]);
+    let reply = gw.post(
+        "127.0.7.1",
+        path,
+        "application/x-www-form-urlencoded",
+        form,
+        &[],
+    );
     assert_eq!(reply.status, 400, "the API's own answer");
     // 10 MiB: passed on byte for byte without being held in memory.
     let mut big = br#"{"username":"henry","password":"x","pad":""#.to_vec();
@@ -214,11 +255,17 @@ fn ambiguous_bodies_are_refused_and_odd_ones_pass_untouched() {
     assert_eq!(seen[0].body_len, form.len());
     assert_eq!(seen[1].body_len, big.len());
     assert_eq!(
-        metric(&gw, r#"ratewarden_login_attempts_total{login="web_login",result="oversized"}"#),
+        metric(
+            &gw,
+            r#"ratewarden_login_attempts_total{login="web_login",result="oversized"}"#
+        ),
         1.0
     );
     assert_eq!(
-        metric(&gw, r#"ratewarden_login_attempts_total{login="web_login",result="refused_ambiguous"}"#),
+        metric(
+            &gw,
+            r#"ratewarden_login_attempts_total{login="web_login",result="refused_ambiguous"}"#
+        ),
         2.0
     );
 }
@@ -247,11 +294,18 @@ rate = "1000/s"
     ));
     for i in 0..30 {
         let user = format!("canary-user-{i}@example.com");
-        assert_eq!(gw_alerting.login("127.0.8.2", &user, canary_password).status, 401);
+        assert_eq!(
+            gw_alerting
+                .login("127.0.8.2", &user, canary_password)
+                .status,
+            401
+        );
     }
-    eventually("the stuffing alert is delivered", Duration::from_secs(5), || {
-        !webhook.received().is_empty()
-    });
+    eventually(
+        "the stuffing alert is delivered",
+        Duration::from_secs(5),
+        || !webhook.received().is_empty(),
+    );
     let alerts: Vec<serde_json::Value> = webhook
         .received()
         .iter()
@@ -261,26 +315,40 @@ rate = "1000/s"
     assert_eq!(alerts[0]["kind"], "credential_stuffing");
     assert_eq!(alerts[0]["client_ip"], "127.0.8.2");
     assert_eq!(alerts[0]["login"]["login"], "web_login");
-    let accounts = alerts[0]["login"]["distinct_accounts"].as_u64().unwrap_or(0);
+    let accounts = alerts[0]["login"]["distinct_accounts"]
+        .as_u64()
+        .unwrap_or(0);
     assert!((20..=23).contains(&accounts), "{accounts}");
     for received in webhook.received() {
         let text = received.text();
-        assert!(!text.contains("canary-user") && !text.contains(canary_password), "{text}");
+        assert!(
+            !text.contains("canary-user") && !text.contains(canary_password),
+            "{text}"
+        );
     }
     for i in 0..50 {
         let user = format!("canary-user-{i}@example.com");
         assert_eq!(gw.login("127.0.8.1", &user, canary_password).status, 401);
     }
     assert_eq!(
-        metric(&gw, r#"ratewarden_login_attacks_total{login="web_login",result="stuffing"}"#),
+        metric(
+            &gw,
+            r#"ratewarden_login_attacks_total{login="web_login",result="stuffing"}"#
+        ),
         1.0,
         "one alert per attacker per window"
     );
     let log = gw.log();
     assert!(log.contains("credential_stuffing"), "{log}");
-    assert!(!log.contains("canary-user"), "an account name reached the log");
+    assert!(
+        !log.contains("canary-user"),
+        "an account name reached the log"
+    );
     assert!(!log.contains(canary_password), "a password reached the log");
-    assert!(!gw.metrics().contains("canary"), "a credential reached the metrics");
+    assert!(
+        !gw.metrics().contains("canary"),
+        "a credential reached the metrics"
+    );
 }
 
 #[test]
@@ -308,7 +376,11 @@ token = "{token}"
         // Give the observation flusher (every 200 ms) a chance to score the client.
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(statuses.last(), Some(&403), "the stuffer ends up blocked: {statuses:?}");
+    assert_eq!(
+        statuses.last(),
+        Some(&403),
+        "the stuffer ends up blocked: {statuses:?}"
+    );
     let standing = gw.admin("GET", "/admin/clients/127.0.9.1", Some(token), "");
     assert_eq!(standing.status, 200, "{}", standing.body);
     let standing = json(&standing);
@@ -327,7 +399,10 @@ fn two_instances_on_redis_share_failures_and_lockouts() {
     let b = Gateway::start(&config(&app, "", &store));
     for i in 0..5 {
         let gw = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(gw.login(&format!("127.0.10.{}", i + 1), "ivan", "x").status, 401);
+        assert_eq!(
+            gw.login(&format!("127.0.10.{}", i + 1), "ivan", "x").status,
+            401
+        );
     }
     for gw in [&a, &b] {
         let reply = gw.login("127.0.10.50", "ivan", GOOD_PASSWORD);

@@ -302,7 +302,10 @@ mod tests {
             Named::Account("escaped".into()),
             "keys are compared decoded, as the application reads them"
         );
-        assert_eq!(field(r#"{"username":12345}"#), Named::Account("12345".into()));
+        assert_eq!(
+            field(r#"{"username":12345}"#),
+            Named::Account("12345".into())
+        );
         assert_eq!(field(r#"{"password":"x"}"#), Named::Missing);
         assert_eq!(field(r#"{"username":null}"#), Named::Missing);
         assert_eq!(field(r#"{"username":["a"]}"#), Named::Unreadable);
@@ -310,7 +313,11 @@ mod tests {
         assert_eq!(field(r#"{"username":"a"} trailing"#), Named::Unreadable);
         assert_eq!(field(r#"{"username":"a""#), Named::Unreadable);
         assert_eq!(field(&"[".repeat(10_000)), Named::Unreadable);
-        assert_eq!(field(&format!("{}{}", r#"{"a":"#.repeat(5000), "1")), Named::Unreadable, "deep nesting is refused by the parser, not a stack overflow");
+        assert_eq!(
+            field(&format!("{}{}", r#"{"a":"#.repeat(5000), "1")),
+            Named::Unreadable,
+            "deep nesting is refused by the parser, not a stack overflow"
+        );
         assert!(matches!(
             field(r#"{"username":"alice","username":"victim"}"#),
             Named::Ambiguous(_)
@@ -332,6 +339,9 @@ mod tests {
             account_in_header([&b"a"[..], &b"b"[..]].into_iter()),
             Named::Ambiguous(_)
         ));
-        assert_eq!(account_in_header([&b"\xff"[..]].into_iter()), Named::Unreadable);
+        assert_eq!(
+            account_in_header([&b"\xff"[..]].into_iter()),
+            Named::Unreadable
+        );
     }
 }

@@ -8,8 +8,7 @@
 mod account;
 
 pub use account::{
-    account_in_body, account_in_header, normalize_account, AccountSource, Named,
-    MAX_ACCOUNT_CHARS,
+    account_in_body, account_in_header, normalize_account, AccountSource, Named, MAX_ACCOUNT_CHARS,
 };
 
 use crate::policy::{RequestFacts, RouteMatch};

@@ -155,7 +155,7 @@ impl<C: Clock> MemoryLogins<C> {
         let record = shard
             .records
             .entry(account.to_owned())
-            .or_insert_with(AccountRecord::default);
+            .or_default();
         record.window = window;
         record.settle(now);
         work(record, now)

@@ -65,18 +65,20 @@ impl<C: Clock> LoginStore for RedisStore<C> {
         let reply: Vec<Value> = self.login_call(account, &args).await?;
         let verdict = reply.first().map(text).transpose()?;
         match (verdict.as_deref(), reply.as_slice()) {
-            (Some("locked"), [_, remaining]) => Ok(Admission::Locked(Nanos(
-                micros(int(remaining)?).as_nanos(),
-            ))),
+            (Some("locked"), [_, remaining]) => {
+                Ok(Admission::Locked(Nanos(micros(int(remaining)?).as_nanos())))
+            }
             (Some("busy"), _) => Ok(Admission::Busy),
-            (Some("ok"), [_, failures, known, addresses, since]) => Ok(Admission::Admitted(Attempt {
-                failures: u32::try_from(int(failures)?).unwrap_or(0),
-                since_failure: u64::try_from(int(since)?)
-                    .ok()
-                    .map(|us| Nanos(us.saturating_mul(1000))),
-                known_address: int(known)? == 1,
-                addresses: u64::try_from(int(addresses)?).unwrap_or(0),
-            })),
+            (Some("ok"), [_, failures, known, addresses, since]) => {
+                Ok(Admission::Admitted(Attempt {
+                    failures: u32::try_from(int(failures)?).unwrap_or(0),
+                    since_failure: u64::try_from(int(since)?)
+                        .ok()
+                        .map(|us| Nanos(us.saturating_mul(1000))),
+                    known_address: int(known)? == 1,
+                    addresses: u64::try_from(int(addresses)?).unwrap_or(0),
+                }))
+            }
             _ => Err(protocol("begin", &reply)),
         }
     }

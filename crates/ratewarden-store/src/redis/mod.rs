@@ -19,8 +19,8 @@
 mod breaker;
 mod connection;
 mod keys;
-mod script;
 mod login;
+mod script;
 mod threat;
 
 pub use connection::{redacted, RedisTarget};

@@ -97,7 +97,10 @@ fn one(
     let failure_status = match &raw.failure_status {
         None => Some(vec![401, 403]),
         Some(list) if list.is_empty() => {
-            errors.add(f("failure_status"), "list at least one status, such as [401, 403]");
+            errors.add(
+                f("failure_status"),
+                "list at least one status, such as [401, 403]",
+            );
             None
         }
         Some(list) => {
@@ -114,14 +117,11 @@ fn one(
             Some(statuses)
         }
     };
-    let duration = |errors: &mut Errors, name: &str, value: &Option<String>, default: u64| {
-        match value {
+    let duration =
+        |errors: &mut Errors, name: &str, value: &Option<String>, default: u64| match value {
             None => Some(Nanos::from_secs(default)),
-            Some(v) => errors
-                .check(&f(name), parse_duration(v))
-                .map(Nanos::from),
-        }
-    };
+            Some(v) => errors.check(&f(name), parse_duration(v)).map(Nanos::from),
+        };
     let count = |errors: &mut Errors, name: &str, value: Option<i64>, default: u32| match value {
         None => Some(default),
         Some(n) if (1..=1_000_000).contains(&n) => Some(n as u32),

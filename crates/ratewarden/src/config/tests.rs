@@ -502,3 +502,94 @@ fn the_admin_token_never_reaches_debug_output() {
     .expect("valid");
     assert!(!format!("{config:?}").contains("s3cret"));
 }
+
+#[test]
+fn the_login_example_of_the_issue_compiles_with_its_per_address_rule() {
+    let config = parse(&format!(
+        r#"{MINIMAL}
+[privacy]
+secret = "0123456789abcdef0123"
+
+[[login]]
+name = "web_login"
+match = {{ path = "/api/v1/auth/login", methods = ["POST"] }}
+account = "json:username"
+max_body = "16KiB"
+failure_status = [401, 403]
+per_account = {{ failures = 5, window = "1h", lockout = "1h" }}
+per_ip      = {{ attempts = 100, window = "1h" }}
+progressive_delay = {{ after = 3, base = "1s", max = "30s" }}
+challenge_after = 3
+"#
+    ))
+    .expect("valid");
+    let login = &config.policy.logins[0];
+    assert_eq!(login.max_body, 16 * 1024);
+    assert_eq!(login.per_account.failures, 5);
+    assert_eq!(login.challenge_after, Some(3));
+    assert_eq!(
+        login.lockout_scope,
+        ratewarden_core::login::LockoutScope::Account
+    );
+    let rule = &config.policy.rules[0];
+    assert_eq!(rule.name.as_str(), "web_login:per_ip");
+    assert!(matches!(
+        rule.limit,
+        ratewarden_core::Limit::SlidingWindow(_)
+    ));
+    assert!(config.login_pseudonyms.is_some());
+    assert!(!format!("{config:?}").contains("0123456789abcdef0123"));
+}
+
+#[test]
+fn login_settings_are_checked_with_their_paths() {
+    let errs = errors(&format!(
+        r#"{MINIMAL}
+[[rules]]
+name = "web_login:per_ip"
+rate = "1/s"
+
+[[login]]
+name = "web_login"
+match = {{ methods = ["POST"] }}
+account = "cookie:session"
+max_body = "2MiB"
+failure_status = [200]
+per_ip = {{ attempts = 10, window = "1h" }}
+progressive_delay = {{ base = "10s", max = "1s", mode = "later" }}
+lockout_scope = "everyone"
+lockout_status = 403
+"#
+    ));
+    for expected in [
+        "privacy.secret: [[login]] accounts are pseudonymised",
+        "login[0].match: name the login endpoint",
+        "login[0].account: \"cookie\": use json, form or header",
+        "login[0].max_body: 2097152 bytes; at most 1MiB",
+        "login[0].failure_status[0]: 200 is not a 4xx or 5xx status",
+        "login[0].name: its per-address rule would be named \"web_login:per_ip\"",
+        "login[0].progressive_delay.mode: \"later\" is not a mode",
+        "login[0].lockout_scope: \"everyone\" is not a scope",
+        "login[0].lockout_status: 403: use 429 or 423",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "missing {expected:?} in {errs:#?}"
+        );
+    }
+    let errs = errors(&format!(
+        r#"{MINIMAL}
+[privacy]
+secret = "0123456789abcdef0123"
+[[login]]
+name = "l"
+match = {{ path = "/login" }}
+account = "form:user"
+progressive_delay = {{ base = "10s", max = "1s" }}
+"#
+    ));
+    assert_eq!(
+        errs,
+        ["login[0].progressive_delay.max: must be at least progressive_delay.base"]
+    );
+}

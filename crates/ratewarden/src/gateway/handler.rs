@@ -2,8 +2,8 @@
 //! evaluate the policy, ask the store once, then answer or forward.
 
 use super::forward::Upstream;
-use super::login;
 use super::limiter::Verdict;
+use super::login;
 use super::responses::{self, RuleOutcome};
 use super::threat::{client_label, stable_hash, Standing, Trigger};
 use super::{Body, Gateway};
@@ -332,7 +332,10 @@ pub async fn handle(
         Some((route, guard)) => {
             let address = client_label(client.ip, network);
             let delayed = &gateway.delayed;
-            login::attempt(guard, upstream, route, request, client.ip, &address, delayed).await
+            login::attempt(
+                guard, upstream, route, request, client.ip, &address, delayed,
+            )
+            .await
         }
         None => (
             upstream.forward(request, client.ip, metrics).await,

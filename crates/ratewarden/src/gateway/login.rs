@@ -9,8 +9,8 @@
 //! log line or an alert; the password is never looked at.
 
 use super::forward::{Challenge, ForwardBody, Upstream};
-use super::responses;
 use super::handler::trigger;
+use super::responses;
 use super::threat::{alert_about, deliver, Trigger};
 use super::{abuse::AbuseReporter, Body};
 use crate::config::StoreConfig;

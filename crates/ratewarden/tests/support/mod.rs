@@ -617,9 +617,8 @@ impl LoginApp {
                     Some(_) => 401,
                     None => 400,
                 };
-                let mut response = Response::new(Full::new(Bytes::from(format!(
-                    "{{\"status\":{status}}}"
-                ))));
+                let mut response =
+                    Response::new(Full::new(Bytes::from(format!("{{\"status\":{status}}}"))));
                 *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
                 Ok::<_, std::convert::Infallible>(response)
             }
