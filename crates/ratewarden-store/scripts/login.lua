@@ -22,7 +22,7 @@
 --   Reply: {failures, lockout_ms started (0: none)}
 -- tried window_ms route account
 --   Keys of an address: :r:<route>:<n> the accounts it tried on the route in window n.
---   Reply: distinct accounts over the current and the previous window.
+--   Reply: distinct accounts, the sliding estimate over a window.
 
 if redis.replicate_commands then
   redis.replicate_commands()
@@ -45,13 +45,21 @@ local function int(v)
   return tonumber(v or '0') or 0
 end
 
--- The distinct count of window `index` and the one before, after adding `member`.
+-- Adds `member` to window `index`'s HyperLogLog and returns the sliding estimate of
+-- distinct members: the current window's count plus the previous one's, weighted by
+-- the share of it still within one window of now (as the threat signals are read).
+-- Single-key PFCOUNTs: Redis caches them, where a two-key count merges two dense
+-- sketches on every call.
 local function add_distinct(prefix, window_ms, member)
-  local index = math.floor(now / (window_ms * 1000))
+  local window_us = window_ms * 1000
+  local index = math.floor(now / window_us)
   local current = prefix .. format_int(index)
   redis.call('PFADD', current, member)
   redis.call('PEXPIRE', current, 2 * window_ms)
-  return redis.call('PFCOUNT', current, prefix .. format_int(index - 1))
+  local weight = 1 - (now - index * window_us) / window_us
+  local estimate = redis.call('PFCOUNT', current)
+    + weight * redis.call('PFCOUNT', prefix .. format_int(index - 1))
+  return math.floor(estimate + 0.5)
 end
 
 if op == 'begin' then

@@ -23,6 +23,9 @@ pub enum Command {
     /// Detection quality: a labelled mix of users and attackers replayed against static
     /// limits and against adaptive defence; what reached the API, what was refused.
     Scenario(crate::scenario::ScenarioArgs),
+    /// Login protection measured: one simulated hour of credential stuffing and
+    /// brute force mixed with real users' logins, with and without protection.
+    LoginScenario(crate::login_scenario::LoginScenarioArgs),
     /// Run the gateway in front of the upstream named in the configuration.
     Serve {
         /// The TOML configuration file.

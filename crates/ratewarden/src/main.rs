@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod demo;
 mod gateway;
+mod login_scenario;
 mod metrics;
 mod scenario;
 
@@ -18,13 +19,14 @@ fn main() -> anyhow::Result<()> {
     // The demo prints its own report; per-request logs would drown it.
     let default_level = match cli.command {
         cli::Command::Demo(_) => "warn",
-        cli::Command::Scenario(_) => "error",
+        cli::Command::Scenario(_) | cli::Command::LoginScenario(_) => "error",
         _ => "info",
     };
     cli::init_logging(cli.log_format, default_level);
     match cli.command {
         cli::Command::Demo(args) => demo::run(&args),
         cli::Command::Scenario(args) => scenario::run(&args),
+        cli::Command::LoginScenario(args) => login_scenario::run(&args),
         cli::Command::CheckConfig { file } => check_config::run(&file),
         cli::Command::Serve {
             config: path,

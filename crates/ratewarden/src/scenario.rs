@@ -327,10 +327,10 @@ async fn replay(adaptive: bool, seconds: u64) -> anyhow::Result<Vec<Arc<Simulate
 }
 
 /// A small, seeded generator: the same scenario every run.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         // xorshift64*
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -338,7 +338,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
@@ -347,9 +347,9 @@ impl Rng {
     }
 }
 
-type Http = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type Http = Client<HttpConnector, Full<Bytes>>;
 
-fn client_from(address: IpAddr) -> Http {
+pub(crate) fn client_from(address: IpAddr) -> Http {
     let mut connector = HttpConnector::new();
     connector.set_local_address(Some(address));
     Client::builder(TokioExecutor::new()).build(connector)

@@ -16,7 +16,8 @@ const SWEEP_EVERY: Nanos = Nanos::from_secs(1);
 /// Records looked at to choose one to evict when a shard is full.
 const EVICTION_SAMPLE: usize = 8;
 
-/// A distinct count over the current and the previous window.
+/// A distinct count over a sliding window: the current fixed window's sketch and the
+/// previous one's, weighted by how much of it is still within a window of now.
 #[derive(Default)]
 struct WindowedSketch {
     index: u64,
@@ -25,9 +26,11 @@ struct WindowedSketch {
 }
 
 impl WindowedSketch {
-    /// Adds `hash` at `now` and returns the distinct count of both windows.
+    /// Adds `hash` at `now` and returns the distinct estimate (as the Redis script
+    /// computes it).
     fn add(&mut self, hash: u64, now: Timestamp, window: Nanos) -> u64 {
-        let index = now.as_nanos() / window.as_nanos().max(1);
+        let window = window.as_nanos().max(1);
+        let index = now.as_nanos() / window;
         if index != self.index {
             self.previous = if index == self.index + 1 {
                 std::mem::take(&mut self.current)
@@ -38,9 +41,8 @@ impl WindowedSketch {
             self.index = index;
         }
         self.current.insert(hash);
-        let mut both = self.previous.clone();
-        both.merge(&self.current);
-        both.estimate().round() as u64
+        let weight = 1.0 - (now.as_nanos() - index * window) as f64 / window as f64;
+        (self.current.estimate() + weight * self.previous.estimate()).round() as u64
     }
 
     fn live_until(&self, window: Nanos) -> Timestamp {

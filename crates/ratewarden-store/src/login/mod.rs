@@ -30,8 +30,8 @@ pub const KNOWN_ADDRESSES: usize = 16;
 pub struct AccountRules {
     /// Failures that lock the account.
     pub failures: u32,
-    /// Failures are forgotten this long after the last one; distinct counts cover the
-    /// current and the previous window of this length.
+    /// Failures are forgotten this long after the last one; distinct counts are
+    /// sliding-window estimates over this length.
     pub window: Nanos,
     /// How long a lockout lasts.
     pub lockout: Nanos,
@@ -103,7 +103,7 @@ pub trait LoginStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Finished, StoreError>> + Send;
 
     /// Notes that `address` tried `account` on login route `route`; returns the
-    /// distinct accounts it tried there over the current and previous `window`.
+    /// distinct accounts it tried there within about `window` (a sliding estimate).
     fn tried(
         &self,
         route: &str,
