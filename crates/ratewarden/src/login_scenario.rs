@@ -206,7 +206,11 @@ fn configuration(setting: &Setting, upstream: SocketAddr, scale: f64) -> String 
     // {s:N}: N simulated seconds as a real duration; {s_ms:N}: N simulated milliseconds
     // as a real number of milliseconds; {x:N}: a rate of N per simulated second.
     for (kind, render) in [
-        ("{s:", (|n: f64, scale: f64| format!("{}ms", ((n * 1000.0 / scale).round() as u64).max(1))) as fn(f64, f64) -> String),
+        (
+            "{s:",
+            (|n: f64, scale: f64| format!("{}ms", ((n * 1000.0 / scale).round() as u64).max(1)))
+                as fn(f64, f64) -> String,
+        ),
         ("{s_ms:", |n, scale| format!("{:.3}", n / scale)),
         ("{x:", |n, scale| format!("{:.1}", n * scale)),
     ] {
@@ -245,7 +249,16 @@ async fn replay(setting: &Setting, scale: f64, seconds: u64) -> anyhow::Result<T
         yesterday.spawn(async move {
             let http = client_from(address(30, u));
             let password = password_of(u);
-            attempt(&http, gateway, u, &password, Role::User, &history, delay_floor).await
+            attempt(
+                &http,
+                gateway,
+                u,
+                &password,
+                Role::User,
+                &history,
+                delay_floor,
+            )
+            .await
         });
     }
     yesterday.join_all().await;
@@ -271,9 +284,16 @@ async fn replay(setting: &Setting, scale: f64, seconds: u64) -> anyhow::Result<T
                 }
                 if rng.below(10) == 0 {
                     let wrong = format!("{}x", password_of(account));
-                    let outcome =
-                        attempt(&http, gateway, account, &wrong, Role::User, &tallies, delay_floor)
-                            .await;
+                    let outcome = attempt(
+                        &http,
+                        gateway,
+                        account,
+                        &wrong,
+                        Role::User,
+                        &tallies,
+                        delay_floor,
+                    )
+                    .await;
                     refused_once |= outcome == Some(false);
                     tokio::time::sleep(sim(5.0)).await;
                 }
@@ -305,7 +325,16 @@ async fn replay(setting: &Setting, scale: f64, seconds: u64) -> anyhow::Result<T
                 // and made-up user names, every common password.
                 let name = n % (2 * ACCOUNTS);
                 let password = COMMON_PASSWORDS[(n / (2 * ACCOUNTS)) as usize % 3];
-                attempt(&http, gateway, name, password, Role::Stuffer, &tallies, delay_floor).await;
+                attempt(
+                    &http,
+                    gateway,
+                    name,
+                    password,
+                    Role::Stuffer,
+                    &tallies,
+                    delay_floor,
+                )
+                .await;
                 n += STUFFERS;
                 next += sim(1.0);
                 tokio::time::sleep_until(next).await;
@@ -321,8 +350,16 @@ async fn replay(setting: &Setting, scale: f64, seconds: u64) -> anyhow::Result<T
             while Instant::now() < deadline {
                 let account = TARGETED[(n % 3) as usize];
                 let password = format!("guess-{n}");
-                attempt(&http, gateway, account, &password, Role::Guesser, &tallies, delay_floor)
-                    .await;
+                attempt(
+                    &http,
+                    gateway,
+                    account,
+                    &password,
+                    Role::Guesser,
+                    &tallies,
+                    delay_floor,
+                )
+                .await;
                 n += 1;
                 next += sim(1.0);
                 tokio::time::sleep_until(next).await;

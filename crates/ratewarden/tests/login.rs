@@ -418,3 +418,104 @@ fn two_instances_on_redis_share_failures_and_lockouts() {
     assert!(keys.contains(":login"), "{keys}");
     assert!(!keys.contains("ivan"), "{keys}");
 }
+
+#[test]
+fn one_address_spraying_many_accounts_meets_the_per_address_limit() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(
+        &app,
+        r#"per_ip = { attempts = 10, window = "1h" }"#,
+        "",
+    ));
+    for i in 0..10 {
+        assert_eq!(
+            gw.login("127.0.11.1", &format!("sprayed-{i}"), "123456")
+                .status,
+            401
+        );
+    }
+    let reply = gw.login("127.0.11.1", "sprayed-10", "123456");
+    assert_eq!(reply.status, 429, "{}", reply.body);
+    assert_eq!(json(&reply)["rule"], "web_login:per_ip");
+    assert_eq!(app.seen().len(), 10);
+    // Another address is not held back.
+    assert_eq!(
+        gw.login("127.0.11.2", "sprayed-0", GOOD_PASSWORD).status,
+        200
+    );
+}
+
+#[test]
+fn account_and_ip_scope_lets_the_real_user_in_during_a_lockout() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(&app, r#"lockout_scope = "account+ip""#, ""));
+    let (home, attacker, elsewhere) = ("127.0.12.1", "127.0.12.66", "127.0.12.2");
+    assert_eq!(gw.login(home, "judy", GOOD_PASSWORD).status, 200);
+    for _ in 0..5 {
+        assert_eq!(gw.login(attacker, "judy", "guess").status, 401);
+    }
+    assert_eq!(
+        json(&gw.login(attacker, "judy", GOOD_PASSWORD))["error"],
+        "account_locked"
+    );
+    assert_eq!(
+        json(&gw.login(elsewhere, "judy", GOOD_PASSWORD))["error"],
+        "account_locked"
+    );
+    assert_eq!(
+        gw.login(home, "judy", GOOD_PASSWORD).status,
+        200,
+        "the address that logged in before still gets in"
+    );
+}
+
+#[test]
+fn unidentified_attempts_can_be_refused_so_padding_does_not_escape_the_account_limit() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(
+        &app,
+        r#"max_body = "1KiB"
+unidentified = "reject""#,
+        "",
+    ));
+    let path = "/api/v1/auth/login";
+    let mut padded = br#"{"username":"kate","password":"x","pad":""#.to_vec();
+    padded.resize(4096, b'a');
+    padded.extend_from_slice(br#""}"#);
+    let reply = gw.post("127.0.13.1", path, "application/json", &padded, &[]);
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    // JSON that a lenient parser takes (Python's reads NaN) but ours does not.
+    let lenient = br#"{"username":"kate","password":"x","n":NaN}"#;
+    assert_eq!(
+        gw.post("127.0.13.1", path, "application/json", lenient, &[])
+            .status,
+        400
+    );
+    let nameless = br#"{"email":"kate@example.com","password":"x"}"#;
+    assert_eq!(
+        gw.post("127.0.13.1", path, "application/json", nameless, &[])
+            .status,
+        400
+    );
+    assert!(app.seen().is_empty());
+    assert_eq!(gw.login("127.0.13.1", "kate", GOOD_PASSWORD).status, 200);
+}
+
+#[test]
+fn a_chunked_body_longer_than_max_body_is_streamed_on_intact() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(&app, r#"max_body = "1KiB""#, ""));
+    let mut body = br#"{"username":"leo","password":"x","pad":""#.to_vec();
+    body.resize(100_000, b'b');
+    body.extend_from_slice(br#""}"#);
+    let mut request = b"POST /api/v1/auth/login HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for chunk in body.chunks(3000) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let reply = gw.raw("127.0.14.1", &request);
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+    assert_eq!(app.seen().first().map(|s| s.body_len), Some(body.len()));
+}

@@ -25,6 +25,12 @@ pub struct LoginRoute {
     pub account: AccountSource,
     /// The most body bytes read to find the account; a larger body goes on untouched.
     pub max_body: usize,
+    /// Refuse attempts whose account cannot be found (no field, a body that is not
+    /// what the source expects, larger than `max_body`) instead of passing them on
+    /// counted against their address only: otherwise padding a body past `max_body`,
+    /// or writing JSON that the application's parser accepts and ours does not,
+    /// escapes the per-account limits.
+    pub refuse_unidentified: bool,
     /// Upstream statuses that mean a failed attempt (2xx means success).
     pub failure_status: Vec<u16>,
     /// Failures per account, and the lockout they lead to.

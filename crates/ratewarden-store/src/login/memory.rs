@@ -154,10 +154,7 @@ impl<C: Clock> MemoryLogins<C> {
         if !shard.records.contains_key(account) {
             shard.make_room(self.per_shard, now, |r| r.is_stale(now), |r| r.worth(now));
         }
-        let record = shard
-            .records
-            .entry(account.to_owned())
-            .or_default();
+        let record = shard.records.entry(account.to_owned()).or_default();
         record.window = window;
         record.settle(now);
         work(record, now)

@@ -93,6 +93,17 @@ fn one(
         );
     }
     let account = errors.check(&f("account"), AccountSource::parse(&raw.account));
+    let refuse_unidentified = match raw.unidentified.as_deref().unwrap_or("pass") {
+        "pass" => Some(false),
+        "reject" => Some(true),
+        other => {
+            errors.add(
+                f("unidentified"),
+                format!("{other:?}: use pass (forward, counted against the address) or reject (400/413)"),
+            );
+            None
+        }
+    };
     let max_body = max_body(raw.max_body.as_ref(), &f("max_body"), errors);
     let failure_status = match &raw.failure_status {
         None => Some(vec![401, 403]),
@@ -255,6 +266,7 @@ fn one(
             route: matcher?,
             account: account?,
             max_body: max_body?,
+            refuse_unidentified: refuse_unidentified?,
             failure_status: failure_status?,
             per_account: per_account?,
             delay,

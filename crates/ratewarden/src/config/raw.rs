@@ -36,6 +36,7 @@ pub struct RawLogin {
     pub route: RawMatch,
     pub account: String,
     pub max_body: Option<toml::Value>,
+    pub unidentified: Option<String>,
     pub failure_status: Option<Vec<i64>>,
     #[serde(default)]
     pub per_account: RawPerAccount,

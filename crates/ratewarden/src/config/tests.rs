@@ -559,6 +559,7 @@ per_ip = {{ attempts = 10, window = "1h" }}
 progressive_delay = {{ base = "10s", max = "1s", mode = "later" }}
 lockout_scope = "everyone"
 lockout_status = 403
+unidentified = "drop"
 "#
     ));
     for expected in [
@@ -571,6 +572,7 @@ lockout_status = 403
         "login[0].progressive_delay.mode: \"later\" is not a mode",
         "login[0].lockout_scope: \"everyone\" is not a scope",
         "login[0].lockout_status: 403: use 429 or 423",
+        "login[0].unidentified: \"drop\": use pass",
     ] {
         assert!(
             errs.iter().any(|e| e.starts_with(expected)),

@@ -185,6 +185,22 @@ pub fn login_refused(
     response
 }
 
+/// 413 for a body larger than the gateway will read.
+pub fn payload_too_large(detail: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "https://ratewarden.dev/problems/payload-too-large",
+        "title": "Content Too Large",
+        "status": 413,
+        "detail": detail,
+        "error": "payload_too_large",
+    });
+    let mut response = problem(StatusCode::PAYLOAD_TOO_LARGE, &body);
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// 408 for a request whose body did not come in time.
 pub fn request_timeout(detail: &str) -> Response<Body> {
     let body = serde_json::json!({

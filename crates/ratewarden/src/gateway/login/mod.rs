@@ -8,27 +8,28 @@
 //! Accounts and addresses are pseudonymised (keyed HMAC) before they reach the store, a
 //! log line or an alert; the password is never looked at.
 
-use super::forward::{Challenge, ForwardBody, Upstream};
+mod backend;
+mod body;
+
+pub use backend::Logins;
+
+use super::forward::{Challenge, Upstream};
 use super::handler::trigger;
 use super::responses;
 use super::threat::{alert_about, deliver, Trigger};
 use super::{abuse::AbuseReporter, Body};
 use crate::config::StoreConfig;
 use crate::metrics::{LoginResult, Metrics};
-use bytes::{Bytes, BytesMut};
+use body::name_account;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 use ratewarden_core::clock::{Clock, SystemClock};
-use ratewarden_core::login::{
-    account_in_body, account_in_header, AccountSource, DelayMode, LoginRoute, Named, Outcome,
-};
+use ratewarden_core::login::{DelayMode, LoginRoute, Named, Outcome};
 use ratewarden_core::{Nanos, Timestamp};
 use ratewarden_detect::{LoginContext, Pseudonymiser, Sanitiser, Severity};
 use ratewarden_store::login::{AccountRules, Admission, Finished, LoginStore, MemoryLogins};
 use ratewarden_store::redis::RedisStore;
-use ratewarden_store::StoreError;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,52 +40,6 @@ use std::time::Duration;
 const KNOWN_FOR: Nanos = Nanos::from_secs(30 * 86_400);
 /// Attack alerts remembered per gateway (to send one per attacker per window).
 const MAX_ALERTED: usize = 10_000;
-
-/// Where login state is kept: as the limiter's store says.
-pub enum Logins {
-    /// In this process.
-    Memory(MemoryLogins<SystemClock>),
-    /// In Redis, shared by every gateway.
-    Redis(Box<RedisStore<SystemClock>>),
-}
-
-impl LoginStore for Logins {
-    async fn begin(
-        &self,
-        account: &str,
-        address: &str,
-        rules: &AccountRules,
-    ) -> Result<Admission, StoreError> {
-        match self {
-            Logins::Memory(m) => m.begin(account, address, rules).await,
-            Logins::Redis(r) => r.begin(account, address, rules).await,
-        }
-    }
-    async fn finish(
-        &self,
-        account: &str,
-        address: &str,
-        outcome: Outcome,
-        rules: &AccountRules,
-    ) -> Result<Finished, StoreError> {
-        match self {
-            Logins::Memory(m) => m.finish(account, address, outcome, rules).await,
-            Logins::Redis(r) => r.finish(account, address, outcome, rules).await,
-        }
-    }
-    async fn tried(
-        &self,
-        route: &str,
-        address: &str,
-        account: &str,
-        window: Nanos,
-    ) -> Result<u64, StoreError> {
-        match self {
-            Logins::Memory(m) => m.tried(route, address, account, window).await,
-            Logins::Redis(r) => r.tried(route, address, account, window).await,
-        }
-    }
-}
 
 /// Login protection's shared state.
 pub struct LoginGuard {
@@ -190,6 +145,11 @@ pub async fn attempt(
         Named::Ambiguous(why) => {
             guard.count(route, "refused_ambiguous");
             return (responses::bad_request(why), notes);
+        }
+        Named::Missing | Named::Unreadable if route.refuse_unidentified => {
+            guard.count(route, "refused_unidentified");
+            let detail = format!("a login attempt must name its account ({})", route.account);
+            return (responses::bad_request(&detail), notes);
         }
         Named::Missing | Named::Unreadable => {
             // Nothing to count against an account; the per-address limit still applies.
@@ -335,71 +295,6 @@ pub async fn attempt(
         }
     }
     (response, notes)
-}
-
-/// Reads what names the account: the header, or the body up to `max_body` (a longer,
-/// unreadable or slow body goes on as it came, counted).
-async fn name_account(
-    guard: &LoginGuard,
-    route: &LoginRoute,
-    request: Request<Incoming>,
-) -> Result<(Request<ForwardBody>, Named), Response<Body>> {
-    if let AccountSource::Header(name) = &route.account {
-        let named = account_in_header(request.headers().get_all(name).iter().map(|v| v.as_bytes()));
-        return Ok((request.map(ForwardBody::Streamed), named));
-    }
-    let declared = request
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > route.max_body as u64) {
-        guard.count(route, "oversized");
-        return Ok((request.map(ForwardBody::Streamed), Named::Unreadable));
-    }
-    let (parts, body) = request.into_parts();
-    let read = tokio::time::timeout(guard.body_timeout, read_prefix(body, route.max_body)).await;
-    match read {
-        Ok(Ok((head, None))) => {
-            let named = account_in_body(&route.account, &head);
-            let body = ForwardBody::Replayed {
-                head: Some(head),
-                rest: None,
-            };
-            Ok((Request::from_parts(parts, body), named))
-        }
-        Ok(Ok((head, rest))) => {
-            guard.count(route, "oversized");
-            let body = ForwardBody::Replayed {
-                head: Some(head),
-                rest,
-            };
-            Ok((Request::from_parts(parts, body), Named::Unreadable))
-        }
-        Ok(Err(_)) => Err(responses::bad_request("the request body could not be read")),
-        Err(_) => Err(responses::request_timeout(
-            "the login request's body did not arrive in time",
-        )),
-    }
-}
-
-/// Reads `body` until it ends or more than `max` bytes came: the bytes, and the rest of
-/// the body if it did not end.
-async fn read_prefix(
-    mut body: Incoming,
-    max: usize,
-) -> Result<(Bytes, Option<Incoming>), hyper::Error> {
-    let mut head = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        // Trailers carry no account; only data is kept.
-        if let Ok(data) = frame?.into_data() {
-            head.extend_from_slice(&data);
-            if head.len() > max {
-                return Ok((head.freeze(), Some(body)));
-            }
-        }
-    }
-    Ok((head.freeze(), None))
 }
 
 /// An admitted attempt not yet finished: dropped unfinished (the client went away), it
