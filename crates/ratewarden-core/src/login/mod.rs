@@ -114,7 +114,8 @@ pub enum DelayMode {
 /// When distinct counts on a login route mean an attack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StuffingThresholds {
-    /// Distinct accounts tried from one address (credential stuffing, spraying).
+    /// Distinct accounts one address failed on, or was refused for (credential
+    /// stuffing, spraying); successful logins do not count.
     pub accounts_per_ip: u32,
     /// Distinct addresses trying one account (a distributed guess on it).
     pub ips_per_account: u32,

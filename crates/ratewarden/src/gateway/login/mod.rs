@@ -167,23 +167,13 @@ pub async fn attempt(
         .pseudonym(&format!("login:{}", route.name), &account);
     let address = guard.pseudonyms.pseudonym("address", address);
     let rules = guard.rules(route);
-    let (admission, tried) = tokio::join!(
-        guard.store.begin(&account, &address, &rules),
-        guard
-            .store
-            .tried(&route.name, &address, &account, route.per_account.window),
-    );
+    let admission = guard.store.begin(&account, &address, &rules).await;
     let trigger = trigger(&request, client_ip);
-    if let Ok(accounts) = tried {
-        if accounts >= u64::from(route.stuffing.accounts_per_ip) {
-            notes.stuffing = true;
-            guard.attack(route, &address, &trigger, Some(accounts), None, None);
-        }
-    }
     let attempt = match admission {
         Ok(Admission::Admitted(attempt)) => attempt,
         Ok(Admission::Locked(remaining)) => {
             guard.count(route, "locked");
+            notes.stuffing = guard.tried(route, &address, &account, &trigger).await;
             let status =
                 StatusCode::from_u16(route.lockout_status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
             let response = responses::login_refused(
@@ -197,6 +187,7 @@ pub async fn attempt(
         }
         Ok(Admission::Busy) => {
             guard.count(route, "throttled");
+            notes.stuffing = guard.tried(route, &address, &account, &trigger).await;
             let response = responses::login_refused(
                 StatusCode::TOO_MANY_REQUESTS,
                 "login_throttled",
@@ -289,7 +280,15 @@ pub async fn attempt(
             Outcome::Inconclusive => "inconclusive",
         },
     );
-    if let Some(finished) = in_flight.finish(outcome).await {
+    // A failure also counts the account among those the address tried (successes do
+    // not: many people logging in behind one NAT are not an attack).
+    let (account, address) = (in_flight.account.clone(), in_flight.address.clone());
+    let tried = async {
+        outcome == Outcome::Failure && guard.tried(route, &address, &account, &trigger).await
+    };
+    let (finished, stuffing) = tokio::join!(in_flight.finish(outcome), tried);
+    notes.stuffing = stuffing;
+    if let Some(finished) = finished {
         if let Some(lockout) = finished.locked_for {
             tracing::warn!(login = %route.name, account = %in_flight.account, lockout_seconds = lockout.as_secs_ceil(), "account locked out after repeated failed logins");
         }
@@ -346,6 +345,34 @@ impl Drop for InFlight {
 }
 
 impl LoginGuard {
+    /// Notes that `address` failed on (or was refused for) `account`; whether it has
+    /// now tried enough distinct accounts to count as credential stuffing (alerted
+    /// once per window).
+    async fn tried(
+        &self,
+        route: &LoginRoute,
+        address: &str,
+        account: &str,
+        trigger: &Trigger,
+    ) -> bool {
+        let window = route.per_account.window;
+        match self
+            .store
+            .tried(&route.name, address, account, window)
+            .await
+        {
+            Ok(accounts) if accounts >= u64::from(route.stuffing.accounts_per_ip) => {
+                self.attack(route, address, trigger, Some(accounts), None, None);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(login = %route.name, error = %e, "login store unavailable; distinct accounts not counted");
+                false
+            }
+        }
+    }
+
     /// Counts and alerts an attack on `route`: stuffing (`accounts` from one address)
     /// or a distributed guess (`addresses` on one account). One alert per subject per
     /// window from this gateway.
