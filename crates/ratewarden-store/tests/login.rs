@@ -4,61 +4,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use ratewarden_core::clock::{ManualClock, SystemClock};
+mod common;
+
+use common::Backend;
+
+use ratewarden_core::clock::ManualClock;
 use ratewarden_core::login::{LockoutScope, Outcome};
 use ratewarden_core::{Nanos, Timestamp};
 use ratewarden_store::login::{AccountRules, Admission, LoginStore, MemoryLogins};
-use ratewarden_store::redis::{RedisSettings, RedisStore, RedisTarget};
-use ratewarden_testkit::{RedisCluster, RedisServer};
 use std::sync::Arc;
-use std::time::Duration;
 
 const HOUR: Nanos = Nanos::from_secs(3600);
-
-struct Backend<S> {
-    /// Two handles on the same state (for Redis: two gateways).
-    stores: [Arc<S>; 2],
-    _server: Option<RedisServer>,
-    _cluster: Option<RedisCluster>,
-}
-
-fn memory() -> Backend<MemoryLogins<SystemClock>> {
-    let store = Arc::new(MemoryLogins::new(10_000, SystemClock::new()));
-    Backend {
-        stores: [store.clone(), store],
-        _server: None,
-        _cluster: None,
-    }
-}
-
-fn redis_store(target: RedisTarget) -> Arc<RedisStore<SystemClock>> {
-    let settings = RedisSettings {
-        target,
-        timeout: Duration::from_secs(2),
-        key_prefix: "rwtest".into(),
-    };
-    Arc::new(RedisStore::new(settings, SystemClock::new()).unwrap())
-}
-
-fn redis() -> Backend<RedisStore<SystemClock>> {
-    let server = RedisServer::start();
-    let target = || RedisTarget::Server(server.url());
-    Backend {
-        stores: [redis_store(target()), redis_store(target())],
-        _server: Some(server),
-        _cluster: None,
-    }
-}
-
-fn redis_cluster() -> Backend<RedisStore<SystemClock>> {
-    let cluster = RedisCluster::start();
-    let target = || RedisTarget::Cluster(cluster.urls());
-    Backend {
-        stores: [redis_store(target()), redis_store(target())],
-        _server: None,
-        _cluster: Some(cluster),
-    }
-}
 
 fn rules(scope: LockoutScope) -> AccountRules {
     AccountRules {
@@ -258,24 +214,8 @@ async fn distinct_accounts_and_addresses_are_estimated<S: LoginStore>(b: Backend
     assert!((36..=44).contains(&addresses), "{addresses}");
 }
 
-macro_rules! login_conformance {
-    ($($case:ident),* $(,)?) => {
-        mod memory_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::memory()).await })*
-        }
-        mod redis_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::redis()).await })*
-        }
-        mod redis_cluster_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::redis_cluster()).await })*
-        }
-    };
-}
-
-login_conformance!(
+conformance!(
+    ratewarden_store::login::MemoryLogins::new(10_000, ratewarden_core::clock::SystemClock::new());
     concurrent_attempts_never_exceed_the_limit,
     success_clears_failures_and_remembers_the_address,
     inconclusive_outcomes_release_without_counting,

@@ -4,62 +4,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::Backend;
+
 use ratewarden_core::clock::Clock;
 use ratewarden_core::clock::SystemClock;
 use ratewarden_core::threat::{Batch, Level, Observation, RequestOutcome};
 use ratewarden_core::{Nanos, Timestamp};
-use ratewarden_store::redis::{RedisSettings, RedisStore, RedisTarget};
-use ratewarden_store::threat::{BlockPlan, MemoryThreats, ThreatStore};
-use ratewarden_testkit::{RedisCluster, RedisServer};
-use std::sync::Arc;
+use ratewarden_store::threat::{BlockPlan, ThreatStore};
 use std::time::Duration;
 
 const HOUR: Nanos = Nanos::from_secs(3600);
-
-struct Backend<S> {
-    /// Two handles on the same state (for Redis: two gateways).
-    stores: [Arc<S>; 2],
-    _server: Option<RedisServer>,
-    _cluster: Option<RedisCluster>,
-}
-
-fn memory() -> Backend<MemoryThreats<SystemClock>> {
-    let store = Arc::new(MemoryThreats::new(10_000, SystemClock::new()));
-    Backend {
-        stores: [store.clone(), store],
-        _server: None,
-        _cluster: None,
-    }
-}
-
-fn redis_store(target: RedisTarget) -> Arc<RedisStore<SystemClock>> {
-    let settings = RedisSettings {
-        target,
-        timeout: Duration::from_secs(2),
-        key_prefix: "rwtest".into(),
-    };
-    Arc::new(RedisStore::new(settings, SystemClock::new()).unwrap())
-}
-
-fn redis() -> Backend<RedisStore<SystemClock>> {
-    let server = RedisServer::start();
-    let target = || RedisTarget::Server(server.url());
-    Backend {
-        stores: [redis_store(target()), redis_store(target())],
-        _server: Some(server),
-        _cluster: None,
-    }
-}
-
-fn redis_cluster() -> Backend<RedisStore<SystemClock>> {
-    let cluster = RedisCluster::start();
-    let target = || RedisTarget::Cluster(cluster.urls());
-    Backend {
-        stores: [redis_store(target()), redis_store(target())],
-        _server: None,
-        _cluster: Some(cluster),
-    }
-}
 
 fn request(endpoint: u64, status: u16) -> Batch {
     Batch::of(&Observation {
@@ -217,24 +173,8 @@ async fn batches_count_like_the_requests_in_them<S: ThreatStore>(b: Backend<S>) 
     assert!((s.endpoints - 5.0).abs() < 1.0, "{s:?}");
 }
 
-macro_rules! threat_conformance {
-    ($($case:ident),* $(,)?) => {
-        mod memory_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::memory()).await })*
-        }
-        mod redis_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::redis()).await })*
-        }
-        mod redis_cluster_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::redis_cluster()).await })*
-        }
-    };
-}
-
-threat_conformance!(
+conformance!(
+    ratewarden_store::threat::MemoryThreats::new(10_000, ratewarden_core::clock::SystemClock::new());
     concurrent_observations_are_all_counted,
     levels_are_recorded_and_cleared,
     blocks_escalate_once_per_offence,

@@ -3,13 +3,13 @@
 
 use super::keys;
 use super::threat::{int, micros};
-use super::{Live, RedisStore};
+use super::RedisStore;
 use crate::error::StoreError;
 use crate::login::{AccountRules, Admission, Attempt, Finished, LoginStore};
 use ratewarden_core::clock::Clock;
 use ratewarden_core::login::{LockoutScope, Outcome};
 use ratewarden_core::Nanos;
-use redis::{FromRedisValue, RedisError, Value};
+use redis::{FromRedisValue, Value};
 
 /// The script, hashed once.
 static LOGIN: std::sync::LazyLock<redis::Script> =
@@ -22,18 +22,7 @@ impl<C: Clock> RedisStore<C> {
         args: &[String],
     ) -> Result<T, StoreError> {
         let key = keys::login_key(&self.settings.key_prefix, subject);
-        self.on_live(|live| async move {
-            let mut invocation = LOGIN.key(key);
-            for a in args {
-                invocation.arg(a);
-            }
-            let reply: Result<T, RedisError> = match live {
-                Live::Server(mut c) => invocation.invoke_async(&mut c).await,
-                Live::Cluster(mut c) => invocation.invoke_async(&mut c).await,
-            };
-            reply
-        })
-        .await
+        self.run_script(&LOGIN, key, args).await
     }
 }
 

@@ -27,8 +27,18 @@ impl<C: Clock> RedisStore<C> {
         args: &[String],
     ) -> Result<T, StoreError> {
         let key = keys::threat_key(&self.settings.key_prefix, client);
+        self.run_script(&THREAT, key, args).await
+    }
+
+    /// Runs `script` on one key with `args` (through [`RedisStore::on_live`]).
+    pub(super) async fn run_script<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        key: String,
+        args: &[String],
+    ) -> Result<T, StoreError> {
         self.on_live(|live| async move {
-            let mut invocation = THREAT.key(key);
+            let mut invocation = script.key(key);
             for a in args {
                 invocation.arg(a);
             }
