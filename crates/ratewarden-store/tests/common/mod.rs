@@ -64,15 +64,15 @@ macro_rules! conformance {
     ($memory:expr; $($case:ident),* $(,)?) => {
         mod memory_backend {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(crate::common::memory($memory)).await })*
+            async fn $case() { super::$case($crate::common::memory($memory)).await })*
         }
         mod redis_backend {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(crate::common::redis()).await })*
+            async fn $case() { super::$case($crate::common::redis()).await })*
         }
         mod redis_cluster_backend {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(crate::common::redis_cluster()).await })*
+            async fn $case() { super::$case($crate::common::redis_cluster()).await })*
         }
     };
 }
