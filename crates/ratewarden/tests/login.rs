@@ -243,7 +243,7 @@ fn ambiguous_bodies_are_refused_and_odd_ones_pass_untouched() {
         form,
         &[],
     );
-    assert_eq!(reply.status, 400, "the API's own answer");
+    assert_eq!(reply.status, 401, "the API's own answer (it reads forms too)");
     // 10 MiB: passed on byte for byte without being held in memory.
     let mut big = br#"{"username":"henry","password":"x","pad":""#.to_vec();
     big.resize(10 << 20, b'a');
@@ -518,4 +518,67 @@ fn a_chunked_body_longer_than_max_body_is_streamed_on_intact() {
     let reply = gw.raw("127.0.14.1", &request);
     assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
     assert_eq!(app.seen().first().map(|s| s.body_len), Some(body.len()));
+}
+
+#[test]
+fn form_and_header_sources_name_the_account_too() {
+    let app = LoginApp::start(Duration::ZERO);
+    let form_login = r#"
+[[login]]
+name = "form_login"
+match = { path = "/form/login", methods = ["POST"] }
+account = "form:username"
+per_account = { failures = 2 }
+
+[[login]]
+name = "header_login"
+match = { path = "/header/login", methods = ["POST"] }
+account = "header:X-Username"
+per_account = { failures = 2 }
+"#;
+    let gw = Gateway::start(&config(&app, "", form_login));
+    let form = "application/x-www-form-urlencoded";
+    for _ in 0..2 {
+        let body = b"username=Mallory%40Example.com&password=x";
+        assert_eq!(
+            gw.post("127.0.15.1", "/form/login", form, body, &[]).status,
+            401
+        );
+    }
+    let body = b"username=mallory@example.com&password=x";
+    let reply = gw.post("127.0.15.2", "/form/login", form, body, &[]);
+    assert_eq!(
+        json(&reply)["error"],
+        "account_locked",
+        "one account, however encoded"
+    );
+    assert_eq!(json(&reply)["login"], "form_login");
+    let body = br#"{"username":"nina","password":"x"}"#;
+    for _ in 0..2 {
+        let reply = gw.post(
+            "127.0.15.3",
+            "/header/login",
+            "application/json",
+            body,
+            &[("X-Username", "Nina")],
+        );
+        assert_eq!(reply.status, 401);
+    }
+    let reply = gw.post(
+        "127.0.15.4",
+        "/header/login",
+        "application/json",
+        body,
+        &[("X-Username", "nina")],
+    );
+    assert_eq!(json(&reply)["error"], "account_locked");
+    let twice = [("X-Username", "nina"), ("X-Username", "other")];
+    let reply = gw.post(
+        "127.0.15.4",
+        "/header/login",
+        "application/json",
+        body,
+        &twice,
+    );
+    assert_eq!(reply.status, 400, "a repeated account header is refused");
 }

@@ -594,15 +594,25 @@ impl LoginApp {
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let fields: Option<(String, String)> =
-                    serde_json::from_slice::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| {
-                            Some((
-                                v.get("username")?.as_str()?.to_owned(),
-                                v.get("password")?.as_str()?.to_owned(),
-                            ))
-                        });
+                let json = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| {
+                        Some((
+                            v.get("username")?.as_str()?.to_owned(),
+                            v.get("password")?.as_str()?.to_owned(),
+                        ))
+                    });
+                // Form bodies as the tests write them: plain `name=value&...`.
+                let form = || {
+                    let text = std::str::from_utf8(&body).ok()?;
+                    let field = |name: &str| {
+                        text.split('&')
+                            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+                            .map(str::to_owned)
+                    };
+                    Some((field("username")?, field("password")?))
+                };
+                let fields = json.or_else(form);
                 if let Ok(mut log) = log.lock() {
                     log.push(LoginSeen {
                         path,

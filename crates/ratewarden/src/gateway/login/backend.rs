@@ -1,5 +1,6 @@
 //! Where login state is kept: in this process or in Redis, as the limiter's store says.
 
+use crate::config::StoreConfig;
 use ratewarden_core::clock::SystemClock;
 use ratewarden_core::login::Outcome;
 use ratewarden_core::Nanos;
@@ -13,6 +14,22 @@ pub enum Logins {
     Memory(MemoryLogins<SystemClock>),
     /// In Redis, shared by every gateway.
     Redis(Box<RedisStore<SystemClock>>),
+}
+
+impl Logins {
+    /// The login store for the limiter's store settings (Redis on a connection of its
+    /// own).
+    pub fn new(store: &StoreConfig) -> anyhow::Result<Logins> {
+        Ok(match store {
+            StoreConfig::Memory { max_keys } => {
+                Logins::Memory(MemoryLogins::new(*max_keys, SystemClock::new()))
+            }
+            StoreConfig::Redis { settings, .. } => Logins::Redis(Box::new(RedisStore::new(
+                settings.clone(),
+                SystemClock::new(),
+            )?)),
+        })
+    }
 }
 
 impl LoginStore for Logins {

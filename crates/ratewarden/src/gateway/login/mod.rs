@@ -28,8 +28,7 @@ use ratewarden_core::clock::{Clock, SystemClock};
 use ratewarden_core::login::{DelayMode, LoginRoute, Named, Outcome};
 use ratewarden_core::{Nanos, Timestamp};
 use ratewarden_detect::{LoginContext, Pseudonymiser, Sanitiser, Severity};
-use ratewarden_store::login::{AccountRules, Admission, Finished, LoginStore, MemoryLogins};
-use ratewarden_store::redis::RedisStore;
+use ratewarden_store::login::{AccountRules, Admission, Finished, LoginStore};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -76,15 +75,7 @@ impl LoginGuard {
         longest_attempt: Duration,
         body_timeout: Duration,
     ) -> anyhow::Result<LoginGuard> {
-        let store = match store {
-            StoreConfig::Memory { max_keys } => {
-                Logins::Memory(MemoryLogins::new(*max_keys, SystemClock::new()))
-            }
-            StoreConfig::Redis { settings, .. } => Logins::Redis(Box::new(RedisStore::new(
-                settings.clone(),
-                SystemClock::new(),
-            )?)),
-        };
+        let store = Logins::new(store)?;
         let sanitiser = alerts
             .as_ref()
             .map_or_else(Sanitiser::default, |a| a.sanitiser().clone());
@@ -335,12 +326,16 @@ impl Drop for InFlight {
             std::mem::take(&mut self.address),
             self.rules,
         );
-        tokio::spawn(async move {
-            let _ = guard
-                .store
-                .finish(&account, &address, Outcome::Inconclusive, &rules)
-                .await;
-        });
+        // Outside a runtime (a shutdown dropping its tasks) nothing can run: the
+        // attempt then stops counting when its in-flight time runs out.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = guard
+                    .store
+                    .finish(&account, &address, Outcome::Inconclusive, &rules)
+                    .await;
+            });
+        }
     }
 }
 
