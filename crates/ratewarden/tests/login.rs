@@ -243,7 +243,10 @@ fn ambiguous_bodies_are_refused_and_odd_ones_pass_untouched() {
         form,
         &[],
     );
-    assert_eq!(reply.status, 401, "the API's own answer (it reads forms too)");
+    assert_eq!(
+        reply.status, 401,
+        "the API's own answer (it reads forms too)"
+    );
     // 10 MiB: passed on byte for byte without being held in memory.
     let mut big = br#"{"username":"henry","password":"x","pad":""#.to_vec();
     big.resize(10 << 20, b'a');
