@@ -151,13 +151,22 @@ impl<C: Clock> MemoryLogins<C> {
     ) -> T {
         let now = self.clock.now();
         let mut shard = self.accounts[self.shard_of(account)].lock();
+        // The key is copied only for a new account, not on every attempt.
         if !shard.records.contains_key(account) {
             shard.make_room(self.per_shard, now, |r| r.is_stale(now), |r| r.worth(now));
+            shard
+                .records
+                .insert(account.to_owned(), AccountRecord::default());
         }
-        let record = shard.records.entry(account.to_owned()).or_default();
-        record.window = window;
-        record.settle(now);
-        work(record, now)
+        match shard.records.get_mut(account) {
+            Some(record) => {
+                record.window = window;
+                record.settle(now);
+                work(record, now)
+            }
+            // Inserted just above, under the same lock.
+            None => work(&mut AccountRecord::default(), now),
+        }
     }
 }
 
