@@ -18,36 +18,15 @@ SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-50}
 
 ensure nginx wrk -- nginx wrk
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build -q --release -p ratewarden
 
-WORK=$(mktemp -d)
-cleanup() {
-  [ -f "$WORK/nginx.conf" ] && "$NGINX" -c "$WORK/nginx.conf" -s quit 2>/dev/null || true
-  for p in $(cat "$WORK"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  sleep 0.3; rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir
 
 # nginx (one worker) is both the upstream (GET) and the webhook receiver (POST): 200
 # to everything, as cheaply as a receiver can be, so the receiver's own CPU weighs as
 # little as possible on the two cores the gateway runs on.
 RECEIVER=$(free_port)
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log /dev/null crit;
-daemon on;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
-  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
-  server { listen 127.0.0.1:$RECEIVER; location / { return 200 'ok'; } }
-}
-CONF
-"$NGINX" -c "$WORK/nginx.conf"
-wait_port "$RECEIVER"
+ok_nginx "$RECEIVER"
 
 cat >"$WORK/flood.lua" <<'LUA'
 request = function()

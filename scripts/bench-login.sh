@@ -17,37 +17,14 @@ SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-50}
 
 ensure nginx wrk -- nginx wrk
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build -q --release -p ratewarden
 RATEWARDEN=target/release/ratewarden
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.conf" ] && "$NGINX" -c "$WORK/nginx.conf" -s quit 2>/dev/null || true
-  sleep 0.5
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir
 
 UPSTREAM=$(free_port)
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log /dev/null crit;
-daemon on;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
-  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
-  server { listen 127.0.0.1:$UPSTREAM; location / { return 200 'ok'; } }
-}
-CONF
-"$NGINX" -c "$WORK/nginx.conf"
-wait_port "$UPSTREAM"
+ok_nginx "$UPSTREAM"
 
 # A JSON login naming a new account on every request.
 cat >"$WORK/login.lua" <<'LUA'
@@ -76,7 +53,7 @@ match = { path = "/login", methods = ["POST"] }
 account = "json:username"
 CONF
   RUST_LOG=warn "$RATEWARDEN" serve --config "$WORK/$1.toml" >/dev/null 2>&1 &
-  PIDS+=($!)
+  echo $! >"$WORK/$1.pid"
   wait_port "$2"
 }
 

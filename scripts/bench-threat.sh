@@ -20,33 +20,12 @@ CONNECTIONS=${2:-50}
 CLIENTS=${3:-10000}
 
 ensure nginx wrk redis-server redis-cli -- nginx wrk redis-server redis-tools
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build -q --release -p ratewarden
 
-WORK=$(mktemp -d)
-cleanup() {
-  [ -f "$WORK/nginx.conf" ] && "$NGINX" -c "$WORK/nginx.conf" -s quit 2>/dev/null || true
-  for p in $(cat "$WORK"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  sleep 0.3; rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir
 
 UPSTREAM=$(free_port)
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log /dev/null crit;
-daemon on;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
-  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
-  server { listen 127.0.0.1:$UPSTREAM; location / { return 200 'ok'; } }
-}
-CONF
-"$NGINX" -c "$WORK/nginx.conf"
-wait_port "$UPSTREAM"
+ok_nginx "$UPSTREAM"
 
 if redis-cli -p 6379 ping >/dev/null 2>&1; then
   REDIS_PORT=6379

@@ -25,3 +25,38 @@ wait_port() {
   echo "port $1 never opened" >&2
   exit 1
 }
+
+# A scratch folder for one benchmark run, in WORK. On exit, the nginx started with
+# ok_nginx is stopped, every process whose pid is in a $WORK/*.pid file is killed, and
+# the folder is removed.
+bench_workdir() {
+  WORK=$(mktemp -d)
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  [ -f "$WORK/nginx.conf" ] && "$NGINX" -c "$WORK/nginx.conf" -s quit 2>/dev/null || true
+  for p in $(cat "$WORK"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  rm -rf "$WORK"
+}
+
+# nginx (one worker, no logs) answering 200 'ok' to every request on 127.0.0.1:PORT,
+# as cheaply as an upstream or a webhook receiver can be. Needs bench_workdir first.
+ok_nginx() {
+  cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log /dev/null crit;
+daemon on;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
+  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
+  server { listen 127.0.0.1:$1; location / { return 200 'ok'; } }
+}
+CONF
+  "$NGINX" -c "$WORK/nginx.conf"
+  wait_port "$1"
+}
