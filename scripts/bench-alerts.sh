@@ -2,20 +2,22 @@
 # Gateway throughput with abuse alerting on, beside alerting off, during a flood that
 # triggers alerts from 10,000 distinct clients; same run, same machine.
 #
-#   scripts/bench-alerts.sh [SECONDS] [CONNECTIONS]
+#   scripts/bench-alerts.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 #
 # wrk sends every request through a trusted proxy address (127.0.0.1) with an
 # X-Forwarded-For drawn from 10,000 client addresses; the rule admits one request per
 # client per hour, so nearly every request is a 429 and every client crosses the alert
 # threshold (3) within the first seconds. Alerting on: a webhook to a local receiver
 # and the log sink. Prints requests/s for both, the ratio, and alerts raised, sent and
-# dropped. Installs nginx and wrk from Debian's packages if missing.
+# dropped, per round, and the median ratio over the rounds (default 4). Installs nginx and
+# wrk from Debian's packages if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
 . scripts/common.sh
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-50}
+ROUNDS=${3:-4}
 
 ensure nginx wrk -- nginx wrk
 cargo build -q --release -p ratewarden
@@ -63,10 +65,7 @@ load() { # port -> requests/s
 }
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($0, m) == 1 {print $NF}' | head -1; }
 
-read -r OFF_PORT OFF_ADMIN <<<"$(gateway off "")"
-OFF=$(load "$OFF_PORT")
-kill "$(cat "$WORK/off.pid")"
-read -r ON_PORT ON_ADMIN <<<"$(gateway on "
+ABUSE="
 [abuse]
 window = \"1h\"
 alert_after = 3
@@ -75,22 +74,46 @@ cooldown = \"10m\"
 kind = \"webhook\"
 url = \"http://127.0.0.1:$RECEIVER/hooks\"
 [[alerts]]
-kind = \"log\"")"
-ON=$(load "$ON_PORT")
-sleep 2
-VIOLATIONS=$(metric "$ON_ADMIN" 'ratewarden_abuse_violations_total{source="gateway"}')
-V_DROPPED=$(metric "$ON_ADMIN" 'ratewarden_abuse_violations_dropped_total')
-RAISED=$(metric "$ON_ADMIN" 'ratewarden_abuse_alerts_raised_total')
-SENT=$(metric "$ON_ADMIN" 'ratewarden_abuse_alert_deliveries_total{sink="webhook",outcome="sent"}')
-DROPPED=$(metric "$ON_ADMIN" 'ratewarden_abuse_alert_deliveries_total{sink="webhook",outcome="dropped"}')
-FAILED=$(metric "$ON_ADMIN" 'ratewarden_abuse_alert_deliveries_total{sink="webhook",outcome="failed"}')
+kind = \"log\""
 
-echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, 10,000 client addresses, nearly all 429; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%Y-%m-%d)"
+# One round: fresh gateways (so every round's "on" run raises its 10,000 alerts), one
+# after the other, the first one alternating between rounds so neither set-up always
+# gets the machine's warmer or quieter moments. Prints "off on ratio metrics...".
+round() { # first (off|on)
+  local order=(off on) off on port admin line
+  [ "$1" = on ] && order=(on off)
+  for setup in "${order[@]}"; do
+    if [ "$setup" = off ]; then
+      read -r port admin <<<"$(gateway off "")"
+      off=$(load "$port")
+    else
+      read -r port admin <<<"$(gateway on "$ABUSE")"
+      on=$(load "$port")
+      sleep 2 # the last alerts delivered
+      line="$(metric "$admin" 'ratewarden_abuse_violations_total{source="gateway"}')"
+      line+=" $(metric "$admin" 'ratewarden_abuse_violations_dropped_total')"
+      line+=" $(metric "$admin" 'ratewarden_abuse_alerts_raised_total')"
+      for outcome in sent dropped failed; do
+        line+=" $(metric "$admin" "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\",outcome=\"$outcome\"}")"
+      done
+    fi
+    kill "$(cat "$WORK/$setup.pid")"
+    sleep 0.5
+  done
+  echo "$off $on $(python3 -c "print(f'{$on/$off:.2f}')") $line"
+}
+
+echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s per run, $ROUNDS rounds, 10,000 client addresses, nearly all 429; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%Y-%m-%d)"
 echo
-echo "| set-up | requests/s |"
-echo "|---|---|"
-echo "| alerting off | $OFF |"
-echo "| alerting on (webhook + log) | $ON |"
-echo "| ratio on / off | $(python3 -c "print(f'{float(\"$ON\")/float(\"$OFF\"):.2f}')") |"
+echo "| round | alerting off (requests/s) | alerting on (requests/s) | ratio on / off | violations reported | dropped uncounted | alerts raised | webhook sent / dropped / failed |"
+echo "|---|---|---|---|---|---|---|---|"
+RATIOS=()
+for r in $(seq "$ROUNDS"); do
+  first=off
+  [ $((r % 2)) = 0 ] && first=on
+  read -r off on ratio violations vdropped raised sent dropped failed <<<"$(round "$first")"
+  RATIOS+=("$ratio")
+  echo "| $r ($first first) | ${off%.*} | ${on%.*} | $ratio | $violations | ${vdropped:-0} | $raised | ${sent:-0} / ${dropped:-0} / ${failed:-0} |"
+done
 echo
-echo "violations reported $VIOLATIONS (dropped uncounted: ${V_DROPPED:-0}); alerts raised $RAISED; webhook: sent ${SENT:-0}, dropped ${DROPPED:-0}, failed ${FAILED:-0}"
+echo "median ratio on / off: $(printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')"

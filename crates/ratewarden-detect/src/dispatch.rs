@@ -2,6 +2,10 @@
 //! tracker on a task of their own every 500 ms, and alerts fanned out to each sink's
 //! own bounded queue and task.
 //!
+//! A client in its alert cooldown cannot raise an alert, so its batches wait longer
+//! (up to 5 s, and never past the cooldown): in a flood, most clients are there, and
+//! counting each of them twice a second was most of what alerting cost.
+//!
 //! The request path only ever calls [`Alerting::report`], which takes a lock for a
 //! push and never waits. Nothing here changes a decision.
 
@@ -18,7 +22,7 @@ use ratewarden_core::clock::Clock;
 use ratewarden_store::Store;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Clients' batches counted at once (store round trips in flight).
 const IN_FLIGHT: usize = 32;
@@ -84,14 +88,25 @@ impl AlertMetrics {
     }
 }
 
-/// A client's violations since the last flush: how many, and how to describe the
-/// first of them (built only at flush time, so the request path does no formatting).
+/// A client's violations since the last flush: how many, how to describe the first of
+/// them (built only at flush time, so the request path does no formatting), and when
+/// they are to be counted when that is later than the next flush.
 struct Pending {
     count: u32,
     describe: Box<dyn FnOnce() -> Violation + Send>,
+    not_before: Option<Instant>,
 }
 
-type PendingShard = Mutex<HashMap<u64, Pending>>;
+/// One shard of the clients with violations waiting to be counted.
+#[derive(Default)]
+struct Shard {
+    pending: HashMap<u64, Pending>,
+    /// Clients whose every identity was in its alert cooldown at their last count, and
+    /// until when their next batch may wait.
+    quiet: HashMap<u64, Instant>,
+}
+
+type PendingShard = Mutex<Shard>;
 
 /// Shards of the pending map (fewer threads wait on one lock).
 const SHARDS: usize = 16;
@@ -100,6 +115,9 @@ const SHARDS: usize = 16;
 const MAX_PENDING: usize = 20_000;
 /// How often pending violations are counted.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// The longest a quiet client's batch waits: so the store's window count, which other
+/// gateways share, lags by no more.
+const QUIET_WAIT: Duration = Duration::from_secs(5);
 
 /// The handle the request path reports violations to.
 ///
@@ -145,7 +163,7 @@ impl Alerting {
                 .collect(),
         );
         let pending: Arc<Vec<PendingShard>> =
-            Arc::new((0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect());
+            Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
         tokio::spawn(count_forever(
             Arc::new(tracker),
             pending.clone(),
@@ -178,22 +196,23 @@ impl Alerting {
         describe: impl FnOnce() -> Violation + Send + 'static,
     ) {
         self.count_source(source);
-        let shard = &self.pending[(client % SHARDS as u64) as usize];
-        let mut pending = shard.lock();
-        if let Some(p) = pending.get_mut(&client) {
+        let mut shard = self.pending[shard_of(client)].lock();
+        let not_before = shard.quiet.get(&client).copied();
+        if let Some(p) = shard.pending.get_mut(&client) {
             // The batch keeps the description of its first violation.
             p.count = p.count.saturating_add(1);
             return;
         }
-        if pending.len() >= MAX_PENDING / SHARDS {
+        if shard.pending.len() >= MAX_PENDING / SHARDS {
             self.dropped.inc();
             return;
         }
-        pending.insert(
+        shard.pending.insert(
             client,
             Pending {
                 count: 1,
                 describe: Box::new(describe),
+                not_before,
             },
         );
     }
@@ -202,12 +221,11 @@ impl Alerting {
     /// common case in a flood), without any description; false if there is none, and
     /// the caller should [`report`](Alerting::report) it with one.
     pub fn report_repeat(&self, client: u64, source: Source) -> bool {
-        let shard = &self.pending[(client % SHARDS as u64) as usize];
-        let mut pending = shard.lock();
-        match pending.get_mut(&client) {
+        let mut shard = self.pending[shard_of(client)].lock();
+        match shard.pending.get_mut(&client) {
             Some(p) => {
                 p.count = p.count.saturating_add(1);
-                drop(pending);
+                drop(shard);
                 self.count_source(source);
                 true
             }
@@ -232,6 +250,10 @@ impl Alerting {
     }
 }
 
+fn shard_of(client: u64) -> usize {
+    (client % SHARDS as u64) as usize
+}
+
 async fn count_forever<S: Store, C: Clock>(
     tracker: Arc<Tracker<S, C>>,
     pending: Arc<Vec<PendingShard>>,
@@ -243,24 +265,58 @@ async fn count_forever<S: Store, C: Clock>(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        for shard in pending.iter() {
-            let batch = std::mem::take(&mut *shard.lock());
-            for (_, p) in batch {
+        for index in 0..SHARDS {
+            for (client, p) in due_batches(&pending[index], Instant::now()) {
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     return;
                 };
-                let (tracker, outlets, metrics) =
-                    (tracker.clone(), outlets.clone(), metrics.clone());
+                let (tracker, outlets, metrics, pending) = (
+                    tracker.clone(),
+                    outlets.clone(),
+                    metrics.clone(),
+                    pending.clone(),
+                );
                 tokio::spawn(async move {
                     let violation = (p.describe)();
+                    let cooldown = tracker.settings().cooldown;
+                    let mut quiet_for = None::<Duration>;
                     for outcome in tracker.observe(&violation, p.count).await {
+                        let quiet = outcome.quiet_for(cooldown);
+                        quiet_for = Some(quiet_for.map_or(quiet, |q| q.min(quiet)));
                         emit(outcome, &violation, &tracker, &outlets, &metrics);
+                    }
+                    if let Some(wait) = quiet_for.and_then(quiet_wait) {
+                        let mut shard = pending[index].lock();
+                        if shard.quiet.len() < MAX_PENDING / SHARDS {
+                            shard.quiet.insert(client, Instant::now() + wait);
+                        }
                     }
                     drop(permit);
                 });
             }
         }
     }
+}
+
+/// Takes the batches of `shard` to count now: those not waiting, and every one when the
+/// shard is half full, so waiting batches never crowd out new clients.
+fn due_batches(shard: &PendingShard, now: Instant) -> Vec<(u64, Pending)> {
+    let mut shard = shard.lock();
+    shard.quiet.retain(|_, until| *until > now);
+    let crowded = shard.pending.len() >= MAX_PENDING / SHARDS / 2;
+    shard
+        .pending
+        .extract_if(|_, p| crowded || p.not_before.is_none_or(|t| t <= now))
+        .collect()
+}
+
+/// How long a client that cannot be alerted on for `quiet_for` may have its next batch
+/// wait: at most [`QUIET_WAIT`], and ending two flushes before the cooldown does, so the
+/// violations it held are counted as suppressed within the cooldown rather than
+/// raising an alert of their own after it.
+fn quiet_wait(quiet_for: Duration) -> Option<Duration> {
+    let wait = quiet_for.saturating_sub(2 * FLUSH_EVERY).min(QUIET_WAIT);
+    (wait > FLUSH_EVERY).then_some(wait)
 }
 
 fn emit<S: Store, C: Clock>(
@@ -292,7 +348,7 @@ fn emit<S: Store, C: Clock>(
                 outlet.push((*alert).clone());
             }
         }
-        Outcome::Suppressed => {}
+        Outcome::Suppressed { .. } => {}
     }
 }
 
@@ -323,5 +379,81 @@ async fn deliver_forever(sink: Sink, outlet: Arc<BoundedQueue<Alert>>, metrics: 
                 tracing::warn!(sink = kind, error = %e, "alert not delivered");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(not_before: Option<Instant>) -> Pending {
+        Pending {
+            count: 1,
+            describe: Box::new(|| unreachable!("not described in these tests")),
+            not_before,
+        }
+    }
+
+    #[test]
+    fn a_quiet_clients_batch_waits_until_its_time_and_others_go_at_once() {
+        let now = Instant::now();
+        let shard = PendingShard::default();
+        {
+            let mut s = shard.lock();
+            s.pending.insert(1, pending(None));
+            s.pending
+                .insert(2, pending(Some(now + Duration::from_secs(3))));
+            s.pending.insert(3, pending(Some(now)));
+            s.quiet.insert(2, now + Duration::from_secs(3));
+            s.quiet.insert(4, now);
+        }
+        let mut due: Vec<u64> = due_batches(&shard, now)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        due.sort_unstable();
+        assert_eq!(due, [1, 3]);
+        let s = shard.lock();
+        assert!(s.pending.contains_key(&2), "still waiting");
+        assert_eq!(
+            s.quiet.keys().copied().collect::<Vec<_>>(),
+            [2],
+            "expired entries go"
+        );
+        drop(s);
+        let later = due_batches(&shard, now + Duration::from_secs(3));
+        assert_eq!(later.len(), 1);
+    }
+
+    #[test]
+    fn waiting_batches_never_crowd_out_new_clients() {
+        let now = Instant::now();
+        let shard = PendingShard::default();
+        let half = MAX_PENDING / SHARDS / 2;
+        {
+            let mut s = shard.lock();
+            for client in 0..half as u64 {
+                s.pending
+                    .insert(client, pending(Some(now + Duration::from_secs(3))));
+            }
+        }
+        assert_eq!(
+            due_batches(&shard, now).len(),
+            half,
+            "a half-full shard counts them all"
+        );
+    }
+
+    #[test]
+    fn a_batch_waits_no_longer_than_the_cooldown_allows() {
+        assert_eq!(quiet_wait(Duration::from_secs(600)), Some(QUIET_WAIT));
+        // Ends two flushes before the cooldown, so what it held counts as suppressed.
+        assert_eq!(
+            quiet_wait(Duration::from_secs(2)),
+            Some(Duration::from_secs(1))
+        );
+        // Too short to be worth waiting for.
+        assert_eq!(quiet_wait(Duration::from_millis(1200)), None);
+        assert_eq!(quiet_wait(Duration::ZERO), None);
     }
 }

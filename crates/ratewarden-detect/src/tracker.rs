@@ -58,7 +58,22 @@ pub enum Outcome {
     /// An alert to send.
     Alert(Box<Alert>),
     /// Over the threshold, within the cooldown: counted for the next alert.
-    Suppressed,
+    Suppressed {
+        /// How long the cooldown still lasts.
+        cooldown_left: Duration,
+    },
+}
+
+impl Outcome {
+    /// How long, from now, this identity cannot raise an alert whatever it does:
+    /// counting its violations later within that time changes nothing but the moment.
+    pub fn quiet_for(&self, cooldown: Duration) -> Duration {
+        match self {
+            Outcome::Warning { .. } => Duration::ZERO,
+            Outcome::Alert(_) => cooldown,
+            Outcome::Suppressed { cooldown_left } => *cooldown_left,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -186,7 +201,9 @@ impl<S: Store, C: Clock> Tracker<S, C> {
             .await;
         if !may_alert.allowed {
             self.add_suppressed(kind, &value, u64::from(n));
-            outcomes.push(Outcome::Suppressed);
+            outcomes.push(Outcome::Suppressed {
+                cooldown_left: may_alert.retry_after.to_duration(),
+            });
             return;
         }
         let suppressed = self.take_suppressed(kind, &value);

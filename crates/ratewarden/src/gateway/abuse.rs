@@ -16,7 +16,7 @@ use ratewarden_detect::{
 };
 use ratewarden_store::redis::RedisStore;
 use ratewarden_store::{Check, Decisions, MemoryStore, Store, StoreError};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -92,6 +92,8 @@ pub struct AbuseReporter {
     user_header: Option<HeaderName>,
     api_key_header: Option<HeaderName>,
     count_upstream: bool,
+    /// Hashes a client's network into the key its violations are coalesced under.
+    batch_keys: RandomState,
     /// Sentry clients, flushed at shutdown.
     sentry_sinks: Vec<SentrySink>,
 }
@@ -155,6 +157,7 @@ impl AbuseReporter {
             user_header: config.user_header.clone(),
             api_key_header: config.api_key_header.clone(),
             count_upstream: config.settings.count_upstream_429,
+            batch_keys: RandomState::new(),
             sentry_sinks,
         })
     }
@@ -203,27 +206,28 @@ impl AbuseReporter {
         }
     }
 
-    /// Reports a 429 for `head` from `client`, limited by `rules`. In a flood the
-    /// client's batch is usually pending already: then only a counter moves. Otherwise
-    /// the request's details are copied (bounded) for the description, which is built
-    /// when the batch is counted.
+    /// Reports a 429 from `client`, limited by `rules`, for the request `head` gives.
+    /// In a flood the client's batch is usually pending already: then only a counter
+    /// moves, and neither `head` nor `rules` is called. Otherwise the request's details
+    /// are copied (bounded) for the description, which is built when the batch is
+    /// counted.
     pub fn report(
         &self,
-        head: &RequestHead,
+        head: impl FnOnce() -> RequestHead,
         client: IpAddr,
         network: IpNet,
         rules: impl FnOnce() -> Vec<String>,
         source: Source,
     ) {
         // Coalesced by network: a client rotating user or key headers must not be able
-        // to fill the pending map (and push other clients' violations out).
-        let mut hasher = std::hash::DefaultHasher::new();
-        network.hash(&mut hasher);
-        let key = hasher.finish();
+        // to fill the pending map (and push other clients' violations out). Keyed with
+        // this process's random keys, so no one can pick two networks that share a
+        // batch.
+        let key = self.batch_keys.hash_one(network);
         if self.alerting.report_repeat(key, source) {
             return;
         }
-        let (kept, rules) = (Kept::of(head), rules());
+        let (kept, rules) = (Kept::of(&head()), rules());
         let describer = self.describer.clone();
         let at_nanos = unix_nanos();
         self.alerting.report(key, source, move || {

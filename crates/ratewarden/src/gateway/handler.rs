@@ -291,7 +291,7 @@ pub async fn handle(
                     .collect()
             };
             abuse.report(
-                &abuse.head(&request),
+                || abuse.head(&request),
                 client.ip,
                 network,
                 rules,
@@ -351,7 +351,7 @@ pub async fn handle(
     }
     if let (Some(abuse), Some(head)) = (&gateway.abuse, head) {
         if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
-            abuse.report(&head, client.ip, network, Vec::new, Source::Upstream);
+            abuse.report(|| head, client.ip, network, Vec::new, Source::Upstream);
         }
     }
     responses::add_rate_limit_headers(response.headers_mut(), &outcomes, speaker);
