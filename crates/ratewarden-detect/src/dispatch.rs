@@ -22,7 +22,9 @@ use ratewarden_core::clock::Clock;
 use ratewarden_store::Store;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The flush ticks' own clock (tokio's): waits are counted in ticks, not decisions.
+use tokio::time::Instant;
 
 /// Clients' batches counted at once (store round trips in flight).
 const IN_FLIGHT: usize = 32;
@@ -304,9 +306,14 @@ fn due_batches(shard: &PendingShard, now: Instant) -> Vec<(u64, Pending)> {
     let mut shard = shard.lock();
     shard.quiet.retain(|_, until| *until > now);
     let crowded = shard.pending.len() >= MAX_PENDING / SHARDS / 2;
-    shard
+    let due: Vec<u64> = shard
         .pending
-        .extract_if(|_, p| crowded || p.not_before.is_none_or(|t| t <= now))
+        .iter()
+        .filter(|(_, p)| crowded || p.not_before.is_none_or(|t| t <= now))
+        .map(|(&client, _)| client)
+        .collect();
+    due.into_iter()
+        .filter_map(|client| shard.pending.remove(&client).map(|p| (client, p)))
         .collect()
 }
 
