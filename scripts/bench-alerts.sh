@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-50}
 ROUNDS=${3:-4}
+# Another build to measure (an older commit's, for a before/after), else this tree's.
+RATEWARDEN=${RATEWARDEN:-target/release/ratewarden}
 
 ensure nginx wrk -- nginx wrk
 cargo build -q --release -p ratewarden
@@ -55,13 +57,22 @@ rate = "1/h"
 burst = 1
 $2
 CONF
-  RUST_LOG=warn target/release/ratewarden serve --config "$WORK/$1.toml" >/dev/null 2>&1 &
+  RUST_LOG=warn "$RATEWARDEN" serve --config "$WORK/$1.toml" >/dev/null 2>&1 &
   echo $! >"$WORK/$1.pid"
   wait_port "$port"; wait_port "$admin"
   echo "$port $admin"
 }
-load() { # port -> requests/s
-  wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$WORK/flood.lua" "http://127.0.0.1:$1/" | awk '/Requests\/sec/ {print $2}'
+load() { # port -> "requests/s requests"
+  wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$WORK/flood.lua" "http://127.0.0.1:$1/" |
+    awk '/requests in/ {n=$1} /Requests\/sec/ {r=$2} END {print r, n}'
+}
+# CPU time (user + system, all threads) a process has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Gateway CPU per request in microseconds: its whole CPU time, alerting's threads
+# included, over the requests of the run. Steadier than throughput on a shared machine,
+# because another tenant's load slows both.
+cpu_per_request() { # ticks requests
+  python3 -c "print(f'{$1 * 1e6 / $(getconf CLK_TCK) / $2:.1f}')"
 }
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($0, m) == 1 {print $NF}' | head -1; }
 
@@ -80,16 +91,19 @@ kind = \"log\""
 # after the other, the first one alternating between rounds so neither set-up always
 # gets the machine's warmer or quieter moments. Prints "off on ratio metrics...".
 round() { # first (off|on)
-  local order=(off on) off on port admin line
+  local order=(off on) off on off_cpu on_cpu port admin line requests
   [ "$1" = on ] && order=(on off)
   for setup in "${order[@]}"; do
     if [ "$setup" = off ]; then
       read -r port admin <<<"$(gateway off "")"
-      off=$(load "$port")
+      read -r off requests <<<"$(load "$port")"
+      off_cpu=$(cpu_per_request "$(cpu_ticks "$(cat "$WORK/off.pid")")" "$requests")
     else
       read -r port admin <<<"$(gateway on "$ABUSE")"
-      on=$(load "$port")
+      read -r on requests <<<"$(load "$port")"
       sleep 2 # the last alerts delivered
+      # Counted after the delivery of the last alerts, so none of their cost is missed.
+      on_cpu=$(cpu_per_request "$(cpu_ticks "$(cat "$WORK/on.pid")")" "$requests")
       line="$(metric "$admin" 'ratewarden_abuse_violations_total{source="gateway"}')"
       line+=" $(metric "$admin" 'ratewarden_abuse_violations_dropped_total')"
       line+=" $(metric "$admin" 'ratewarden_abuse_alerts_raised_total')"
@@ -100,20 +114,21 @@ round() { # first (off|on)
     kill "$(cat "$WORK/$setup.pid")"
     sleep 0.5
   done
-  echo "$off $on $(python3 -c "print(f'{$on/$off:.2f}')") $line"
+  echo "$off $on $(python3 -c "print(f'{$on/$off:.2f}')") $off_cpu $on_cpu $(python3 -c "print(f'{$on_cpu/$off_cpu:.2f}')") $line"
 }
 
 echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s per run, $ROUNDS rounds, 10,000 client addresses, nearly all 429; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%Y-%m-%d)"
 echo
-echo "| round | alerting off (requests/s) | alerting on (requests/s) | ratio on / off | violations reported | dropped uncounted | alerts raised | webhook sent / dropped / failed |"
-echo "|---|---|---|---|---|---|---|---|"
-RATIOS=()
+echo "| round | off (requests/s) | on (requests/s) | ratio on / off | CPU µs per request, off / on | CPU ratio on / off | violations reported | dropped uncounted | alerts raised | webhook sent / dropped / failed |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+RATIOS=() CPU_RATIOS=()
 for r in $(seq "$ROUNDS"); do
   first=off
   [ $((r % 2)) = 0 ] && first=on
-  read -r off on ratio violations vdropped raised sent dropped failed <<<"$(round "$first")"
-  RATIOS+=("$ratio")
-  echo "| $r ($first first) | ${off%.*} | ${on%.*} | $ratio | $violations | ${vdropped:-0} | $raised | ${sent:-0} / ${dropped:-0} / ${failed:-0} |"
+  read -r off on ratio off_cpu on_cpu cpu_ratio violations vdropped raised sent dropped failed <<<"$(round "$first")"
+  RATIOS+=("$ratio") CPU_RATIOS+=("$cpu_ratio")
+  echo "| $r ($first first) | ${off%.*} | ${on%.*} | $ratio | $off_cpu / $on_cpu | $cpu_ratio | $violations | ${vdropped:-0} | $raised | ${sent:-0} / ${dropped:-0} / ${failed:-0} |"
 done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 echo
-echo "median ratio on / off: $(printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')"
+echo "median throughput ratio on / off: $(median "${RATIOS[@]}"); median CPU-per-request ratio on / off: $(median "${CPU_RATIOS[@]}")"

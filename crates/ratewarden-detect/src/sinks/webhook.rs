@@ -18,7 +18,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// A webhook destination.
 pub struct WebhookSink {
     client: reqwest::Client,
-    url: String,
+    /// Parsed once: an alert flood should not parse it ten thousand times.
+    url: reqwest::Url,
     secret: Option<Vec<u8>>,
 }
 
@@ -38,6 +39,7 @@ impl WebhookSink {
             .user_agent(concat!("ratewarden/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
+        let url = reqwest::Url::parse(&url).map_err(|e| format!("webhook url: {e}"))?;
         Ok(WebhookSink {
             client,
             url,
@@ -52,7 +54,7 @@ impl WebhookSink {
         for attempt in 0..ATTEMPTS {
             let mut request = self
                 .client
-                .post(&self.url)
+                .post(self.url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
             if let Some(secret) = &self.secret {
