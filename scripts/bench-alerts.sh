@@ -3,6 +3,7 @@
 # triggers alerts from 10,000 distinct clients; same run, same machine.
 #
 #   scripts/bench-alerts.sh [SECONDS] [CONNECTIONS] [ROUNDS]
+#   BEFORE=/path/to/older/ratewarden scripts/bench-alerts.sh ...   # also that build, alerting on
 #
 # wrk sends every request through a trusted proxy address (127.0.0.1) with an
 # X-Forwarded-For drawn from 10,000 client addresses; the rule admits one request per
@@ -18,8 +19,8 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-50}
 ROUNDS=${3:-4}
-# Another build to measure (an older commit's, for a before/after), else this tree's.
-RATEWARDEN=${RATEWARDEN:-target/release/ratewarden}
+# An older build (another commit's) measured with alerting on in the same rounds.
+BEFORE=${BEFORE:-}
 
 ensure nginx wrk -- nginx wrk
 cargo build -q --release -p ratewarden
@@ -40,7 +41,7 @@ request = function()
 end
 LUA
 
-gateway() { # name abuse-section -> "port admin"
+gateway() { # name abuse-section [binary] -> "port admin"
   local port admin
   port=$(free_port); admin=$(free_port)
   cat >"$WORK/$1.toml" <<CONF
@@ -57,7 +58,7 @@ rate = "1/h"
 burst = 1
 $2
 CONF
-  RUST_LOG=warn "$RATEWARDEN" serve --config "$WORK/$1.toml" >/dev/null 2>&1 &
+  RUST_LOG=warn "${3:-target/release/ratewarden}" serve --config "$WORK/$1.toml" >/dev/null 2>&1 &
   echo $! >"$WORK/$1.pid"
   wait_port "$port"; wait_port "$admin"
   echo "$port $admin"
@@ -87,48 +88,76 @@ url = \"http://127.0.0.1:$RECEIVER/hooks\"
 [[alerts]]
 kind = \"log\""
 
-# One round: fresh gateways (so every round's "on" run raises its 10,000 alerts), one
-# after the other, the first one alternating between rounds so neither set-up always
-# gets the machine's warmer or quieter moments. Prints "off on ratio metrics...".
-round() { # first (off|on)
-  local order=(off on) off on off_cpu on_cpu port admin line requests
-  [ "$1" = on ] && order=(on off)
-  for setup in "${order[@]}"; do
-    if [ "$setup" = off ]; then
-      read -r port admin <<<"$(gateway off "")"
-      read -r off requests <<<"$(load "$port")"
-      off_cpu=$(cpu_per_request "$(cpu_ticks "$(cat "$WORK/off.pid")")" "$requests")
-    else
-      read -r port admin <<<"$(gateway on "$ABUSE")"
-      read -r on requests <<<"$(load "$port")"
-      sleep 2 # the last alerts delivered
-      # Counted after the delivery of the last alerts, so none of their cost is missed.
-      on_cpu=$(cpu_per_request "$(cpu_ticks "$(cat "$WORK/on.pid")")" "$requests")
-      line="$(metric "$admin" 'ratewarden_abuse_violations_total{source="gateway"}')"
-      line+=" $(metric "$admin" 'ratewarden_abuse_violations_dropped_total')"
-      line+=" $(metric "$admin" 'ratewarden_abuse_alerts_raised_total')"
-      for outcome in sent dropped failed; do
-        line+=" $(metric "$admin" "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\",outcome=\"$outcome\"}")"
-      done
-    fi
-    kill "$(cat "$WORK/$setup.pid")"
-    sleep 0.5
+# Milliseconds of CPU the alerting threads of process PID used: the main runtime's
+# workers, where alerting runs (requests are served on threads of their own).
+alerting_ms() {
+  local ticks=0 t
+  for t in /proc/"$1"/task/*; do
+    [ "$(cat "$t/comm")" = tokio-rt-worker ] && ticks=$((ticks + $(awk '{print $14 + $15}' "$t/stat")))
   done
-  echo "$off $on $(python3 -c "print(f'{$on/$off:.2f}')") $off_cpu $on_cpu $(python3 -c "print(f'{$on_cpu/$off_cpu:.2f}')") $line"
+  echo $((ticks * 1000 / $(getconf CLK_TCK)))
 }
 
+SETUPS=(off on)
+[ -n "$BEFORE" ] && SETUPS+=(before)
+
+# One round: fresh gateways (so every round's "on" run raises its 10,000 alerts), one
+# after the other, the first one rotating between rounds so no set-up always gets the
+# machine's warmer or quieter moments. Sets R_<setup> (requests/s), CPU_<setup> (µs per
+# request), ALERTING_<setup> (ms) and METRICS (of this build's "on" run).
+round() { # index of the set-up to start with
+  local i setup port admin requests rps pid n=${#SETUPS[@]}
+  for ((i = 0; i < n; i++)); do
+    setup=${SETUPS[$(((i + $1) % n))]}
+    case $setup in
+      off) read -r port admin <<<"$(gateway off "")" ;;
+      on) read -r port admin <<<"$(gateway on "$ABUSE")" ;;
+      before) read -r port admin <<<"$(gateway before "$ABUSE" "$BEFORE")" ;;
+    esac
+    pid=$(cat "$WORK/$setup.pid")
+    read -r rps requests <<<"$(load "$port")"
+    # Counted after the delivery of the last alerts, so none of their cost is missed.
+    [ "$setup" != off ] && sleep 2
+    printf -v "R_$setup" '%s' "${rps%.*}"
+    printf -v "CPU_$setup" '%s' "$(cpu_per_request "$(cpu_ticks "$pid")" "$requests")"
+    printf -v "ALERTING_$setup" '%s' "$(alerting_ms "$pid")"
+    if [ "$setup" = on ]; then
+      METRICS="$(metric "$admin" 'ratewarden_abuse_violations_total{source="gateway"}')"
+      METRICS+=" | $(metric "$admin" 'ratewarden_abuse_violations_dropped_total')"
+      METRICS+=" | $(metric "$admin" 'ratewarden_abuse_alerts_raised_total') |"
+      for outcome in sent dropped failed; do
+        METRICS+=" $(metric "$admin" "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\",outcome=\"$outcome\"}") /"
+      done
+      METRICS="${METRICS% /}"
+    fi
+    kill "$pid"
+    sleep 0.5
+  done
+}
+
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+
 echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s per run, $ROUNDS rounds, 10,000 client addresses, nearly all 429; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%Y-%m-%d)"
+[ -n "$BEFORE" ] && echo "before: $BEFORE"
 echo
-echo "| round | off (requests/s) | on (requests/s) | ratio on / off | CPU µs per request, off / on | CPU ratio on / off | violations reported | dropped uncounted | alerts raised | webhook sent / dropped / failed |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
-RATIOS=() CPU_RATIOS=()
+HEAD="| round | off (requests/s) | on (requests/s) | ratio on / off | CPU µs per request, off / on | CPU ratio on / off | alerting threads' CPU, on (ms)"
+RULE="|---|---|---|---|---|---|---"
+[ -n "$BEFORE" ] && HEAD+=" | before, on (requests/s) | before: ratio on / off | before: alerting threads' CPU (ms)" && RULE+="|---|---|---"
+echo "$HEAD | violations reported | dropped uncounted | alerts raised | webhook sent / dropped / failed |"
+echo "$RULE|---|---|---|---|"
+RATIOS=() CPU_RATIOS=() BEFORE_RATIOS=()
 for r in $(seq "$ROUNDS"); do
-  first=off
-  [ $((r % 2)) = 0 ] && first=on
-  read -r off on ratio off_cpu on_cpu cpu_ratio violations vdropped raised sent dropped failed <<<"$(round "$first")"
-  RATIOS+=("$ratio") CPU_RATIOS+=("$cpu_ratio")
-  echo "| $r ($first first) | ${off%.*} | ${on%.*} | $ratio | $off_cpu / $on_cpu | $cpu_ratio | $violations | ${vdropped:-0} | $raised | ${sent:-0} / ${dropped:-0} / ${failed:-0} |"
+  round $((r - 1))
+  RATIOS+=("$(ratio "$R_on" "$R_off")") CPU_RATIOS+=("$(ratio "$CPU_on" "$CPU_off")")
+  line="| $r (${SETUPS[$(((r - 1) % ${#SETUPS[@]}))]} first) | $R_off | $R_on | ${RATIOS[-1]} | $CPU_off / $CPU_on | ${CPU_RATIOS[-1]} | $ALERTING_on"
+  if [ -n "$BEFORE" ]; then
+    BEFORE_RATIOS+=("$(ratio "$R_before" "$R_off")")
+    line+=" | $R_before | ${BEFORE_RATIOS[-1]} | $ALERTING_before"
+  fi
+  echo "$line | $METRICS |"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 echo
 echo "median throughput ratio on / off: $(median "${RATIOS[@]}"); median CPU-per-request ratio on / off: $(median "${CPU_RATIOS[@]}")"
+[ -n "$BEFORE" ] && echo "before: median throughput ratio on / off: $(median "${BEFORE_RATIOS[@]}")"
+exit 0
