@@ -172,6 +172,14 @@ async fn inconclusive_outcomes_release_without_counting<S: LoginStore>(b: Backen
     }
 }
 
+/// Within four standard errors of `n` for the least precise backend: the memory
+/// store's 128-register sketches (about 7% at these counts; Redis is closer). Its hash
+/// keys are random per process, so a tighter bound fails a run in several.
+fn estimated(estimate: u64, n: u64) -> bool {
+    let tolerance = n * 27 / 100;
+    (n - tolerance..=n + tolerance).contains(&estimate)
+}
+
 async fn distinct_accounts_and_addresses_are_estimated<S: LoginStore>(b: Backend<S>) {
     let rules = rules(LockoutScope::Account);
     let mut accounts = 0;
@@ -181,12 +189,15 @@ async fn distinct_accounts_and_addresses_are_estimated<S: LoginStore>(b: Backend
             .await
             .unwrap();
     }
-    assert!((45..=55).contains(&accounts), "{accounts}");
+    assert!(estimated(accounts, 50), "{accounts}");
     let again = b.stores[0]
         .tried("web_login", "addr_stuffer", "acct_0", HOUR)
         .await
         .unwrap();
-    assert!((45..=55).contains(&again), "a repeat is not a new account");
+    assert!(
+        again.abs_diff(accounts) <= 1,
+        "a repeat is not a new account: {accounts}, then {again}"
+    );
     let elsewhere = b.stores[0]
         .tried("other_login", "addr_stuffer", "acct_0", HOUR)
         .await
@@ -211,7 +222,7 @@ async fn distinct_accounts_and_addresses_are_estimated<S: LoginStore>(b: Backend
             .await
             .unwrap();
     }
-    assert!((36..=44).contains(&addresses), "{addresses}");
+    assert!(estimated(addresses, 40), "{addresses}");
 }
 
 conformance!(
