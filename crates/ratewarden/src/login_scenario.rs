@@ -10,14 +10,11 @@
 
 use crate::config;
 use crate::gateway::Bound;
-use crate::scenario::{client_from, Http, Rng};
+use crate::scenario::{answer_with_statuses, client_from, Http, Rng};
 use bytes::Bytes;
 use clap::Args;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,7 +25,8 @@ use tokio::time::Instant;
 /// Options of the login scenario.
 #[derive(Debug, Args)]
 pub struct LoginScenarioArgs {
-    /// Real seconds that one simulated hour takes.
+    /// Real seconds that one simulated hour takes (at least 12, so that the shortest
+    /// scaled setting, the 5-minute threat window, stays at a second or more).
     #[arg(long, default_value_t = 180)]
     pub seconds: u64,
 }
@@ -142,7 +140,7 @@ pub fn run(args: &LoginScenarioArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let seconds = args.seconds.clamp(10, 3600);
+    let seconds = args.seconds.clamp(12, 3600);
     let scale = 3600.0 / seconds as f64;
     println!(
         "one simulated hour in {seconds} s (every duration divided by {scale:.0}); {ACCOUNTS} accounts, {USERS} real users (who logged in once before the hour) logging in twice each (10% mistype first), {STUFFERS} stuffing addresses at 1 guess per second each ({} passwords x {} user names), 1 brute-force address on accounts {TARGETED:?}\n",
@@ -438,45 +436,26 @@ async fn attempt(
 /// The sample login API: `user{i}@example.com` for i below [`ACCOUNTS`] with
 /// [`password_of`]; 200 or 401.
 async fn login_api(listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        tokio::spawn(async move {
-            let service = service_fn(|request: Request<Incoming>| async move {
-                let body = request
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let fields: Option<(String, String)> =
-                    serde_json::from_slice::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| {
-                            Some((
-                                v.get("username")?.as_str()?.to_owned(),
-                                v.get("password")?.as_str()?.to_owned(),
-                            ))
-                        });
-                let accepted = fields.is_some_and(|(user, password)| {
-                    user.strip_prefix("user")
-                        .and_then(|rest| rest.strip_suffix("@example.com"))
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .is_some_and(|n| n < ACCOUNTS && password == password_of(n))
-                });
-                let status = if accepted {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-                *response.status_mut() = status;
-                Ok::<_, std::convert::Infallible>(response)
+    answer_with_statuses(listener, |_, body| {
+        let fields: Option<(String, String)> = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                Some((
+                    v.get("username")?.as_str()?.to_owned(),
+                    v.get("password")?.as_str()?.to_owned(),
+                ))
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+        let accepted = fields.is_some_and(|(user, password)| {
+            user.strip_prefix("user")
+                .and_then(|rest| rest.strip_suffix("@example.com"))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n < ACCOUNTS && password == password_of(n))
         });
-    }
+        if accepted {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        }
+    })
+    .await;
 }

@@ -553,36 +553,47 @@ async fn drive(client: Arc<Simulated>, gateway: SocketAddr, deadline: Instant) {
 /// The sample API: products 0-499 exist (others 404), users 0-999 exist, logins succeed
 /// with the right password.
 async fn sample_api(listener: TcpListener) {
+    answer_with_statuses(listener, |path, body| {
+        if path == "/api/v1/auth/login" {
+            let wanted = format!(r#""password":"{PASSWORD}""#);
+            if String::from_utf8_lossy(body).contains(&wanted) {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            }
+        } else if let Some(id) = path.strip_prefix("/api/v1/users/") {
+            match id.parse::<u64>() {
+                Ok(n) if n < 1000 => StatusCode::OK,
+                _ => StatusCode::NOT_FOUND,
+            }
+        } else {
+            StatusCode::OK
+        }
+    })
+    .await;
+}
+
+/// Serves a sample API on `listener` until it fails: every request's body is read, and
+/// the answer is `{}` with the status `answer` gives for its path and body.
+pub(crate) async fn answer_with_statuses(
+    listener: TcpListener,
+    answer: fn(&str, &[u8]) -> StatusCode,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
         tokio::spawn(async move {
-            let service = service_fn(|request: Request<Incoming>| async move {
+            let service = service_fn(move |request: Request<Incoming>| async move {
                 let path = request.uri().path().to_owned();
-                let status = if path == "/api/v1/auth/login" {
-                    let body = request
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let wanted = format!(r#""password":"{PASSWORD}""#);
-                    if String::from_utf8_lossy(&body).contains(&wanted) {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::UNAUTHORIZED
-                    }
-                } else if let Some(id) = path.strip_prefix("/api/v1/users/") {
-                    match id.parse::<u64>() {
-                        Ok(n) if n < 1000 => StatusCode::OK,
-                        _ => StatusCode::NOT_FOUND,
-                    }
-                } else {
-                    StatusCode::OK
-                };
+                let body = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-                *response.status_mut() = status;
+                *response.status_mut() = answer(&path, &body);
                 Ok::<_, std::convert::Infallible>(response)
             });
             let _ = hyper::server::conn::http1::Builder::new()
