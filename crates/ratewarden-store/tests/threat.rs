@@ -173,10 +173,43 @@ async fn batches_count_like_the_requests_in_them<S: ThreatStore>(b: Backend<S>) 
     assert!((s.endpoints - 5.0).abs() < 1.0, "{s:?}");
 }
 
+async fn a_networks_failing_addresses_are_counted_once_each<S: ThreatStore>(b: Backend<S>) {
+    let [a, other] = &b.stores;
+    let network = "network:203.0.113.0/24";
+    let now = SystemClock::new().now();
+    let tasks: Vec<_> = (0..40u64)
+        .map(|i| {
+            let store = b.stores[(i % 2) as usize].clone();
+            // 20 addresses, each recorded twice, by two gateways at once.
+            tokio::spawn(async move {
+                let address = (i % 20).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                store
+                    .failing_neighbours(network, address, now, HOUR)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let again = a.failing_neighbours(network, 0, now, HOUR).await.unwrap();
+    assert!((again - 20.0).abs() < 1.0, "{again}");
+    let another = other
+        .failing_neighbours("network:198.51.100.0/24", 0, now, HOUR)
+        .await
+        .unwrap();
+    assert!((another - 1.0).abs() < 0.01, "{another}");
+    // The network's record is not a client's: no level, no block.
+    let status = a.status(network).await.unwrap();
+    assert_eq!((status.level, status.block), (Level::Normal, None));
+}
+
 conformance!(
     ratewarden_store::threat::MemoryThreats::new(10_000, ratewarden_core::clock::SystemClock::new());
     concurrent_observations_are_all_counted,
     levels_are_recorded_and_cleared,
     blocks_escalate_once_per_offence,
     batches_count_like_the_requests_in_them,
+    a_networks_failing_addresses_are_counted_once_each,
 );

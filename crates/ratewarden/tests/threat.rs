@@ -206,7 +206,8 @@ fn a_perfectly_periodic_bot_is_flagged_and_its_limits_halved() {
     let gw = Gateway::start(&config(&upstream, GENEROUS, threat));
     let bot = "127.0.6.4";
     let start = Instant::now();
-    for i in 0..31u32 {
+    // 24 gaps: past the 20 that make a rhythm, short of the 30 that make it `high`.
+    for i in 0..25u32 {
         // Every 100 ms on the dot, as a scheduler fires.
         let due = start + Duration::from_millis(100) * i;
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -223,6 +224,38 @@ fn a_perfectly_periodic_bot_is_flagged_and_its_limits_halved() {
         Some("20"),
         "burst 40 halved"
     );
+}
+
+#[test]
+fn an_attacker_rotating_through_a_network_is_caught_by_its_failing_neighbours() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&config(&upstream, GENEROUS, ""));
+    // One wrong password from each of 25 addresses of one /24: no address alone is
+    // anywhere near a threshold.
+    for i in 1..=25 {
+        let address = format!("127.0.12.{i}");
+        assert_eq!(gw.get(&address, "/status/401", &[]).status, 401);
+    }
+    // A careless neighbour in another network fails twice; a user of the rotated
+    // network never fails.
+    let elsewhere = "127.0.13.1";
+    for _ in 0..2 {
+        assert_eq!(gw.get(elsewhere, "/status/401", &[]).status, 401);
+    }
+    let bystander = "127.0.12.200";
+    assert_eq!(gw.get(bystander, "/ok", &[]).status, 200);
+    // Once every failure is recorded (flushes run every 200 ms), the first address
+    // fails again and is judged with its 24 failing neighbours.
+    std::thread::sleep(Duration::from_secs(1));
+    let first = "127.0.12.1";
+    assert_eq!(gw.get(first, "/status/401", &[]).status, 401);
+    eventually("the rotating address rises", Duration::from_secs(5), || {
+        level_of(&gw, first) == "high"
+    });
+    let reasons = standing(&gw, first)["reasons"].to_string();
+    assert!(reasons.contains("failing_neighbours=2"), "{reasons}");
+    assert_eq!(level_of(&gw, elsewhere), "normal");
+    assert_eq!(level_of(&gw, bystander), "normal");
 }
 
 #[test]

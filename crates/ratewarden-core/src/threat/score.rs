@@ -79,6 +79,9 @@ pub struct Weighted {
 /// The most multiples of its threshold one signal is credited with.
 pub const MAX_MULTIPLE: f64 = 3.0;
 
+/// The most multiples of `min_gaps` clockwork timing is credited with.
+pub const MAX_TIMING_MULTIPLE: f64 = 2.0;
+
 impl Weighted {
     const fn new(threshold: f64, weight: f64) -> Weighted {
         Weighted { threshold, weight }
@@ -112,10 +115,17 @@ pub struct Scoring {
     pub agent_changes: Weighted,
     /// Login attempts while counted as credential stuffing (login protection).
     pub credential_stuffing: Weighted,
+    /// Addresses of the client's network that failed authentication, counted for a
+    /// client that failed too: one attacker rotating through a block of addresses.
+    pub failing_neighbours: Weighted,
     /// Points for a known automation user agent.
     pub automation_agent: f64,
     /// Points for clockwork timing: a gap coefficient of variation at or below
-    /// `regular_cv` over at least `min_gaps` gaps.
+    /// `regular_cv` over at least `min_gaps` gaps. The evidence grows with the rhythm's
+    /// length, as other signals grow past their threshold, but only up to
+    /// [`MAX_TIMING_MULTIPLE`] times: clockwork alone makes a client `high` at most
+    /// (a browser polling on a timer is regular too); with an automation user agent
+    /// it reaches `critical`.
     pub regular_timing: f64,
     /// See `regular_timing`.
     pub regular_cv: f64,
@@ -146,7 +156,8 @@ impl Default for Scoring {
             spoofed_forwarding: Weighted::new(1.0, 15.0),
             agent_changes: Weighted::new(5.0, 20.0),
             credential_stuffing: Weighted::new(1.0, 40.0),
-            automation_agent: 15.0,
+            failing_neighbours: Weighted::new(10.0, 30.0),
+            automation_agent: 20.0,
             regular_timing: 40.0,
             regular_cv: 0.1,
             min_gaps: 20.0,
@@ -220,12 +231,19 @@ impl Scoring {
         add(self.credential_stuffing.points(s.stuffing), &|| {
             format!("credential_stuffing={}", s.stuffing.round())
         });
+        add(
+            self.failing_neighbours.points(s.failing_neighbours),
+            &|| format!("failing_neighbours={}", s.failing_neighbours.round()),
+        );
         if s.automation >= 1.0 {
             add(self.automation_agent, &|| "automation_agent".to_owned());
         }
         if let (Some(cv), Some(mean)) = (s.timing_cv, s.mean_gap_ms) {
             if s.gaps >= self.min_gaps && cv <= self.regular_cv && mean >= self.min_mean_gap_ms {
-                add(self.regular_timing, &|| format!("timing_cv={cv:.2}"));
+                let evidence = (s.gaps / self.min_gaps).min(MAX_TIMING_MULTIPLE);
+                add(self.regular_timing * evidence, &|| {
+                    format!("timing_cv={cv:.2}")
+                });
             }
         }
         parts.sort_by(|a, b| b.0.total_cmp(&a.0));

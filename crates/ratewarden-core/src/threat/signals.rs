@@ -214,6 +214,10 @@ pub struct Signals {
     pub agent_changes: f64,
     /// Login attempts made while counted as credential stuffing.
     pub stuffing: f64,
+    /// Distinct addresses of the client's network that failed authentication in the
+    /// window, the client included; 0 unless the client failed too (filled in by the
+    /// gateway from the network's record, see `ThreatStore::failing_neighbours`).
+    pub failing_neighbours: f64,
     /// Inter-arrival gaps timed.
     pub gaps: f64,
     /// Coefficient of variation of the gaps (standard deviation / mean); `None` without
@@ -260,6 +264,7 @@ impl Signals {
             spoofed: mix(|b| b.spoofed),
             agent_changes: mix(|b| b.agent_changes),
             stuffing: mix(|b| b.stuffing),
+            failing_neighbours: 0.0,
             gaps,
             timing_cv: timing_cv.flatten(),
             mean_gap_ms,

@@ -76,6 +76,50 @@ fn a_clockwork_bot_is_flagged() {
 }
 
 #[test]
+fn a_rhythm_weighs_more_the_longer_it_is_kept_but_alone_never_blocks_outright() {
+    let clockwork = |n: u64, automation: bool| {
+        let mut w = ClientWindow::default();
+        let mut last = Timestamp::EPOCH;
+        for i in 0..n {
+            let mut o = request(i * 1_000, 1, RequestOutcome::Answered(200));
+            o.automation_agent = automation;
+            w.observe(&o, WINDOW);
+            last = o.at;
+        }
+        Scoring::default().assess(&w.signals(last, WINDOW))
+    };
+    // 20 gaps: the weight; 30 gaps: one and a half times it.
+    assert_eq!(clockwork(21, false).level, Level::Elevated);
+    assert_eq!(clockwork(31, false).level, Level::High);
+    // Kept for 200 gaps, a browser's timer is still only high...
+    let browser = clockwork(201, false);
+    assert_eq!(browser.level, Level::High, "{browser:?}");
+    // ... while an automation tool on the dot reaches critical after 40 gaps.
+    assert_eq!(clockwork(40, true).level, Level::High);
+    let bot = clockwork(41, true);
+    assert_eq!(bot.level, Level::Critical, "{bot:?}");
+}
+
+#[test]
+fn failing_neighbours_count_from_ten_and_weigh_like_other_signals() {
+    let scoring = Scoring::default();
+    let with = |neighbours: f64| {
+        scoring.assess(&Signals {
+            auth_failures: 1.0,
+            failing_neighbours: neighbours,
+            ..Signals::default()
+        })
+    };
+    assert_eq!(with(9.0).level, Level::Normal);
+    assert_eq!(with(10.0).level, Level::Elevated);
+    let rotating = with(25.0);
+    assert_eq!(rotating.level, Level::High, "{rotating:?}");
+    assert_eq!(rotating.reasons, ["failing_neighbours=25"]);
+    // Capped at three times the weight: a network alone never makes a client critical.
+    assert_eq!(with(1000.0).score, 90.0);
+}
+
+#[test]
 fn back_to_back_requests_are_not_a_rhythm() {
     let a = assess((0..60).map(|i| request(i * 2, 1, RequestOutcome::Answered(200))));
     assert!(

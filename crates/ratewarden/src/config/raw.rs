@@ -105,6 +105,15 @@ pub struct RawThreat {
     pub escalation: RawEscalation,
     #[serde(default)]
     pub scoring: RawScoring,
+    #[serde(default)]
+    pub networks: RawNetworks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetworks {
+    pub ipv4_prefix: Option<i64>,
+    pub ipv6_prefix: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +154,7 @@ pub struct RawScoring {
     pub endpoints: Option<RawWeighted>,
     pub spoofed_forwarding: Option<RawWeighted>,
     pub credential_stuffing: Option<RawWeighted>,
+    pub failing_neighbours: Option<RawWeighted>,
     pub agent_changes: Option<RawWeighted>,
     pub automation_agent: Option<RawFlat>,
     pub regular_timing: Option<RawTiming>,

@@ -453,6 +453,15 @@ max_block = "24h"
         .iter()
         .any(|a| a == "python-requests"));
     assert!(config.admin.token.is_none());
+    // Failing addresses are counted together per /24 and /48 unless told otherwise.
+    let network = |ip: &str| {
+        threat
+            .networks
+            .network_of(ip.parse().expect("ip"))
+            .to_string()
+    };
+    assert_eq!(network("203.0.113.77"), "203.0.113.0/24");
+    assert_eq!(network("2001:db8:1:2::9"), "2001:db8:1::/48");
 }
 
 #[test]
@@ -474,6 +483,10 @@ repeat_factor = 0.5
 elevated = 80
 high = 60
 endpoints = {{ threshold = 0, weight = 30 }}
+failing_neighbours = {{ threshold = 10, weight = -1 }}
+[threat.networks]
+ipv4_prefix = 4
+ipv6_prefix = 129
 "#
     ))
     .join("\n");
@@ -487,6 +500,9 @@ endpoints = {{ threshold = 0, weight = 30 }}
         "threat.escalation.repeat_factor:",
         "threat.scoring:",
         "threat.scoring.endpoints:",
+        "threat.scoring.failing_neighbours:",
+        "threat.networks.ipv4_prefix: 4: use a prefix length from 8 to 32",
+        "threat.networks.ipv6_prefix: 129: use a prefix length from 8 to 128",
     ] {
         assert!(e.contains(field), "{field} missing from\n{e}");
     }

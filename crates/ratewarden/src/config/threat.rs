@@ -55,6 +55,36 @@ pub struct ThreatConfig {
     /// With Redis, how long a gateway trusts what it last read of a client's standing
     /// before reading it again (`None`: every request reads it).
     pub status_cache: Option<Nanos>,
+    /// The networks whose failing addresses are counted together.
+    pub networks: NetworkPrefixes,
+}
+
+/// Prefix lengths of the networks whose addresses' authentication failures are counted
+/// together (`failing_neighbours`): one attacker renting a block of addresses usually
+/// gets them from one IPv4 /24 or one IPv6 /48.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkPrefixes {
+    /// IPv4 prefix length.
+    pub ipv4: u8,
+    /// IPv6 prefix length.
+    pub ipv6: u8,
+}
+
+impl Default for NetworkPrefixes {
+    fn default() -> NetworkPrefixes {
+        NetworkPrefixes { ipv4: 24, ipv6: 48 }
+    }
+}
+
+impl NetworkPrefixes {
+    /// The network `ip` belongs to.
+    pub fn network_of(&self, ip: std::net::IpAddr) -> ipnet::IpNet {
+        let prefix = if ip.is_ipv4() { self.ipv4 } else { self.ipv6 };
+        // Prefix lengths are validated against the address family.
+        ipnet::IpNet::new(ip, prefix)
+            .map(|n| n.trunc())
+            .unwrap_or_else(|_| ipnet::IpNet::from(ip))
+    }
 }
 
 /// The admin API's settings.
@@ -199,6 +229,7 @@ pub fn threat(raw: Option<&RawThreat>, errors: &mut Errors) -> Option<ThreatConf
             })
             .collect(),
     };
+    let networks = networks(raw, errors);
     Some(ThreatConfig {
         window: window?,
         scoring: scoring?,
@@ -211,6 +242,29 @@ pub fn threat(raw: Option<&RawThreat>, errors: &mut Errors) -> Option<ThreatConf
         automation_agents,
         max_clients: max_clients?,
         status_cache: status_cache?,
+        networks: networks?,
+    })
+}
+
+fn networks(raw: &RawThreat, errors: &mut Errors) -> Option<NetworkPrefixes> {
+    let defaults = NetworkPrefixes::default();
+    let mut prefix = |field: &str, value: Option<i64>, default: u8, max: i64| match value {
+        None => Some(default),
+        // A shorter prefix would count a whole provider's customers as one attacker.
+        Some(p) if (8..=max).contains(&p) => Some(p as u8),
+        Some(p) => {
+            errors.add(
+                format!("threat.networks.{field}"),
+                format!("{p}: use a prefix length from 8 to {max}"),
+            );
+            None
+        }
+    };
+    let ipv4 = prefix("ipv4_prefix", raw.networks.ipv4_prefix, defaults.ipv4, 32);
+    let ipv6 = prefix("ipv6_prefix", raw.networks.ipv6_prefix, defaults.ipv6, 128);
+    Some(NetworkPrefixes {
+        ipv4: ipv4?,
+        ipv6: ipv6?,
     })
 }
 
@@ -290,6 +344,11 @@ fn scoring(raw: &RawThreat, errors: &mut Errors) -> Option<Scoring> {
         "credential_stuffing",
         &s.credential_stuffing,
         &mut scoring.credential_stuffing,
+    );
+    weighted(
+        "failing_neighbours",
+        &s.failing_neighbours,
+        &mut scoring.failing_neighbours,
     );
     if let Some(a) = &s.automation_agent {
         scoring.automation_agent = a.weight;

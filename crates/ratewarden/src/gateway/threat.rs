@@ -505,7 +505,24 @@ impl Defence {
         if let Some(cache) = &self.cache {
             cache.confirm(&client, &observed, self.clock.now());
         }
-        let assessment = config.scoring.assess(&observed.signals);
+        let mut signals = observed.signals;
+        if signals.auth_failures > 0.0 && config.scoring.failing_neighbours.weight > 0.0 {
+            let network = format!("network:{}", config.networks.network_of(pending.trigger.ip));
+            match self
+                .store
+                .failing_neighbours(
+                    &network,
+                    stable_hash(client.as_bytes()),
+                    pending.batch.last_at,
+                    config.window,
+                )
+                .await
+            {
+                Ok(n) => signals.failing_neighbours = n,
+                Err(e) => failed(&self.metrics, &e),
+            }
+        }
+        let assessment = config.scoring.assess(&signals);
         if assessment.level == observed.recorded {
             return;
         }
