@@ -3,6 +3,7 @@
 # run, loaded in turn by wrk over loopback.
 #
 #   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS]
+#   BEFORE=/path/to/older/ratewarden scripts/bench-gateway.sh ...   # also that build
 #
 # A trivial upstream (nginx returning 200) serves three set-ups in turn:
 #   (a) all allowed: the limit far above the load;
@@ -17,6 +18,8 @@ cd "$(dirname "$0")/.."
 . scripts/common.sh
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-50}
+# An older build (another commit's), measured in the same run beside this one.
+BEFORE=${BEFORE:-}
 
 ensure nginx wrk -- nginx wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -65,7 +68,7 @@ nginx_limiter() { # name port rate burst (0: none)
   server { listen 127.0.0.1:$2;
     location / { limit_req zone=z $burst; proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 }
-ratewarden_limiter() { # name port rate burst
+ratewarden_limiter() { # name port rate burst [binary]
   cat >"$WORK/$1.toml" <<CONF
 [server]
 listen = "127.0.0.1:$2"
@@ -75,7 +78,7 @@ name = "bench"
 rate = "$3"
 burst = $4
 CONF
-  RUST_LOG=warn TOKIO_WORKER_THREADS=2 "$RATEWARDEN" serve --config "$WORK/$1.toml" >/dev/null 2>&1 &
+  RUST_LOG=warn TOKIO_WORKER_THREADS=2 "${5:-$RATEWARDEN}" serve --config "$WORK/$1.toml" >/dev/null 2>&1 &
   PIDS+=($!)
   wait_port "$2"
 }
@@ -97,12 +100,18 @@ P=$(free_port); ratewarden_limiter rw-allow "$P" "1000000/s" 1000000; A_RW=$(loa
 P=$(free_port); nginx_limiter nginx-deny "$P" "1r/m" 0; B_NGINX=$(load "nginx, nearly all rejected" "$P")
 P=$(free_port); ratewarden_limiter rw-deny "$P" "1/m" 1; B_RW=$(load "ratewarden, nearly all rejected" "$P")
 C_DIRECT=$(load "direct to upstream" "$UPSTREAM")
+ROWS=("$A_NGINX" "$A_RW" "$B_NGINX" "$B_RW" "$C_DIRECT")
+if [ -n "$BEFORE" ]; then
+  P=$(free_port); ratewarden_limiter old-allow "$P" "1000000/s" 1000000 "$BEFORE"; A_OLD=$(load "before, all allowed" "$P")
+  P=$(free_port); ratewarden_limiter old-deny "$P" "1/m" 1 "$BEFORE"; B_OLD=$(load "before, nearly all rejected" "$P")
+  ROWS+=("$A_OLD" "$B_OLD")
+fi
 
 echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s over loopback; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%Y-%m-%d)"
 echo
 echo "| set-up | requests/s | p50 | p99 | non-2xx |"
 echo "|---|---|---|---|---|"
-for row in "$A_NGINX" "$A_RW" "$B_NGINX" "$B_RW" "$C_DIRECT"; do
+for row in "${ROWS[@]}"; do
   IFS='|' read -r label rps p50 p99 non <<<"$row"
   echo "| $label | $rps | $p50 | $p99 | $non |"
 done
@@ -113,3 +122,7 @@ echo "| ratio ratewarden / nginx | throughput |"
 echo "|---|---|"
 echo "| (a) all allowed | $(ratio "$(rps "$A_RW")" "$(rps "$A_NGINX")") |"
 echo "| (b) nearly all rejected | $(ratio "$(rps "$B_RW")" "$(rps "$B_NGINX")") |"
+if [ -n "$BEFORE" ]; then
+  echo "| (a) all allowed, before ($BEFORE) | $(ratio "$(rps "$A_OLD")" "$(rps "$A_NGINX")") |"
+  echo "| (b) nearly all rejected, before | $(ratio "$(rps "$B_OLD")" "$(rps "$B_NGINX")") |"
+fi

@@ -14,6 +14,11 @@ mod scenario;
 
 use clap::Parser;
 
+/// mimalloc's thread-local free lists suit a request path of small, short-lived
+/// allocations better than glibc's arenas (see the workspace manifest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     // The demo prints its own report; per-request logs would drown it.
