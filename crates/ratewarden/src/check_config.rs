@@ -81,14 +81,16 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
             .collect();
         let s = &threat.scoring;
         println!(
-            "threat: window {}; levels {}; blocks grow x{} up to {}; score thresholds elevated {} / high {} / critical {}",
+            "threat: window {}; levels {}; blocks grow x{} up to {}; score thresholds elevated {} / high {} / critical {}; failing addresses counted together per IPv4 /{} and IPv6 /{}",
             threat.window,
             levels.join("; "),
             threat.escalation.repeat_factor,
             threat.escalation.max_block,
             s.elevated,
             s.high,
-            s.critical
+            s.critical,
+            threat.networks.ipv4,
+            threat.networks.ipv6
         );
     }
     println!(
