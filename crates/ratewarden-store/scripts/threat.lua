@@ -25,6 +25,10 @@
 --   Unless a block is in force, counts an offence and blocks for the length of that
 --   offence (the last length for any later one). Reply: until, offence, reasons,
 --   client, 1 if this call blocked, now.
+-- neighbours window [member]
+--   A network's failing addresses: adds `member` (if given) to the current window's
+--   HyperLogLog. Reply: now, the distinct members of the current and the previous
+--   window together (a two-key PFCOUNT, their union; these sets are small).
 -- lift window
 --   Deletes the block, the offences, the level and the behaviour of the current and
 --   previous windows: a lifted client starts with a clean slate. Reply: 1 if a block
@@ -174,6 +178,16 @@ elseif op == 'block' then
   redis.call('PEXPIRE', base .. ':block', ceil_ms(length) + 1)
   redis.call('PEXPIRE', base .. ':offences', ceil_ms(length + forget) + 1)
   return { untl, offence, ARGV[3], ARGV[4], 1, now }
+elseif op == 'neighbours' then
+  local window = tonumber(ARGV[2])
+  local index = math.floor(now / window)
+  local ends_current = base .. ':e:' .. format_int(index)
+  local ends_previous = base .. ':e:' .. format_int(index - 1)
+  if ARGV[3] then
+    redis.call('PFADD', ends_current, ARGV[3])
+    redis.call('PEXPIRE', ends_current, ceil_ms(2 * window) + 1000)
+  end
+  return { now, redis.call('PFCOUNT', ends_current, ends_previous) }
 elseif op == 'lift' then
   local had = block_in_force() and 1 or 0
   local index = math.floor(now / tonumber(ARGV[2]))

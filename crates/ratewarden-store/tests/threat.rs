@@ -176,7 +176,6 @@ async fn batches_count_like_the_requests_in_them<S: ThreatStore>(b: Backend<S>) 
 async fn a_networks_failing_addresses_are_counted_once_each<S: ThreatStore>(b: Backend<S>) {
     let [a, other] = &b.stores;
     let network = "network:203.0.113.0/24";
-    let now = SystemClock::new().now();
     let tasks: Vec<_> = (0..40u64)
         .map(|i| {
             let store = b.stores[(i % 2) as usize].clone();
@@ -184,7 +183,7 @@ async fn a_networks_failing_addresses_are_counted_once_each<S: ThreatStore>(b: B
             tokio::spawn(async move {
                 let address = (i % 20).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 store
-                    .failing_neighbours(network, address, now, HOUR)
+                    .failing_neighbours(network, Some(address), HOUR)
                     .await
                     .unwrap()
             })
@@ -193,16 +192,46 @@ async fn a_networks_failing_addresses_are_counted_once_each<S: ThreatStore>(b: B
     for t in tasks {
         t.await.unwrap();
     }
-    let again = a.failing_neighbours(network, 0, now, HOUR).await.unwrap();
-    assert!((again - 20.0).abs() < 1.0, "{again}");
+    let read = a.failing_neighbours(network, None, HOUR).await.unwrap();
+    assert!((read - 20.0).abs() < 1.0, "{read}");
     let another = other
-        .failing_neighbours("network:198.51.100.0/24", 0, now, HOUR)
+        .failing_neighbours("network:198.51.100.0/24", Some(7), HOUR)
         .await
         .unwrap();
     assert!((another - 1.0).abs() < 0.01, "{another}");
     // The network's record is not a client's: no level, no block.
     let status = a.status(network).await.unwrap();
     assert_eq!((status.level, status.block), (Level::Normal, None));
+}
+
+async fn a_neighbour_failing_in_two_windows_counts_once<S: ThreatStore>(b: Backend<S>) {
+    let [a, other] = &b.stores;
+    let network = "network:192.0.2.0/24";
+    let window = Nanos::from_secs(2);
+    let offset = |now: Timestamp| Duration::from_nanos(now.as_nanos() % window.as_nanos());
+    // Start early in a window, so the next one is reached by sleeping past its start.
+    let late = offset(SystemClock::new().now());
+    if late > Duration::from_millis(1200) {
+        tokio::time::sleep(Duration::from_secs(2) - late + Duration::from_millis(100)).await;
+    }
+    a.failing_neighbours(network, Some(1), window)
+        .await
+        .unwrap();
+    a.failing_neighbours(network, Some(2), window)
+        .await
+        .unwrap();
+    let into = Duration::from_secs(2) - offset(SystemClock::new().now());
+    tokio::time::sleep(into + Duration::from_millis(200)).await;
+    // The next window: address 1 fails again, address 3 for the first time.
+    other
+        .failing_neighbours(network, Some(1), window)
+        .await
+        .unwrap();
+    let n = other
+        .failing_neighbours(network, Some(3), window)
+        .await
+        .unwrap();
+    assert!((n - 3.0).abs() < 0.5, "three addresses, counted {n}");
 }
 
 conformance!(
@@ -212,4 +241,5 @@ conformance!(
     blocks_escalate_once_per_offence,
     batches_count_like_the_requests_in_them,
     a_networks_failing_addresses_are_counted_once_each,
+    a_neighbour_failing_in_two_windows_counts_once,
 );

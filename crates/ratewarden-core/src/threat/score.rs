@@ -116,7 +116,9 @@ pub struct Scoring {
     /// Login attempts while counted as credential stuffing (login protection).
     pub credential_stuffing: Weighted,
     /// Addresses of the client's network that failed authentication, counted for a
-    /// client that failed too: one attacker rotating through a block of addresses.
+    /// client that failed repeatedly too: one attacker rotating through a block of
+    /// addresses. At most 75 points by default: with an automation user agent still
+    /// short of `critical`, so a network's failures alone never block for long.
     pub failing_neighbours: Weighted,
     /// Points for a known automation user agent.
     pub automation_agent: f64,
@@ -156,7 +158,7 @@ impl Default for Scoring {
             spoofed_forwarding: Weighted::new(1.0, 15.0),
             agent_changes: Weighted::new(5.0, 20.0),
             credential_stuffing: Weighted::new(1.0, 40.0),
-            failing_neighbours: Weighted::new(10.0, 30.0),
+            failing_neighbours: Weighted::new(10.0, 25.0),
             automation_agent: 20.0,
             regular_timing: 40.0,
             regular_cv: 0.1,

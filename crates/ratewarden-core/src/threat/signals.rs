@@ -214,9 +214,9 @@ pub struct Signals {
     pub agent_changes: f64,
     /// Login attempts made while counted as credential stuffing.
     pub stuffing: f64,
-    /// Distinct addresses of the client's network that failed authentication in the
-    /// window, the client included; 0 unless the client failed too (filled in by the
-    /// gateway from the network's record, see `ThreatStore::failing_neighbours`).
+    /// Distinct addresses of the client's network that failed authentication in this
+    /// window and the one before, the client included; 0 unless the client failed at
+    /// least twice itself (filled in by the gateway from the network's record).
     pub failing_neighbours: f64,
     /// Inter-arrival gaps timed.
     pub gaps: f64,
@@ -331,6 +331,25 @@ impl ClientWindow {
                 self.endpoints_previous.estimate(),
             ),
         )
+    }
+
+    /// Adds `member` to the distinct set of the current window without counting a
+    /// request (a network's record of its failing addresses), at `now`.
+    pub fn add_member(&mut self, member: u64, window: Nanos, now: Timestamp) {
+        self.roll(now, window);
+        self.endpoints_current.insert(member);
+        if self.last_at.is_none_or(|last| now >= last) {
+            self.last_at = Some(now);
+        }
+    }
+
+    /// The distinct members of the current and the previous window together (their
+    /// union: a member of both counts once), at `now`.
+    pub fn members(&mut self, now: Timestamp, window: Nanos) -> f64 {
+        self.roll(now, window);
+        let mut union = self.endpoints_current.clone();
+        union.merge(&self.endpoints_previous);
+        union.estimate()
     }
 
     /// When this record says nothing any more: two windows after the last request.

@@ -111,12 +111,21 @@ fn failing_neighbours_count_from_ten_and_weigh_like_other_signals() {
         })
     };
     assert_eq!(with(9.0).level, Level::Normal);
-    assert_eq!(with(10.0).level, Level::Elevated);
+    assert_eq!(with(12.0).level, Level::Elevated);
+    assert_eq!(with(23.0).level, Level::Elevated);
     let rotating = with(25.0);
     assert_eq!(rotating.level, Level::High, "{rotating:?}");
     assert_eq!(rotating.reasons, ["failing_neighbours=25"]);
-    // Capped at three times the weight: a network alone never makes a client critical.
-    assert_eq!(with(1000.0).score, 90.0);
+    // Capped at three times the weight: a network alone, even with an automation
+    // user agent, never makes a client critical.
+    let scripted = scoring.assess(&Signals {
+        auth_failures: 2.0,
+        failing_neighbours: 1000.0,
+        automation: 1.0,
+        ..Signals::default()
+    });
+    assert_eq!(scripted.score, 95.0);
+    assert_eq!(scripted.level, Level::High);
 }
 
 #[test]

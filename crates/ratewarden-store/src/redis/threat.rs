@@ -157,6 +157,27 @@ impl<C: Clock> ThreatStore for RedisStore<C> {
         })
     }
 
+    async fn failing_neighbours(
+        &self,
+        network: &str,
+        address: Option<u64>,
+        window: Nanos,
+    ) -> Result<f64, StoreError> {
+        let mut args = vec![
+            "neighbours".to_owned(),
+            window.as_nanos().div_ceil(1000).max(1).to_string(),
+        ];
+        args.extend(address.map(|a| format!("{a:016x}")));
+        let reply: Vec<i64> = self.threat_call(network, &args).await?;
+        match reply.as_slice() {
+            [_, members] => Ok((*members).max(0) as f64),
+            _ => Err(StoreError::Protocol(format!(
+                "threat script: neighbours answered {} values",
+                reply.len()
+            ))),
+        }
+    }
+
     async fn set_level(
         &self,
         client: &str,

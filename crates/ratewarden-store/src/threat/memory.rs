@@ -242,6 +242,24 @@ impl<C: Clock> ThreatStore for MemoryThreats<C> {
             .is_some_and(|r| r.block_at(now).is_some()))
     }
 
+    async fn failing_neighbours(
+        &self,
+        network: &str,
+        address: Option<u64>,
+        window: Nanos,
+    ) -> Result<f64, StoreError> {
+        let now = self.clock.now();
+        let members = self.with_record(network, now, false, |r| {
+            r.window = window;
+            if let Some(address) = address {
+                r.behaviour.add_member(address, window, now);
+            }
+            r.behaviour.members(now, window)
+        });
+        // A full table: the network is not tracked (its clients keep their own signals).
+        Ok(members.unwrap_or(0.0))
+    }
+
     async fn blocks(&self) -> Result<Vec<Block>, StoreError> {
         let now = self.clock.now();
         let mut all: Vec<Block> = self

@@ -12,7 +12,7 @@ mod memory;
 pub use memory::MemoryThreats;
 
 use crate::error::StoreError;
-use ratewarden_core::threat::{Batch, Level, Observation, RequestOutcome, Signals};
+use ratewarden_core::threat::{Batch, Level, Signals};
 use ratewarden_core::{Nanos, Timestamp};
 use std::future::Future;
 
@@ -142,33 +142,18 @@ pub trait ThreatStore: Send + Sync + 'static {
     /// Blocks in force, soonest ending first.
     fn blocks(&self) -> impl Future<Output = Result<Vec<Block>, StoreError>> + Send;
 
-    /// Records that `address` (the hash of a client of `network`) failed
-    /// authentication at `at`, and returns how many distinct addresses of `network` did
-    /// so over about the last `window`, itself included. Adding an address again
-    /// changes nothing, so a client is recorded on every flush while it has failures.
+    /// How many distinct addresses of `network` failed authentication in the current
+    /// and the previous window (a union: an address failing in both counts once),
+    /// after recording `address` (the hash of a client of `network`) as failing now,
+    /// if given. Recording an address again changes nothing.
     ///
-    /// The network is kept as a client of its own whose distinct endpoints are the
-    /// hashes of its failing addresses: the same record, sketch and script as any
-    /// client's, in memory and in Redis, and exact under concurrency the same way.
+    /// The network's record is kept apart from its clients' (its own key), holds no
+    /// level and no block, and counts its members with the same sketch (a HyperLogLog)
+    /// as a client's endpoints.
     fn failing_neighbours(
         &self,
         network: &str,
-        address: u64,
-        at: Timestamp,
+        address: Option<u64>,
         window: Nanos,
-    ) -> impl Future<Output = Result<f64, StoreError>> + Send {
-        async move {
-            let failure = Observation {
-                at,
-                endpoint: address,
-                agent: 0,
-                automation_agent: false,
-                spoofed_forwarding: false,
-                credential_stuffing: false,
-                outcome: RequestOutcome::Answered(401),
-            };
-            let observed = self.observe(network, &Batch::of(&failure), window).await?;
-            Ok(observed.signals.endpoints)
-        }
-    }
+    ) -> impl Future<Output = Result<f64, StoreError>> + Send;
 }

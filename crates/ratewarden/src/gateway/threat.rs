@@ -40,6 +40,10 @@ struct Pending {
     trigger: Trigger,
 }
 
+/// Authentication failures of its own before a client is judged by its network's:
+/// one expired token or mistyped password in a busy network is not an attack.
+const MIN_OWN_FAILURES: f64 = 2.0;
+
 /// The most distinct block lengths a plan lists (Redis gets them as arguments).
 const MAX_LADDER: u32 = 64;
 
@@ -92,6 +96,17 @@ impl ThreatStore for Threats {
         match self {
             Threats::Memory(m) => m.lift(client, window).await,
             Threats::Redis(r) => r.lift(client, window).await,
+        }
+    }
+    async fn failing_neighbours(
+        &self,
+        network: &str,
+        address: Option<u64>,
+        window: Nanos,
+    ) -> Result<f64, StoreError> {
+        match self {
+            Threats::Memory(m) => m.failing_neighbours(network, address, window).await,
+            Threats::Redis(r) => r.failing_neighbours(network, address, window).await,
         }
     }
     async fn blocks(&self) -> Result<Vec<Block>, StoreError> {
@@ -506,19 +521,23 @@ impl Defence {
             cache.confirm(&client, &observed, self.clock.now());
         }
         let mut signals = observed.signals;
-        if signals.auth_failures > 0.0 && config.scoring.failing_neighbours.weight > 0.0 {
+        let failed_now = pending.batch.bucket.auth_failures > 0;
+        if config.scoring.failing_neighbours.weight > 0.0
+            && (failed_now || signals.auth_failures >= MIN_OWN_FAILURES)
+        {
+            // Every failing address is recorded in its network; only a client that
+            // failed repeatedly itself is judged by its network's failures.
             let network = format!("network:{}", config.networks.network_of(pending.trigger.ip));
+            let address = failed_now.then(|| stable_hash(client.as_bytes()));
             match self
                 .store
-                .failing_neighbours(
-                    &network,
-                    stable_hash(client.as_bytes()),
-                    pending.batch.last_at,
-                    config.window,
-                )
+                .failing_neighbours(&network, address, config.window)
                 .await
             {
-                Ok(n) => signals.failing_neighbours = n,
+                Ok(n) if signals.auth_failures >= MIN_OWN_FAILURES => {
+                    signals.failing_neighbours = n;
+                }
+                Ok(_) => {}
                 Err(e) => failed(&self.metrics, &e),
             }
         }
