@@ -51,7 +51,7 @@ pub fn compile(raw: RawConfig, base: &std::path::Path) -> Result<Config, ConfigE
         server.as_ref().map(|s| s.listen.port()),
         &mut errors,
     );
-    let threat = super::threat::threat(raw.threat.as_ref(), &mut errors);
+    let threat = super::threat::threat(raw.threat.as_ref(), clients.ipv6_prefix, &mut errors);
     let admin = super::threat::admin(&raw.admin, &mut errors);
     let mut names = HashSet::new();
     let rules: Vec<Option<Rule>> = raw

@@ -462,6 +462,17 @@ max_block = "24h"
     };
     assert_eq!(network("203.0.113.77"), "203.0.113.0/24");
     assert_eq!(network("2001:db8:1:2::9"), "2001:db8:1::/48");
+    // Clients grouped by /40: networks default to one bit wider, and a network as
+    // narrow as a client is refused.
+    let wide =
+        |networks: &str| format!("{MINIMAL}\n[clients]\nipv6_prefix = 40\n[threat]\n{networks}");
+    let grouped = parse(&wide("")).expect("valid").threat.expect("threat on");
+    assert_eq!(grouped.networks.ipv6, 39);
+    let narrow = errors(&wide("[threat.networks]\nipv6_prefix = 40\n")).join("\n");
+    assert!(
+        narrow.contains("threat.networks.ipv6_prefix: 40: use a prefix length from 8 to 39"),
+        "{narrow}"
+    );
 }
 
 #[test]
@@ -501,8 +512,8 @@ ipv6_prefix = 129
         "threat.scoring:",
         "threat.scoring.endpoints:",
         "threat.scoring.failing_neighbours:",
-        "threat.networks.ipv4_prefix: 4: use a prefix length from 8 to 32",
-        "threat.networks.ipv6_prefix: 129: use a prefix length from 8 to 128",
+        "threat.networks.ipv4_prefix: 4: use a prefix length from 8 to 31",
+        "threat.networks.ipv6_prefix: 129: use a prefix length from 8 to 63, shorter than [clients] ipv6_prefix (64)",
     ] {
         assert!(e.contains(field), "{field} missing from\n{e}");
     }

@@ -118,8 +118,13 @@ pub fn admin(raw: &RawAdmin, errors: &mut Errors) -> AdminConfig {
     AdminConfig { token }
 }
 
-/// Validates `[threat]`; `None` when absent (no adaptive defence).
-pub fn threat(raw: Option<&RawThreat>, errors: &mut Errors) -> Option<ThreatConfig> {
+/// Validates `[threat]`; `None` when absent (no adaptive defence). `client_ipv6_prefix`
+/// is `[clients] ipv6_prefix`: a network must be wider than one IPv6 client.
+pub fn threat(
+    raw: Option<&RawThreat>,
+    client_ipv6_prefix: u8,
+    errors: &mut Errors,
+) -> Option<ThreatConfig> {
     let raw = raw?;
     let duration = |field: &str, value: Option<&str>, default: Duration, errors: &mut Errors| {
         let d = match value {
@@ -229,7 +234,7 @@ pub fn threat(raw: Option<&RawThreat>, errors: &mut Errors) -> Option<ThreatConf
             })
             .collect(),
     };
-    let networks = networks(raw, errors);
+    let networks = networks(raw, client_ipv6_prefix, errors);
     Some(ThreatConfig {
         window: window?,
         scoring: scoring?,
@@ -246,22 +251,44 @@ pub fn threat(raw: Option<&RawThreat>, errors: &mut Errors) -> Option<ThreatConf
     })
 }
 
-fn networks(raw: &RawThreat, errors: &mut Errors) -> Option<NetworkPrefixes> {
+fn networks(
+    raw: &RawThreat,
+    client_ipv6_prefix: u8,
+    errors: &mut Errors,
+) -> Option<NetworkPrefixes> {
     let defaults = NetworkPrefixes::default();
-    let mut prefix = |field: &str, value: Option<i64>, default: u8, max: i64| match value {
-        None => Some(default),
-        // A shorter prefix would count a whole provider's customers as one attacker.
-        Some(p) if (8..=max).contains(&p) => Some(p as u8),
-        Some(p) => {
-            errors.add(
-                format!("threat.networks.{field}"),
-                format!("{p}: use a prefix length from 8 to {max}"),
-            );
-            None
+    // A network as narrow as one client would only ever count that client.
+    let ipv6_max = client_ipv6_prefix.saturating_sub(1);
+    let mut prefix = |field: &str, value: Option<i64>, default: u8, max: u8, why: &str| {
+        match value {
+            None => Some(default.min(max)),
+            // A shorter prefix would count a whole provider's customers as one attacker.
+            Some(p) if (8..=i64::from(max)).contains(&p) => Some(p as u8),
+            Some(p) => {
+                errors.add(
+                    format!("threat.networks.{field}"),
+                    format!("{p}: use a prefix length from 8 to {max}{why}"),
+                );
+                None
+            }
         }
     };
-    let ipv4 = prefix("ipv4_prefix", raw.networks.ipv4_prefix, defaults.ipv4, 32);
-    let ipv6 = prefix("ipv6_prefix", raw.networks.ipv6_prefix, defaults.ipv6, 128);
+    let ipv4 = prefix(
+        "ipv4_prefix",
+        raw.networks.ipv4_prefix,
+        defaults.ipv4,
+        31,
+        " (a /32 network is one client)",
+    );
+    let ipv6 = prefix(
+        "ipv6_prefix",
+        raw.networks.ipv6_prefix,
+        defaults.ipv6,
+        ipv6_max,
+        &format!(
+            ", shorter than [clients] ipv6_prefix ({client_ipv6_prefix}), which groups one client"
+        ),
+    );
     Some(NetworkPrefixes {
         ipv4: ipv4?,
         ipv6: ipv6?,
