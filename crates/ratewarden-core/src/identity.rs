@@ -15,7 +15,45 @@
 //! would let a client smuggle an address in the header its proxy passes through untouched.
 
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// An IPv4 address in dotted decimal, exactly as its `Display` writes it, rendered
+/// without the formatting machinery: every request renders one (its counter key, the
+/// `X-Forwarded-For` the upstream hears), and `Display` costs more than the rest of that.
+#[derive(Clone, Copy)]
+pub struct DottedQuad {
+    text: [u8; 15],
+    len: usize,
+}
+
+impl DottedQuad {
+    /// Renders `address`.
+    pub fn new(address: Ipv4Addr) -> DottedQuad {
+        let mut quad = DottedQuad {
+            text: [0; 15],
+            len: 0,
+        };
+        let mut digits = itoa::Buffer::new();
+        for (i, octet) in address.octets().into_iter().enumerate() {
+            if i > 0 {
+                quad.push(b".");
+            }
+            quad.push(digits.format(octet).as_bytes());
+        }
+        quad
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.text[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and dots were written.
+        std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
+    }
+}
 
 /// Which header trusted proxies use to pass on the client's address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -211,6 +249,15 @@ fn valid_port(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn a_dotted_quad_reads_as_display_writes_it(octets in proptest::prelude::any::<[u8; 4]>()) {
+            let address = Ipv4Addr::from(octets);
+            let quad = DottedQuad::new(address);
+            proptest::prop_assert_eq!(quad.as_str(), address.to_string());
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")

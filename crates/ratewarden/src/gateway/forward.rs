@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use ratewarden_core::identity::DottedQuad;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -27,15 +28,16 @@ pub struct Upstream {
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+/// Names rather than strings: removing by a string parses it again on every request.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
 ];
 
 impl Upstream {
@@ -76,13 +78,14 @@ impl Upstream {
     ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         let client_authority = parts.uri.authority().cloned();
+        // A clone shares the bytes hyper parsed: no copy, no second validation.
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let mut uri = self.base.clone().into_parts();
-        uri.path_and_query = path_and_query.parse().ok();
+        uri.path_and_query = Some(path_and_query);
         parts.uri = match Uri::from_parts(uri) {
             Ok(u) => u,
             Err(_) => {
@@ -95,10 +98,14 @@ impl Upstream {
         // was already weighed (and, from an untrusted peer, ignored).
         let xff = HeaderName::from_static("x-forwarded-for");
         parts.headers.remove(&xff);
-        if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
+        let client = match client_ip {
+            IpAddr::V4(v4) => HeaderValue::from_str(DottedQuad::new(v4).as_str()),
+            IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()),
+        };
+        if let Ok(v) = client {
             parts.headers.insert(xff, v);
         }
-        parts.headers.remove("forwarded");
+        parts.headers.remove(http::header::FORWARDED);
         // Only the gateway may ask the upstream for a challenge (login protection).
         parts.headers.remove(&CHALLENGE);
         if let Some(challenge) = parts.extensions.remove::<Challenge>() {
@@ -288,7 +295,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }

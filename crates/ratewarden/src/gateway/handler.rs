@@ -77,7 +77,7 @@ pub async fn handle(
     };
     if allow_listed {
         metrics.allow_listed.inc();
-        return upstream.forward(request, client.ip, metrics).await;
+        return Box::pin(upstream.forward(request, client.ip, metrics)).await;
     }
     let network = client_network(client.ip, clients.ipv6_prefix);
     // Adaptive defence: a blocked client gets nothing more; a suspicious one gets its
@@ -85,7 +85,7 @@ pub async fn handle(
     let defended = match &gateway.defence {
         Some(defence) => {
             let label = client_label(client.ip, network);
-            let standing = defence.standing(&label).await;
+            let standing = Box::pin(defence.standing(&label)).await;
             if let Some(block) = &standing.block {
                 metrics
                     .refused
@@ -97,9 +97,14 @@ pub async fn handle(
             if let Some(block_for) = response.block_for.filter(|_| response.refuses_everything()) {
                 let plan = defence.plan(block_for, block_reasons(&standing, None));
                 let trigger = trigger(&request, client.ip);
-                if let Some(block) = defence
-                    .block(&label, &plan, standing.level, "automatic", Some(&trigger))
-                    .await
+                if let Some(block) = Box::pin(defence.block(
+                    &label,
+                    &plan,
+                    standing.level,
+                    "automatic",
+                    Some(&trigger),
+                ))
+                .await
                 {
                     return responses::blocked(block.remaining(defence.now()));
                 }
@@ -173,7 +178,7 @@ pub async fn handle(
             for (rule, _) in &enforced {
                 count(gateway, rule, "unchecked");
             }
-            return upstream.forward(request, client.ip, metrics).await;
+            return Box::pin(upstream.forward(request, client.ip, metrics)).await;
         }
         Verdict::Refused(retry_after) => {
             for (rule, _) in &enforced {
@@ -221,7 +226,8 @@ pub async fn handle(
     }
     for (rule, key) in &shadow {
         if let Ok(check) = Check::new(CounterKey::new(&rule.name, key), rule.limit, rule.cost) {
-            let Verdict::Decided(d) = gateway.store.decide(&[check], metrics).await else {
+            let Verdict::Decided(d) = Box::pin(gateway.store.decide(&[check], metrics)).await
+            else {
                 continue;
             };
             let verdict = if d.allowed() {
@@ -306,9 +312,14 @@ pub async fn handle(
             let block = match response.block_for {
                 Some(base) => {
                     let plan = defence.plan(base, block_reasons(standing, Some(limited_by)));
-                    defence
-                        .block(label, &plan, standing.level, "automatic", Some(&trigger))
-                        .await
+                    Box::pin(defence.block(
+                        label,
+                        &plan,
+                        standing.level,
+                        "automatic",
+                        Some(&trigger),
+                    ))
+                    .await
                 }
                 None => None,
             };
@@ -332,13 +343,13 @@ pub async fn handle(
         Some((route, guard)) => {
             let address = client_label(client.ip, network);
             let delayed = &gateway.delayed;
-            login::attempt(
+            Box::pin(login::attempt(
                 guard, upstream, route, request, client.ip, &address, delayed,
-            )
+            ))
             .await
         }
         None => (
-            upstream.forward(request, client.ip, metrics).await,
+            Box::pin(upstream.forward(request, client.ip, metrics)).await,
             login::AttemptNotes::default(),
         ),
     };

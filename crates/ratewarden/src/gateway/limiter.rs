@@ -95,7 +95,9 @@ impl Limiter {
             // Per request at debug: the breaker logs a warning when Redis starts failing.
             tracing::debug!(error = %error, "store failed; applying store.on_error");
         };
-        match guarded.decide(checks).await {
+        // Boxed: a Redis round trip's state is large, and every request's future would
+        // carry (and move) it even with the memory store.
+        match Box::pin(guarded.decide(checks)).await {
             Answer::Decided(d) => Verdict::Decided(d),
             Answer::Local { decisions, error } => {
                 failed(&error);

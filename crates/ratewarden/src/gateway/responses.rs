@@ -11,7 +11,6 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use ratewarden_core::{Decision, Limit};
-use std::fmt::Write as _;
 
 /// A rule's decision for the headers.
 pub struct RuleOutcome<'a> {
@@ -31,6 +30,9 @@ static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// Adds the rate-limit headers: the draft fields for every rule, the `X-RateLimit-*`
 /// trio for `speaker` (the most restrictive rule).
+///
+/// Written with `push_str` and `itoa` rather than `write!`: every response carries these,
+/// and the formatting machinery cost more than the rest of a 429.
 pub fn add_rate_limit_headers(
     headers: &mut HeaderMap,
     outcomes: &[RuleOutcome<'_>],
@@ -39,76 +41,94 @@ pub fn add_rate_limit_headers(
     if outcomes.is_empty() {
         return;
     }
-    let mut policy = String::new();
-    let mut state = String::new();
+    let mut digits = itoa::Buffer::new();
+    let mut policy = String::with_capacity(32 * outcomes.len());
+    let mut state = String::with_capacity(32 * outcomes.len());
     for (i, o) in outcomes.iter().enumerate() {
-        if i > 0 {
-            policy.push_str(", ");
-            state.push_str(", ");
+        for field in [&mut policy, &mut state] {
+            if i > 0 {
+                field.push_str(", ");
+            }
+            field.push('"');
+            field.push_str(o.name);
+            field.push('"');
         }
         let window = o.limit.window().as_secs_ceil().max(1);
-        let _ = write!(policy, "\"{}\";q={};w={}", o.name, o.decision.limit, window);
-        let _ = write!(
-            state,
-            "\"{}\";r={};t={}",
-            o.name,
-            o.decision.remaining,
-            o.decision.reset_after.as_secs_ceil()
-        );
+        let mut parameter = |field: &mut String, key: &str, value: u64| {
+            field.push_str(key);
+            field.push_str(digits.format(value));
+        };
+        parameter(&mut policy, ";q=", u64::from(o.decision.limit));
+        parameter(&mut policy, ";w=", window);
+        parameter(&mut state, ";r=", u64::from(o.decision.remaining));
+        parameter(&mut state, ";t=", o.decision.reset_after.as_secs_ceil());
     }
+    headers.reserve(5);
     insert(headers, &RATELIMIT_POLICY, policy);
     insert(headers, &RATELIMIT, state);
     if let Some(o) = outcomes.get(speaker) {
-        insert(headers, &X_LIMIT, o.decision.limit.to_string());
-        insert(headers, &X_REMAINING, o.decision.remaining.to_string());
-        insert(
-            headers,
-            &X_RESET,
-            o.decision.reset_after.as_secs_ceil().to_string(),
+        headers.insert(X_LIMIT.clone(), HeaderValue::from(o.decision.limit));
+        headers.insert(X_REMAINING.clone(), HeaderValue::from(o.decision.remaining));
+        headers.insert(
+            X_RESET.clone(),
+            HeaderValue::from(o.decision.reset_after.as_secs_ceil()),
         );
     }
 }
 
+/// Inserts `value` without copying it (the `String` becomes the header's bytes).
 fn insert(headers: &mut HeaderMap, name: &HeaderName, value: String) {
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(name.clone(), v);
     }
 }
 
 /// 429 with a problem body naming the violated rules.
 pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Response<Body> {
-    let violated: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| !o.decision.allowed)
-        .map(|o| o.name)
-        .collect();
-    let retry_after = outcomes
-        .iter()
-        .filter(|o| !o.decision.allowed)
+    let violated = outcomes.iter().filter(|o| !o.decision.allowed);
+    let retry_after = violated
+        .clone()
         .map(|o| o.decision.retry_after.as_secs_ceil())
         .max()
         .unwrap_or(1)
         .clamp(1, 86_400 * 366);
     let rule = outcomes.get(speaker).map_or("", |o| o.name);
-    // Written by hand rather than through serde_json: this is the hot path under attack.
-    // Rule names are restricted by configuration to characters that need no escaping
-    // in JSON or in a structured-field string.
-    let mut body = String::with_capacity(256);
-    let _ = write!(
-        body,
-        r#"{{"type":"https://ratewarden.dev/problems/rate-limited","title":"Too Many Requests","status":429,"detail":"rate limit \"{rule}\" exceeded; retry in {retry_after} s","error":"rate_limited","rule":"{rule}","retry_after":{retry_after},"violated-policies":["#
-    );
-    for (i, name) in violated.iter().enumerate() {
-        let _ = write!(body, "{}\"{name}\"", if i > 0 { "," } else { "" });
+    // Written by hand rather than through serde_json or `write!`: this is the hot path
+    // under attack. Rule names are restricted by configuration to characters that need
+    // no escaping in JSON or in a structured-field string.
+    let mut digits = itoa::Buffer::new();
+    let retry = digits.format(retry_after);
+    let mut body = String::with_capacity(320);
+    for part in [
+        r#"{"type":"https://ratewarden.dev/problems/rate-limited","title":"Too Many Requests","status":429,"detail":"rate limit \""#,
+        rule,
+        r#"\" exceeded; retry in "#,
+        retry,
+        r#" s","error":"rate_limited","rule":""#,
+        rule,
+        r#"","retry_after":"#,
+        retry,
+        r#","violated-policies":["#,
+    ] {
+        body.push_str(part);
+    }
+    for (i, o) in violated.enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push('"');
+        body.push_str(o.name);
+        body.push('"');
     }
     body.push_str("]}");
     let mut response = Response::new(full(body));
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.reserve(7);
+    headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    let headers = response.headers_mut();
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
     add_rate_limit_headers(headers, outcomes, speaker);
     response
@@ -284,4 +304,65 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{too_many_requests, RuleOutcome};
+    use http_body_util::BodyExt;
+    use ratewarden_core::{Decision, Gcra, Limit, Nanos};
+
+    fn outcome<'a>(name: &'a str, limit: &'a Limit, allowed: bool, reset: u64) -> RuleOutcome<'a> {
+        RuleOutcome {
+            name,
+            limit,
+            decision: Decision {
+                allowed,
+                limit: 5,
+                remaining: u32::from(allowed),
+                reset_after: Nanos(reset * 1_000_000_000),
+                retry_after: Nanos(if allowed { 0 } else { reset * 1_000_000_000 }),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_429_names_every_violated_rule_in_its_headers_and_body() {
+        let limit = Limit::Gcra(Gcra::new("5/s".parse().unwrap(), 5).unwrap());
+        let outcomes = [
+            outcome("api", &limit, true, 1),
+            outcome("auth", &limit, false, 2),
+            outcome("admin", &limit, false, 3),
+        ];
+        let response = too_many_requests(&outcomes, 1);
+        assert_eq!(response.status(), 429);
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+        assert_eq!(header("content-type"), "application/problem+json");
+        assert_eq!(header("retry-after"), "3");
+        assert_eq!(
+            header("ratelimit-policy"),
+            r#""api";q=5;w=1, "auth";q=5;w=1, "admin";q=5;w=1"#
+        );
+        assert_eq!(
+            header("ratelimit"),
+            r#""api";r=1;t=1, "auth";r=0;t=2, "admin";r=0;t=3"#
+        );
+        assert_eq!(header("x-ratelimit-limit"), "5");
+        assert_eq!(header("x-ratelimit-remaining"), "0");
+        assert_eq!(header("x-ratelimit-reset"), "2");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["status"], 429);
+        assert_eq!(body["error"], "rate_limited");
+        assert_eq!(body["rule"], "auth");
+        assert_eq!(body["retry_after"], 3);
+        assert_eq!(
+            body["detail"],
+            r#"rate limit "auth" exceeded; retry in 3 s"#
+        );
+        assert_eq!(
+            body["violated-policies"],
+            serde_json::json!(["auth", "admin"])
+        );
+    }
 }
