@@ -1,6 +1,7 @@
 //! Passing a request to the upstream and its answer back: hop-by-hop headers removed in
 //! both directions, `X-Forwarded-For` rewritten, bodies streamed, timeouts enforced.
 
+use super::pool::{ConnectError, Lease, Pool};
 use super::responses::upstream_failure;
 use super::{Body, BodyError};
 use crate::metrics::{Metrics, UpstreamError};
@@ -10,21 +11,34 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use ratewarden_core::identity::DottedQuad;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// The pooled HTTP/1.1 client to the upstream.
+/// One worker's HTTP/1.1 client to the upstream, over its own keep-alive pool.
 pub struct Upstream {
-    client: Client<HttpConnector, ForwardBody>,
+    pool: Arc<Pool>,
     base: Uri,
     timeout: Duration,
+}
+
+/// Why the upstream gave no response.
+enum ExchangeError {
+    Connect(ConnectError),
+    Exchange(hyper::Error),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::Connect(e) => e.fmt(f),
+            ExchangeError::Exchange(e) => write!(f, "upstream exchange failed: {e}"),
+        }
+    }
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1).
@@ -43,17 +57,38 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 impl Upstream {
     /// A client for `base` (scheme and authority).
     pub fn new(base: Uri, connect_timeout: Duration, timeout: Duration) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let authority = base
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| http::uri::Authority::from_static("127.0.0.1:80"));
         Upstream {
-            client,
+            pool: Arc::new(Pool::new(&authority, connect_timeout)),
             base,
             timeout,
+        }
+    }
+
+    /// Sends `request` on a leased connection. A pooled connection that the upstream
+    /// closed just as it was taken gives the request back unsent; it is then sent once
+    /// more on a new connection (as hyper-util's client retries a canceled request).
+    async fn exchange(
+        &self,
+        request: Request<ForwardBody>,
+    ) -> Result<(Response<Incoming>, Lease), ExchangeError> {
+        let mut lease = self.pool.lease().await.map_err(ExchangeError::Connect)?;
+        let mut failure = match lease.sender().try_send_request(request).await {
+            Ok(response) => return Ok((response, lease)),
+            Err(failure) => failure,
+        };
+        let unsent = failure.take_message();
+        let (Some(request), true) = (unsent, lease.reused) else {
+            return Err(ExchangeError::Exchange(failure.into_error()));
+        };
+        drop(lease);
+        let mut lease = self.pool.connect().await.map_err(ExchangeError::Connect)?;
+        match lease.sender().send_request(request).await {
+            Ok(response) => Ok((response, lease)),
+            Err(e) => Err(ExchangeError::Exchange(e)),
         }
     }
 
@@ -78,20 +113,14 @@ impl Upstream {
     ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         let client_authority = parts.uri.authority().cloned();
-        // A clone shares the bytes hyper parsed: no copy, no second validation.
+        // The upstream is sent the origin form (`/path?query`), as a client sends a
+        // server. A clone shares the bytes hyper parsed: no copy, no second validation.
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let mut uri = self.base.clone().into_parts();
-        uri.path_and_query = Some(path_and_query);
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(_) => {
-                return upstream_failure(StatusCode::BAD_GATEWAY, "cannot build upstream URI")
-            }
-        };
+        parts.uri = Uri::from(path_and_query);
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         // The upstream hears who the client is from us alone; what the client claimed
@@ -121,11 +150,12 @@ impl Upstream {
             }
         }
         let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => {
+        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+            Ok(Ok((response, lease))) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, IdleTimeout::new(body, self.timeout).boxed())
+                let body = UpstreamBody::new(body, lease, self.timeout);
+                Response::from_parts(parts, body.boxed())
             }
             Ok(Err(e)) => {
                 metrics
@@ -222,27 +252,49 @@ impl hyper::body::Body for ForwardBody {
     }
 }
 
-/// The upstream's response body, cut off when no data comes for `idle` (nginx's
-/// `proxy_read_timeout`): an upstream that sends its headers and then stalls would
-/// otherwise hold the client's request, and a connection, forever. The error aborts
-/// the client's response, so a truncated body is never taken for a complete one.
-struct IdleTimeout {
+/// The upstream's response body, on its way to the client.
+///
+/// Cut off when no data comes for `idle` (nginx's `proxy_read_timeout`): an upstream
+/// that sends its headers and then stalls would otherwise hold the client's request,
+/// and a connection, forever. The error aborts the client's response, so a truncated
+/// body is never taken for a complete one.
+///
+/// Once the body has ended, its connection goes back to the worker's pool; a body
+/// dropped before its end takes the connection with it.
+struct UpstreamBody {
     inner: Incoming,
+    lease: Option<Lease>,
     idle: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Armed when the upstream first keeps us waiting: most bodies arrive with their
+    /// headers and never need a timer.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Data came since the deadline was armed: it starts again from the next wait.
+    deadline_stale: bool,
 }
 
-impl IdleTimeout {
-    fn new(inner: Incoming, idle: Duration) -> IdleTimeout {
-        IdleTimeout {
+impl UpstreamBody {
+    fn new(inner: Incoming, lease: Lease, idle: Duration) -> UpstreamBody {
+        let mut body = UpstreamBody {
             inner,
+            lease: Some(lease),
             idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: None,
+            deadline_stale: false,
+        };
+        body.release_if_ended();
+        body
+    }
+
+    fn release_if_ended(&mut self) {
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
         }
     }
 }
 
-impl hyper::body::Body for IdleTimeout {
+impl hyper::body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -253,21 +305,46 @@ impl hyper::body::Body for IdleTimeout {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
+                this.deadline_stale = true;
+                match &frame {
+                    None => {
+                        if let Some(lease) = this.lease.take() {
+                            lease.release();
+                        }
+                    }
+                    Some(Ok(_)) => this.release_if_ended(),
+                    // A failed body leaves the connection in an unknown state.
+                    Some(Err(_)) => this.lease = None,
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    tracing::warn!(idle = ?this.idle, "upstream response body stalled; aborting it");
-                    Poll::Ready(Some(Err(format!(
-                        "the upstream sent nothing for {:?} in the middle of its response",
-                        this.idle
-                    )
-                    .into())))
+            Poll::Pending => {
+                let next = tokio::time::Instant::now() + this.idle;
+                let deadline = match &mut this.deadline {
+                    Some(deadline) => {
+                        if this.deadline_stale {
+                            deadline.as_mut().reset(next);
+                        }
+                        deadline
+                    }
+                    None => this
+                        .deadline
+                        .insert(Box::pin(tokio::time::sleep_until(next))),
+                };
+                this.deadline_stale = false;
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::warn!(idle = ?this.idle, "upstream response body stalled; aborting it");
+                        this.lease = None;
+                        Poll::Ready(Some(Err(format!(
+                            "the upstream sent nothing for {:?} in the middle of its response",
+                            this.idle
+                        )
+                        .into())))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 

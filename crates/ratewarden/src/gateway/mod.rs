@@ -12,6 +12,7 @@ mod forward;
 mod handler;
 mod limiter;
 mod login;
+mod pool;
 pub mod responses;
 mod status_cache;
 pub mod threat;
