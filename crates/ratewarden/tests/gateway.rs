@@ -713,62 +713,82 @@ fn reputation_lists_deny_at_once_and_exempt_from_limits() {
     assert_eq!(others, [200, 200, 429]);
 }
 
-/// A bare HTTP/1.1 upstream that answers every request `200 ok` on a keep-alive
+/// A bare HTTP/1.1 upstream that answers every request with `answer` on a keep-alive
 /// connection and, when `close_after` is set, closes each connection that long after its
-/// first answer (as an upstream's `keepalive_timeout` does). Counts connections.
-fn keep_alive_upstream(
-    close_after: Option<Duration>,
-) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let connections = std::sync::Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            counted.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let mut pending = Vec::new();
-                let mut buffer = [0u8; 4096];
-                loop {
-                    let Ok(n) = stream.read(&mut buffer) else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    pending.extend_from_slice(&buffer[..n]);
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..end + 4);
-                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if stream.write_all(answer).is_err() {
-                            return;
-                        }
-                        if let Some(after) = close_after {
-                            std::thread::sleep(after);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (port, connections)
+/// first answer (as an upstream's `keepalive_timeout` does). Counts connections and
+/// keeps the request heads it read.
+struct RawUpstream {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+impl RawUpstream {
+    fn start(answer: &'static [u8], close_after: Option<Duration>) -> RawUpstream {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let upstream = RawUpstream {
+            port,
+            connections: Default::default(),
+            heads: Default::default(),
+        };
+        let (connections, heads) = (upstream.connections.clone(), upstream.heads.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                connections.fetch_add(1, Ordering::SeqCst);
+                let heads = heads.clone();
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    loop {
+                        let Ok(n) = stream.read(&mut buffer) else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        pending.extend_from_slice(&buffer[..n]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = pending.drain(..end + 4).collect();
+                            heads
+                                .lock()
+                                .expect("heads")
+                                .push(String::from_utf8_lossy(&head).to_lowercase());
+                            if stream.write_all(answer).is_err() {
+                                return;
+                            }
+                            if let Some(after) = close_after {
+                                std::thread::sleep(after);
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        upstream
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 #[test]
 fn upstream_connections_are_kept_alive_and_one_the_upstream_closed_costs_no_request() {
-    use std::sync::atomic::Ordering;
     // Kept alive: ten requests need no more connections than the gateway has workers.
-    let (port, connections) = keep_alive_upstream(None);
-    let gw = Gateway::start(&config(free_port(), port, free_port(), ""));
+    let upstream = RawUpstream::start(OK, None);
+    let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
     for _ in 0..10 {
         assert_eq!(gw.get("127.0.0.2", "/api/items", &[]).status, 200);
     }
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let opened = connections.load(Ordering::SeqCst);
+    let opened = upstream.connections();
     assert!(
         (1..=workers).contains(&opened),
         "{opened} upstream connections for 10 requests and {workers} workers"
@@ -776,17 +796,60 @@ fn upstream_connections_are_kept_alive_and_one_the_upstream_closed_costs_no_requ
 
     // Closed by the upstream while idle in the pool: the next request goes through
     // on a new connection instead of failing with a 502.
-    let (port, connections) = keep_alive_upstream(Some(Duration::from_millis(20)));
-    let gw = Gateway::start(&config(free_port(), port, free_port(), ""));
+    let upstream = RawUpstream::start(OK, Some(Duration::from_millis(20)));
+    let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
     for i in 0..6 {
         let reply = gw.get("127.0.0.3", "/api/items", &[]);
         assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
         std::thread::sleep(Duration::from_millis(80));
     }
-    assert_eq!(connections.load(Ordering::SeqCst), 6);
+    assert_eq!(upstream.connections(), 6);
     assert!(
         !gw.metrics().contains("ratewarden_upstream_errors_total{"),
         "{}",
         gw.metrics()
     );
+}
+
+#[test]
+fn hop_by_hop_headers_stop_at_the_gateway_both_ways() {
+    let upstream = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nConnection: X-Upstream-Hop\r\nX-Upstream-Hop: 1\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\nok",
+        None,
+    );
+    let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
+    let reply = gw.get(
+        "127.0.0.4",
+        "/api/items",
+        &[
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Proxy-Authorization", "Basic c2VjcmV0"),
+            ("X-Client-Hop", "1"),
+            ("Connection", "X-Client-Hop"),
+            ("Upgrade", "websocket"),
+            ("X-Kept", "yes"),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("x-kept"), Some("yes"));
+    for name in ["keep-alive", "x-upstream-hop", "proxy-connection"] {
+        assert_eq!(reply.header(name), None, "{name} reached the client");
+    }
+    let heads = upstream.heads.lock().expect("heads").clone();
+    let head = heads.last().expect("the upstream saw the request");
+    assert!(head.contains("\r\nx-kept: yes\r\n"), "{head}");
+    for name in [
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-client-hop",
+        "upgrade",
+        "connection",
+    ] {
+        assert!(
+            !head.contains(&format!("\r\n{name}:")),
+            "{name} reached the upstream: {head}"
+        );
+    }
 }
