@@ -424,25 +424,28 @@ fn delay_for(enforced: &[&(&Rule, String)], decisions: &Decisions) -> std::time:
 fn count(gateway: &Gateway, rule: &Rule, decision: &'static str) {
     thread_local! {
         /// Counter handles per (rule, decision), so the request path neither allocates
-        /// a label set nor takes the metric family's lock.
-        static COUNTERS: std::cell::RefCell<std::collections::HashMap<(u64, &'static str), prometheus_client::metrics::counter::Counter>> =
-            std::cell::RefCell::default();
+        /// a label set nor takes the metric family's lock. A list, not a map: it holds
+        /// a few dozen entries at most, and a scan of them costs less than hashing.
+        static COUNTERS: std::cell::RefCell<Vec<((u64, &'static str), prometheus_client::metrics::counter::Counter)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
     }
+    let key = (rule.name.fingerprint(), decision);
     COUNTERS.with(|cache| {
         let mut cache = cache.borrow_mut();
-        cache
-            .entry((rule.name.fingerprint(), decision))
-            .or_insert_with(|| {
-                gateway
-                    .metrics
-                    .requests
-                    .get_or_create(&RuleDecision {
-                        rule: rule.name.as_str().to_owned(),
-                        decision,
-                    })
-                    .clone()
+        if let Some((_, counter)) = cache.iter().find(|(k, _)| *k == key) {
+            counter.inc();
+            return;
+        }
+        let counter = gateway
+            .metrics
+            .requests
+            .get_or_create(&RuleDecision {
+                rule: rule.name.as_str().to_owned(),
+                decision,
             })
-            .inc();
+            .clone();
+        counter.inc();
+        cache.push((key, counter));
     });
 }
 
