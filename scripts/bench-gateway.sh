@@ -2,7 +2,7 @@
 # Gateway throughput and latency: ratewarden beside nginx's limit_req, same machine, same
 # run, loaded in turn by wrk over loopback.
 #
-#   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS]
+#   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 #   BEFORE=/path/to/older/ratewarden scripts/bench-gateway.sh ...   # also that build
 #
 # A trivial upstream (nginx returning 200) serves three set-ups in turn:
@@ -11,13 +11,17 @@
 #   (c) direct to the upstream, no limiter.
 # nginx and ratewarden run with the same worker count (2) and no per-request logging
 # (nginx: access_log off, error_log crit; ratewarden: RUST_LOG=warn).
-# Installs nginx and wrk from Debian's packages if missing. Prints a markdown table.
+# Every limiter is started once; each round then loads each of them in turn, the first
+# one rotating between rounds, so that the machine's noisy moments fall on all alike.
+# One round's ratios move by ±20% on a noisy 2-vCPU machine: read the medians.
+# Installs nginx and wrk from Debian's packages if missing. Prints markdown tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
 . scripts/common.sh
 SECONDS_PER_RUN=${1:-10}
 CONNECTIONS=${2:-50}
+ROUNDS=${3:-1}
 # An older build (another commit's), measured in the same run beside this one.
 BEFORE=${BEFORE:-}
 
@@ -95,19 +99,42 @@ load() { # label port -> "rps p50 p99 non2xx"
   echo "$1|$rps|$p50|$p99|${non2xx:-0}"
 }
 
-P=$(free_port); nginx_limiter nginx-allow "$P" "1000000r/s" 1000000; A_NGINX=$(load "nginx, all allowed" "$P")
-P=$(free_port); ratewarden_limiter rw-allow "$P" "1000000/s" 1000000; A_RW=$(load "ratewarden, all allowed" "$P")
-P=$(free_port); nginx_limiter nginx-deny "$P" "1r/m" 0; B_NGINX=$(load "nginx, nearly all rejected" "$P")
-P=$(free_port); ratewarden_limiter rw-deny "$P" "1/m" 1; B_RW=$(load "ratewarden, nearly all rejected" "$P")
-C_DIRECT=$(load "direct to upstream" "$UPSTREAM")
-ROWS=("$A_NGINX" "$A_RW" "$B_NGINX" "$B_RW" "$C_DIRECT")
-if [ -n "$BEFORE" ]; then
-  P=$(free_port); ratewarden_limiter old-allow "$P" "1000000/s" 1000000 "$BEFORE"; A_OLD=$(load "before, all allowed" "$P")
-  P=$(free_port); ratewarden_limiter old-deny "$P" "1/m" 1 "$BEFORE"; B_OLD=$(load "before, nearly all rejected" "$P")
-  ROWS+=("$A_OLD" "$B_OLD")
-fi
+LIMITERS=(nginx ratewarden)
+[ -n "$BEFORE" ] && LIMITERS+=(before)
+declare -A PORT
+for load in allowed rejected; do
+  for limiter in "${LIMITERS[@]}"; do
+    P=$(free_port)
+    PORT[$limiter-$load]=$P
+    case "$limiter-$load" in
+      nginx-allowed) nginx_limiter nginx-allow "$P" "1000000r/s" 1000000 ;;
+      nginx-rejected) nginx_limiter nginx-deny "$P" "1r/m" 0 ;;
+      ratewarden-allowed) ratewarden_limiter rw-allow "$P" "1000000/s" 1000000 ;;
+      ratewarden-rejected) ratewarden_limiter rw-deny "$P" "1/m" 1 ;;
+      before-allowed) ratewarden_limiter old-allow "$P" "1000000/s" 1000000 "$BEFORE" ;;
+      before-rejected) ratewarden_limiter old-deny "$P" "1/m" 1 "$BEFORE" ;;
+    esac
+  done
+done
 
-echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s over loopback; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%Y-%m-%d)"
+ROWS=()
+declare -A RPS
+for round in $(seq "$ROUNDS"); do
+  for load in allowed rejected; do
+    n=${#LIMITERS[@]}
+    for i in $(seq 0 $((n - 1))); do
+      limiter=${LIMITERS[$(((i + round - 1) % n))]}
+      row=$(load "$limiter, $load (round $round)" "${PORT[$limiter-$load]}")
+      ROWS+=("$row")
+      RPS[$limiter-$load-$round]=$(cut -d'|' -f2 <<<"$row")
+    done
+  done
+done
+C_DIRECT=$(load "direct to upstream" "$UPSTREAM")
+ROWS+=("$C_DIRECT")
+
+echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s over loopback, $ROUNDS round(s); $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $("$NGINX" -v 2>&1 | cut -d' ' -f3); $(date -u +%Y-%m-%d)"
+[ -n "$BEFORE" ] && echo "before: $BEFORE"
 echo
 echo "| set-up | requests/s | p50 | p99 | non-2xx |"
 echo "|---|---|---|---|---|"
@@ -115,14 +142,20 @@ for row in "${ROWS[@]}"; do
   IFS='|' read -r label rps p50 p99 non <<<"$row"
   echo "| $label | $rps | $p50 | $p99 | $non |"
 done
-ratio() { python3 -c "print(f'{float(\"$1\")/float(\"$2\"):.2f}')"; }
-rps() { cut -d'|' -f2 <<<"$1"; }
+# ratios LIMITER LOAD -> "r1 r2 ... |median"
+ratios() {
+  local all=()
+  for round in $(seq "$ROUNDS"); do
+    all+=("$(python3 -c "print(f'{${RPS[$1-$2-$round]}/${RPS[nginx-$2-$round]}:.2f}')")")
+  done
+  echo "${all[*]}|$(printf '%s\n' "${all[@]}" | sort -n | python3 -c "import sys, statistics; print(f'{statistics.median(float(l) for l in sys.stdin):.2f}')")"
+}
 echo
-echo "| ratio ratewarden / nginx | throughput |"
-echo "|---|---|"
-echo "| (a) all allowed | $(ratio "$(rps "$A_RW")" "$(rps "$A_NGINX")") |"
-echo "| (b) nearly all rejected | $(ratio "$(rps "$B_RW")" "$(rps "$B_NGINX")") |"
-if [ -n "$BEFORE" ]; then
-  echo "| (a) all allowed, before ($BEFORE) | $(ratio "$(rps "$A_OLD")" "$(rps "$A_NGINX")") |"
-  echo "| (b) nearly all rejected, before | $(ratio "$(rps "$B_OLD")" "$(rps "$B_NGINX")") |"
-fi
+echo "| ratio to nginx, same round | rounds | median |"
+echo "|---|---|---|"
+for limiter in "${LIMITERS[@]:1}"; do
+  for load in allowed rejected; do
+    IFS='|' read -r each median <<<"$(ratios "$limiter" "$load")"
+    echo "| $limiter, $load | $each | **$median** |"
+  done
+done

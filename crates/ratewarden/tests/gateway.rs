@@ -713,18 +713,19 @@ fn reputation_lists_deny_at_once_and_exempt_from_limits() {
     assert_eq!(others, [200, 200, 429]);
 }
 
-/// A bare HTTP/1.1 upstream that answers every request with `answer` on a keep-alive
-/// connection and, when `close_after` is set, closes each connection that long after its
-/// first answer (as an upstream's `keepalive_timeout` does). Counts connections and
-/// keeps the request heads it read.
+/// A bare HTTP/1.1 upstream that answers every request head with `answer` at once,
+/// without reading any request body (as an API refusing an upload early does), on a
+/// keep-alive connection; with `close_after_answer`, it closes each connection right
+/// after its first answer. Counts connections opened and closed, keeps request heads.
 struct RawUpstream {
     port: u16,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl RawUpstream {
-    fn start(answer: &'static [u8], close_after: Option<Duration>) -> RawUpstream {
+    fn start(answer: &'static [u8], close_after_answer: bool) -> RawUpstream {
         use std::io::{Read, Write};
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -732,24 +733,23 @@ impl RawUpstream {
         let upstream = RawUpstream {
             port,
             connections: Default::default(),
+            closed: Default::default(),
             heads: Default::default(),
         };
-        let (connections, heads) = (upstream.connections.clone(), upstream.heads.clone());
+        let (connections, closed, heads) = (
+            upstream.connections.clone(),
+            upstream.closed.clone(),
+            upstream.heads.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 connections.fetch_add(1, Ordering::SeqCst);
-                let heads = heads.clone();
+                let (closed, heads) = (closed.clone(), heads.clone());
                 std::thread::spawn(move || {
                     let mut pending = Vec::new();
                     let mut buffer = [0u8; 4096];
-                    loop {
-                        let Ok(n) = stream.read(&mut buffer) else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
+                    while let Ok(n @ 1..) = stream.read(&mut buffer) {
                         pending.extend_from_slice(&buffer[..n]);
                         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                             let head: Vec<u8> = pending.drain(..end + 4).collect();
@@ -757,15 +757,15 @@ impl RawUpstream {
                                 .lock()
                                 .expect("heads")
                                 .push(String::from_utf8_lossy(&head).to_lowercase());
-                            if stream.write_all(answer).is_err() {
-                                return;
-                            }
-                            if let Some(after) = close_after {
-                                std::thread::sleep(after);
+                            if stream.write_all(answer).is_err() || close_after_answer {
+                                drop(stream);
+                                closed.fetch_add(1, Ordering::SeqCst);
                                 return;
                             }
                         }
                     }
+                    drop(stream);
+                    closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -775,47 +775,92 @@ impl RawUpstream {
     fn connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("heads").clone()
+    }
 }
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 #[test]
 fn upstream_connections_are_kept_alive_and_one_the_upstream_closed_costs_no_request() {
-    // Kept alive: ten requests need no more connections than the gateway has workers.
-    let upstream = RawUpstream::start(OK, None);
+    // Kept alive: many requests need no more connections than the gateway has workers.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let upstream = RawUpstream::start(OK, false);
     let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
-    for _ in 0..10 {
+    for _ in 0..5 * workers {
         assert_eq!(gw.get("127.0.0.2", "/api/items", &[]).status, 200);
     }
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let opened = upstream.connections();
     assert!(
         (1..=workers).contains(&opened),
-        "{opened} upstream connections for 10 requests and {workers} workers"
+        "{opened} upstream connections for {} requests and {workers} workers",
+        5 * workers
     );
+    drop(gw);
 
-    // Closed by the upstream while idle in the pool: the next request goes through
-    // on a new connection instead of failing with a 502.
-    let upstream = RawUpstream::start(OK, Some(Duration::from_millis(20)));
+    // Closed by the upstream after each answer: every next request finds its pooled
+    // connection closed (or closing as it is taken) and goes through on a new one
+    // instead of failing with a 502.
+    let upstream = RawUpstream::start(OK, true);
     let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
     for i in 0..6 {
         let reply = gw.get("127.0.0.3", "/api/items", &[]);
         assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
-        std::thread::sleep(Duration::from_millis(80));
+        eventually(
+            "the upstream closed its connection",
+            Duration::from_secs(5),
+            || upstream.closed() > i,
+        );
     }
     assert_eq!(upstream.connections(), 6);
+    let metrics = gw.metrics();
     assert!(
-        !gw.metrics().contains("ratewarden_upstream_errors_total{"),
-        "{}",
-        gw.metrics()
+        !metrics.contains("ratewarden_upstream_errors_total{"),
+        "{metrics}"
     );
+}
+
+#[test]
+fn a_connection_still_busy_with_a_slow_upload_is_not_lent_to_the_next_request() {
+    // The upstream answers each upload as soon as it has the head; the clients then
+    // never send the rest of their bodies, so those connections stay busy.
+    let upstream = RawUpstream::start(OK, false);
+    let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
+    let uploads: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            use std::io::Write;
+            let mut stream = std::net::TcpStream::connect(gw.address()).expect("connect");
+            stream
+                .write_all(b"POST /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length: 10000\r\n\r\n0123456789")
+                .expect("write");
+            stream
+        })
+        .collect();
+    eventually(
+        "the upstream answered every upload",
+        Duration::from_secs(5),
+        || upstream.heads().len() >= uploads.len(),
+    );
+    // Each of these would wait for a busy connection and get a 504 after
+    // upstream_timeout (2 s) if one were lent to it.
+    for i in 0..6 {
+        let reply = gw.get("127.0.0.5", "/api/items", &[]);
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
+    }
+    drop(uploads);
 }
 
 #[test]
 fn hop_by_hop_headers_stop_at_the_gateway_both_ways() {
     let upstream = RawUpstream::start(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nConnection: X-Upstream-Hop\r\nX-Upstream-Hop: 1\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\nok",
-        None,
+        false,
     );
     let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
     let reply = gw.get(
@@ -836,7 +881,7 @@ fn hop_by_hop_headers_stop_at_the_gateway_both_ways() {
     for name in ["keep-alive", "x-upstream-hop", "proxy-connection"] {
         assert_eq!(reply.header(name), None, "{name} reached the client");
     }
-    let heads = upstream.heads.lock().expect("heads").clone();
+    let heads = upstream.heads();
     let head = heads.last().expect("the upstream saw the request");
     assert!(head.contains("\r\nx-kept: yes\r\n"), "{head}");
     for name in [

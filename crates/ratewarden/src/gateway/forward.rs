@@ -27,18 +27,12 @@ pub struct Upstream {
 }
 
 /// Why the upstream gave no response.
+#[derive(Debug, thiserror::Error)]
 enum ExchangeError {
-    Connect(ConnectError),
-    Exchange(hyper::Error),
-}
-
-impl std::fmt::Display for ExchangeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExchangeError::Connect(e) => e.fmt(f),
-            ExchangeError::Exchange(e) => write!(f, "upstream exchange failed: {e}"),
-        }
-    }
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("upstream exchange failed: {0}")]
+    Exchange(#[from] hyper::Error),
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1).
@@ -57,12 +51,8 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 impl Upstream {
     /// A client for `base` (scheme and authority).
     pub fn new(base: Uri, connect_timeout: Duration, timeout: Duration) -> Upstream {
-        let authority = base
-            .authority()
-            .cloned()
-            .unwrap_or_else(|| http::uri::Authority::from_static("127.0.0.1:80"));
         Upstream {
-            pool: Arc::new(Pool::new(&authority, connect_timeout)),
+            pool: Arc::new(Pool::new(base.clone(), connect_timeout)),
             base,
             timeout,
         }
@@ -115,11 +105,13 @@ impl Upstream {
         let client_authority = parts.uri.authority().cloned();
         // The upstream is sent the origin form (`/path?query`), as a client sends a
         // server. A clone shares the bytes hyper parsed: no copy, no second validation.
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let path_and_query = match parts.uri.path_and_query() {
+            Some(p) if p.as_str().starts_with('/') => p.clone(),
+            // Absolute form without a path (`GET http://api.test?q HTTP/1.1`).
+            Some(p) => http::uri::PathAndQuery::from_maybe_shared(format!("/{}", p.as_str()))
+                .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
+            None => http::uri::PathAndQuery::from_static("/"),
+        };
         parts.uri = Uri::from(path_and_query);
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
@@ -319,17 +311,17 @@ impl hyper::body::Body for UpstreamBody {
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                let next = tokio::time::Instant::now() + this.idle;
+                let next = || tokio::time::Instant::now() + this.idle;
                 let deadline = match &mut this.deadline {
                     Some(deadline) => {
                         if this.deadline_stale {
-                            deadline.as_mut().reset(next);
+                            deadline.as_mut().reset(next());
                         }
                         deadline
                     }
                     None => this
                         .deadline
-                        .insert(Box::pin(tokio::time::sleep_until(next))),
+                        .insert(Box::pin(tokio::time::sleep_until(next()))),
                 };
                 this.deadline_stale = false;
                 match deadline.as_mut().poll(cx) {

@@ -5,16 +5,22 @@
 //! Each worker runs on its own thread with its own pool, so a lease is a pop and a push
 //! on an uncontended lock: no connection key to hash, no waiter queue, no cross-thread
 //! hand-off, which hyper-util's general-purpose pool spent more on than the rest of the
-//! forwarding. Idle connections are used newest first and dropped once idle longer
-//! than `IDLE_TIMEOUT`, or found closed by the upstream.
+//! forwarding. Idle connections are used newest first and closed once idle longer
+//! than `IDLE_TIMEOUT`, or dropped when found closed by the upstream.
+//!
+//! A connection goes back only once it can take the next request at once: an upstream
+//! may answer before it has read the whole request body, and until the client has sent
+//! that body the connection stays busy. Pooled before then, it would hold up whichever
+//! request took it next.
 
 use super::forward::ForwardBody;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tower_service::Service;
 
 /// How long an idle connection is kept (nginx's upstream `keepalive_timeout` is 60 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,9 +30,12 @@ const MAX_IDLE: usize = 256;
 
 /// One worker's connections to the upstream.
 pub struct Pool {
-    host: String,
-    port: u16,
-    connect_timeout: Duration,
+    /// The upstream's scheme and authority.
+    base: http::Uri,
+    /// hyper-util's connector: name resolution, then each address in turn under
+    /// `connect_timeout`, IPv6 and IPv4 raced (happy eyeballs), `TCP_NODELAY`.
+    connector: HttpConnector,
+    /// Oldest first.
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -48,30 +57,24 @@ pub struct Lease {
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// Connecting took longer than `upstream_connect_timeout`.
-    #[error("connecting to the upstream timed out after {0:?}")]
-    Timeout(Duration),
-    /// The upstream refused, or could not be resolved or reached.
+    /// The upstream could not be resolved, reached in `upstream_connect_timeout`, or
+    /// refused.
     #[error("cannot connect to the upstream: {0}")]
-    Io(#[from] std::io::Error),
+    Connect(Box<dyn std::error::Error + Send + Sync>),
     /// The HTTP/1.1 handshake failed.
     #[error("HTTP handshake with the upstream failed: {0}")]
     Handshake(#[from] hyper::Error),
 }
 
 impl Pool {
-    /// A pool for the upstream at `authority` (`host:port`, or `[v6]:port`).
-    pub fn new(authority: &http::uri::Authority, connect_timeout: Duration) -> Pool {
-        // An IPv6 literal is bracketed in a URL, not in a socket address.
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+    /// A pool for the upstream at `base` (scheme and authority).
+    pub fn new(base: http::Uri, connect_timeout: Duration) -> Pool {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
         Pool {
-            host,
-            port: authority.port_u16().unwrap_or(80),
-            connect_timeout,
+            base,
+            connector,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -79,33 +82,28 @@ impl Pool {
     /// A connection ready for a request: the newest idle one still open, else a new one.
     pub async fn lease(self: &Arc<Self>) -> Result<Lease, ConnectError> {
         while let Some(idle) = self.take_idle() {
-            if idle.since.elapsed() > IDLE_TIMEOUT || idle.sender.is_closed() {
+            // Pooled only when ready: not ready now means closed or closing.
+            if idle.since.elapsed() > IDLE_TIMEOUT || !idle.sender.is_ready() {
                 continue;
             }
-            let mut sender = idle.sender;
-            // Ready at once, unless the connection is still finishing the exchange it
-            // was handed back after; an error means the upstream closed it meanwhile.
-            if sender.ready().await.is_ok() {
-                return Ok(Lease {
-                    sender,
-                    pool: self.clone(),
-                    reused: true,
-                });
-            }
+            return Ok(Lease {
+                sender: idle.sender,
+                pool: self.clone(),
+                reused: true,
+            });
         }
         self.connect().await
     }
 
     /// A new connection, bypassing the idle ones.
     pub async fn connect(self: &Arc<Self>) -> Result<Lease, ConnectError> {
-        let connecting = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
-        let stream = tokio::time::timeout(self.connect_timeout, connecting)
+        let stream = self
+            .connector
+            .clone()
+            .call(self.base.clone())
             .await
-            .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
+            .map_err(|e| ConnectError::Connect(e.into()))?;
+        let (sender, connection) = http1::Builder::new().handshake(stream).await?;
         // The connection runs on this worker's runtime, beside the requests it serves;
         // it ends when the upstream closes it or when its last sender is dropped.
         tokio::spawn(async move {
@@ -126,6 +124,10 @@ impl Pool {
 
     fn put_idle(&self, sender: SendRequest<ForwardBody>) {
         let mut idle = self.idle.lock();
+        // Oldest first: those idle too long are a prefix, closed here rather than left
+        // open until a lease digs down to them.
+        let expired = idle.partition_point(|i| i.since.elapsed() > IDLE_TIMEOUT);
+        idle.drain(..expired);
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 sender,
@@ -141,10 +143,22 @@ impl Lease {
         &mut self.sender
     }
 
-    /// Hands the connection back for the next request.
+    /// Hands the connection back for the next request, once it can take one: at once
+    /// when the exchange is over both ways (the usual case), else when the client has
+    /// finished sending the request body the upstream answered early; a connection that
+    /// does not get there within `IDLE_TIMEOUT`, or closes, is dropped.
     pub fn release(self) {
-        if !self.sender.is_closed() {
-            self.pool.put_idle(self.sender);
+        let Lease {
+            mut sender, pool, ..
+        } = self;
+        if sender.is_ready() {
+            pool.put_idle(sender);
+        } else if !sender.is_closed() {
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, sender.ready()).await {
+                    pool.put_idle(sender);
+                }
+            });
         }
     }
 }
