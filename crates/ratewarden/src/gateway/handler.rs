@@ -21,6 +21,9 @@ use ratewarden_detect::Source;
 use ratewarden_store::{Check, CounterKey, Decisions};
 use std::net::SocketAddr;
 
+/// The rules of one request, and what goes with each: a handful, kept on the stack.
+type Few<T> = smallvec::SmallVec<[T; 4]>;
+
 /// Handles one request.
 pub async fn handle(
     gateway: &Gateway,
@@ -149,14 +152,14 @@ pub async fn handle(
         return responses::forbidden(rule.name.as_str());
     }
 
-    let (enforced, shadow): (Vec<_>, Vec<_>) = applicable
+    let (enforced, shadow): (Few<_>, Few<_>) = applicable
         .checks
         .iter()
         .partition(|(rule, _)| rule.action != Action::LogOnly);
     let started = gateway.clock.now();
     // The limits as the client's threat level scales them (the same counters: a level
     // change neither resets nor doubles a client's allowance).
-    let limits: Vec<Limit> = enforced
+    let limits: Few<Limit> = enforced
         .iter()
         .map(|(rule, _)| match &defended {
             Some((_, _, _, response)) => {
@@ -165,7 +168,7 @@ pub async fn handle(
             None => rule.limit,
         })
         .collect();
-    let checks: Vec<Check<'_>> = enforced
+    let checks: Few<Check<'_>> = enforced
         .iter()
         .zip(&limits)
         .filter_map(|((rule, key), limit)| {
@@ -242,7 +245,7 @@ pub async fn handle(
         }
     }
 
-    let outcomes: Vec<RuleOutcome<'_>> = enforced
+    let outcomes: Few<RuleOutcome<'_>> = enforced
         .iter()
         .zip(&limits)
         .zip(decisions.as_slice())
@@ -453,7 +456,9 @@ fn count(gateway: &Gateway, rule: &Rule, decision: &'static str) {
 /// carry exactly one `Host` (RFC 9112, section 3.2); HTTP/2 names it in `:authority`,
 /// and a `host` header, if any, must agree. Anything else is refused, since the
 /// upstream might pick the other value than the one the rules saw.
-fn request_host(request: &Request<Incoming>) -> Result<Option<String>, &'static str> {
+fn request_host(
+    request: &Request<Incoming>,
+) -> Result<Option<std::borrow::Cow<'_, str>>, &'static str> {
     let mut values = request.headers().get_all(HOST).iter();
     let header = values.next();
     if values.next().is_some() {
@@ -475,8 +480,13 @@ fn request_host(request: &Request<Incoming>) -> Result<Option<String>, &'static 
         }
         (None, None) => return Ok(None),
     };
-    let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
-    Ok(Some(host))
+    let host = strip_port(host).trim_end_matches('.');
+    // Most clients send it in lower case already: no copy then.
+    Ok(Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }))
 }
 
 fn strip_port(host: &str) -> &str {

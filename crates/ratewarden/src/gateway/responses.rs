@@ -67,12 +67,29 @@ pub fn add_rate_limit_headers(
     insert(headers, &RATELIMIT_POLICY, policy);
     insert(headers, &RATELIMIT, state);
     if let Some(o) = outcomes.get(speaker) {
-        headers.insert(X_LIMIT.clone(), HeaderValue::from(o.decision.limit));
-        headers.insert(X_REMAINING.clone(), HeaderValue::from(o.decision.remaining));
+        headers.insert(X_LIMIT.clone(), number(u64::from(o.decision.limit)));
+        headers.insert(X_REMAINING.clone(), number(u64::from(o.decision.remaining)));
         headers.insert(
             X_RESET.clone(),
-            HeaderValue::from(o.decision.reset_after.as_secs_ceil()),
+            number(o.decision.reset_after.as_secs_ceil()),
         );
+    }
+}
+
+/// A number as a header value. The small ones (most limits, counts left and seconds)
+/// come from a table rendered once: a clone of a static value allocates nothing and
+/// touches no shared reference count.
+fn number(n: u64) -> HeaderValue {
+    const RENDERED: usize = 1024;
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    match usize::try_from(n) {
+        Ok(i) if i < RENDERED => SMALL.get_or_init(|| {
+            (0..RENDERED)
+                .map(|i| HeaderValue::from_static(String::leak(i.to_string())))
+                .collect()
+        })[i]
+            .clone(),
+        _ => HeaderValue::from(n),
     }
 }
 
@@ -129,7 +146,7 @@ pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Respon
         CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    headers.insert(RETRY_AFTER, number(retry_after));
     add_rate_limit_headers(headers, outcomes, speaker);
     response
 }
@@ -323,6 +340,13 @@ mod tests {
                 reset_after: Nanos(reset * 1_000_000_000),
                 retry_after: Nanos(if allowed { 0 } else { reset * 1_000_000_000 }),
             },
+        }
+    }
+
+    #[test]
+    fn numbers_render_in_decimal_from_the_table_and_beyond_it() {
+        for n in [0, 7, 1023, 1024, 86_400, u64::MAX] {
+            assert_eq!(super::number(n).to_str().unwrap(), n.to_string());
         }
     }
 
