@@ -23,15 +23,7 @@ ok_nginx "$UPSTREAM"
 run() { # binary rate burst -> requests/s
   local port
   port=$(free_port)
-  cat >"$WORK/$port.toml" <<CONF
-[server]
-listen = "127.0.0.1:$port"
-upstream = "http://127.0.0.1:$UPSTREAM"
-[[rules]]
-name = "bench"
-rate = "$2"
-burst = $3
-CONF
+  bench_ratewarden_toml "$WORK/$port.toml" "$port" "$UPSTREAM" "$2" "$3"
   RUST_LOG=warn TOKIO_WORKER_THREADS=2 "$1" serve --config "$WORK/$port.toml" >/dev/null 2>&1 &
   echo $! >"$WORK/$port.pid"
   wait_port "$port"

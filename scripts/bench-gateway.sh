@@ -73,15 +73,7 @@ nginx_limiter() { # name port rate burst (0: none)
     location / { limit_req zone=z $burst; proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 }
 ratewarden_limiter() { # name port rate burst [binary]
-  cat >"$WORK/$1.toml" <<CONF
-[server]
-listen = "127.0.0.1:$2"
-upstream = "http://127.0.0.1:$UPSTREAM"
-[[rules]]
-name = "bench"
-rate = "$3"
-burst = $4
-CONF
+  bench_ratewarden_toml "$WORK/$1.toml" "$2" "$UPSTREAM" "$3" "$4"
   RUST_LOG=warn TOKIO_WORKER_THREADS=2 "${5:-$RATEWARDEN}" serve --config "$WORK/$1.toml" >/dev/null 2>&1 &
   PIDS+=($!)
   wait_port "$2"

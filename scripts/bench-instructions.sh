@@ -108,15 +108,7 @@ CONF
   echo "$WORK/limit-$1.conf"
 }
 ratewarden_conf() { # port rate burst
-  cat >"$WORK/rw-$1.toml" <<CONF
-[server]
-listen = "127.0.0.1:$1"
-upstream = "http://127.0.0.1:$UPSTREAM"
-[[rules]]
-name = "bench"
-rate = "$2"
-burst = $3
-CONF
+  bench_ratewarden_toml "$WORK/rw-$1.toml" "$1" "$UPSTREAM" "$2" "$3"
   echo "$WORK/rw-$1.toml"
 }
 

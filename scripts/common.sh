@@ -60,3 +60,17 @@ CONF
   "$NGINX" -c "$WORK/nginx.conf"
   wait_port "$1"
 }
+
+# Writes FILE: ratewarden on 127.0.0.1:PORT in front of 127.0.0.1:UPSTREAM, with one rule
+# over every path at RATE and BURST.
+bench_ratewarden_toml() { # file port upstream rate burst
+  cat >"$1" <<CONF
+[server]
+listen = "127.0.0.1:$2"
+upstream = "http://127.0.0.1:$3"
+[[rules]]
+name = "bench"
+rate = "$4"
+burst = $5
+CONF
+}
