@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use ratewarden_core::clock::Clock;
 use ratewarden_store::Store;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 // The flush ticks' own clock (tokio's): waits are counted in ticks, not decisions.
@@ -99,21 +100,23 @@ struct Pending {
     not_before: Option<Instant>,
 }
 
-/// One shard of the clients with violations waiting to be counted.
+/// The batches one reporting thread has opened since they were last counted.
+///
+/// Each thread reports into a lane of its own, so a flood's repeats (a lock and one
+/// increment each) never move a cache line between cores; a client seen by two threads
+/// has a batch in each lane, and the flush merges them.
 #[derive(Default)]
-struct Shard {
-    pending: HashMap<u64, Pending>,
-    /// Clients whose every identity was in its alert cooldown at their last count, and
-    /// until when their next batch may wait.
-    quiet: HashMap<u64, Instant>,
+#[repr(align(128))] // a lane per cache line pair: neighbours' locks do not share one
+struct Lane {
+    pending: Mutex<HashMap<u64, Pending, ClientKeys>>,
 }
 
-type PendingShard = Mutex<Shard>;
-
-/// Shards of the pending map (fewer threads wait on one lock).
+/// Lanes; threads beyond this many share them.
+const LANES: usize = 16;
+/// Shards of the clients that are quiet (in their cooldown).
 const SHARDS: usize = 16;
-/// Clients with violations waiting for the next flush; beyond, new clients' violations
-/// are dropped (and counted) until the flush.
+/// Clients with violations waiting for the next flush, over all lanes; beyond, new
+/// clients' violations are dropped (and counted) until the flush.
 const MAX_PENDING: usize = 20_000;
 /// How often pending violations are counted.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
@@ -121,15 +124,121 @@ const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// gateways share, lags by no more.
 const QUIET_WAIT: Duration = Duration::from_secs(5);
 
+/// This thread's lane.
+fn lane() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % LANES;
+    }
+    LANE.with(|lane| *lane)
+}
+
+/// Client keys are keyed hashes already (see [`Alerting::report`]): the map uses them
+/// as they are rather than hashing them again.
+#[derive(Clone, Copy, Default)]
+struct ClientKeys;
+
+impl std::hash::BuildHasher for ClientKeys {
+    type Hasher = ClientKey;
+    fn build_hasher(&self) -> ClientKey {
+        ClientKey(0)
+    }
+}
+
+/// The hasher of [`ClientKeys`]: a `u64` key is its own hash.
+struct ClientKey(u64);
+
+impl std::hash::Hasher for ClientKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys reach this map; anything else still hashes, just not as fast.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
+/// Where violations wait to be counted, shared by the request path and the flush.
+struct Waiting {
+    lanes: Vec<Lane>,
+    /// Clients whose every identity was in its alert cooldown at their last count, and
+    /// until when their next batch may wait; sharded by client.
+    quiet: Vec<Mutex<HashMap<u64, Instant, ClientKeys>>>,
+    /// Batches pending over all lanes.
+    total: AtomicUsize,
+}
+
+impl Waiting {
+    fn new() -> Waiting {
+        Waiting {
+            lanes: (0..LANES).map(|_| Lane::default()).collect(),
+            quiet: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            total: AtomicUsize::new(0),
+        }
+    }
+
+    fn quiet_shard(&self, client: u64) -> &Mutex<HashMap<u64, Instant, ClientKeys>> {
+        &self.quiet[(client % SHARDS as u64) as usize]
+    }
+
+    /// Takes the batches to count now, merged per client across lanes: those not
+    /// waiting, and every one when half the room is taken, so waiting batches never
+    /// crowd out new clients.
+    fn due(&self, now: Instant) -> HashMap<u64, Pending, ClientKeys> {
+        for shard in &self.quiet {
+            shard.lock().retain(|_, until| *until > now);
+        }
+        let crowded = self.total.load(Ordering::Relaxed) >= MAX_PENDING / 2;
+        let mut due: HashMap<u64, Pending, ClientKeys> = HashMap::default();
+        for lane in &self.lanes {
+            let mut pending = lane.pending.lock();
+            let before = pending.len();
+            let taken: Vec<(u64, Pending)> = if crowded {
+                pending.drain().collect()
+            } else {
+                let keys: Vec<u64> = pending
+                    .iter()
+                    .filter(|(_, p)| p.not_before.is_none_or(|t| t <= now))
+                    .map(|(&client, _)| client)
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|client| pending.remove(&client).map(|p| (client, p)))
+                    .collect()
+            };
+            self.total
+                .fetch_sub(before - pending.len(), Ordering::Relaxed);
+            drop(pending);
+            for (client, batch) in taken {
+                match due.entry(client) {
+                    std::collections::hash_map::Entry::Occupied(mut first) => {
+                        // One description per client is enough: the first lane's.
+                        let first = first.get_mut();
+                        first.count = first.count.saturating_add(batch.count);
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(batch);
+                    }
+                }
+            }
+        }
+        due
+    }
+}
+
 /// The handle the request path reports violations to.
 ///
 /// A flood repeats itself: thousands of 429s a second from the same clients. Reports
 /// are coalesced per client between flushes (every 500 ms), so the store sees one
 /// update of cost N per client and flush rather than N updates, and the per-request
-/// cost is one hash-map update under a sharded lock.
+/// cost is one hash-map update under a lock no other request thread takes.
 #[derive(Clone)]
 pub struct Alerting {
-    pending: Arc<Vec<PendingShard>>,
+    waiting: Arc<Waiting>,
     outlets: Arc<Vec<Arc<BoundedQueue<Alert>>>>,
     raised: Counter,
     /// Counter handles per source, so a report takes no metric-family lock.
@@ -164,11 +273,10 @@ impl Alerting {
                 })
                 .collect(),
         );
-        let pending: Arc<Vec<PendingShard>> =
-            Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
+        let waiting = Arc::new(Waiting::new());
         tokio::spawn(count_forever(
             Arc::new(tracker),
-            pending.clone(),
+            waiting.clone(),
             outlets.clone(),
             metrics.clone(),
         ));
@@ -179,7 +287,7 @@ impl Alerting {
                 .clone()
         };
         Alerting {
-            pending,
+            waiting,
             outlets,
             raised: metrics.raised.clone(),
             from_gateway: source("gateway"),
@@ -189,8 +297,9 @@ impl Alerting {
     }
 
     /// Hands a violation over, without waiting: `client` identifies who committed it
-    /// (a hash of its address and credentials), `describe` builds the sanitised
-    /// description if it is the latest of its batch.
+    /// (a keyed hash of its address and credentials, so keys are spread evenly and no
+    /// one can choose them), `describe` builds the sanitised description if it opens
+    /// a batch.
     pub fn report(
         &self,
         client: u64,
@@ -198,18 +307,19 @@ impl Alerting {
         describe: impl FnOnce() -> Violation + Send + 'static,
     ) {
         self.count_source(source);
-        let mut shard = self.pending[shard_of(client)].lock();
-        let not_before = shard.quiet.get(&client).copied();
-        if let Some(p) = shard.pending.get_mut(&client) {
+        let mut pending = self.waiting.lanes[lane()].pending.lock();
+        if let Some(p) = pending.get_mut(&client) {
             // The batch keeps the description of its first violation.
             p.count = p.count.saturating_add(1);
             return;
         }
-        if shard.pending.len() >= MAX_PENDING / SHARDS {
+        if self.waiting.total.load(Ordering::Relaxed) >= MAX_PENDING {
             self.dropped.inc();
             return;
         }
-        shard.pending.insert(
+        let not_before = self.waiting.quiet_shard(client).lock().get(&client).copied();
+        self.waiting.total.fetch_add(1, Ordering::Relaxed);
+        pending.insert(
             client,
             Pending {
                 count: 1,
@@ -223,11 +333,11 @@ impl Alerting {
     /// common case in a flood), without any description; false if there is none, and
     /// the caller should [`report`](Alerting::report) it with one.
     pub fn report_repeat(&self, client: u64, source: Source) -> bool {
-        let mut shard = self.pending[shard_of(client)].lock();
-        match shard.pending.get_mut(&client) {
+        let mut pending = self.waiting.lanes[lane()].pending.lock();
+        match pending.get_mut(&client) {
             Some(p) => {
                 p.count = p.count.saturating_add(1);
-                drop(shard);
+                drop(pending);
                 self.count_source(source);
                 true
             }
@@ -252,13 +362,9 @@ impl Alerting {
     }
 }
 
-fn shard_of(client: u64) -> usize {
-    (client % SHARDS as u64) as usize
-}
-
 async fn count_forever<S: Store, C: Clock>(
     tracker: Arc<Tracker<S, C>>,
-    pending: Arc<Vec<PendingShard>>,
+    waiting: Arc<Waiting>,
     outlets: Arc<Vec<Arc<BoundedQueue<Alert>>>>,
     metrics: AlertMetrics,
 ) {
@@ -267,54 +373,35 @@ async fn count_forever<S: Store, C: Clock>(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        for index in 0..SHARDS {
-            for (client, p) in due_batches(&pending[index], Instant::now()) {
-                let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                    return;
-                };
-                let (tracker, outlets, metrics, pending) = (
-                    tracker.clone(),
-                    outlets.clone(),
-                    metrics.clone(),
-                    pending.clone(),
-                );
-                tokio::spawn(async move {
-                    let violation = (p.describe)();
-                    let cooldown = tracker.settings().cooldown;
-                    let mut quiet_for = None::<Duration>;
-                    for outcome in tracker.observe(&violation, p.count).await {
-                        let quiet = outcome.quiet_for(cooldown);
-                        quiet_for = Some(quiet_for.map_or(quiet, |q| q.min(quiet)));
-                        emit(outcome, &violation, &tracker, &outlets, &metrics);
+        for (client, p) in waiting.due(Instant::now()) {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let (tracker, outlets, metrics, waiting) = (
+                tracker.clone(),
+                outlets.clone(),
+                metrics.clone(),
+                waiting.clone(),
+            );
+            tokio::spawn(async move {
+                let violation = (p.describe)();
+                let cooldown = tracker.settings().cooldown;
+                let mut quiet_for = None::<Duration>;
+                for outcome in tracker.observe(&violation, p.count).await {
+                    let quiet = outcome.quiet_for(cooldown);
+                    quiet_for = Some(quiet_for.map_or(quiet, |q| q.min(quiet)));
+                    emit(outcome, &violation, &tracker, &outlets, &metrics);
+                }
+                if let Some(wait) = quiet_for.and_then(quiet_wait) {
+                    let mut quiet = waiting.quiet_shard(client).lock();
+                    if quiet.len() < MAX_PENDING / SHARDS {
+                        quiet.insert(client, Instant::now() + wait);
                     }
-                    if let Some(wait) = quiet_for.and_then(quiet_wait) {
-                        let mut shard = pending[index].lock();
-                        if shard.quiet.len() < MAX_PENDING / SHARDS {
-                            shard.quiet.insert(client, Instant::now() + wait);
-                        }
-                    }
-                    drop(permit);
-                });
-            }
+                }
+                drop(permit);
+            });
         }
     }
-}
-
-/// Takes the batches of `shard` to count now: those not waiting, and every one when the
-/// shard is half full, so waiting batches never crowd out new clients.
-fn due_batches(shard: &PendingShard, now: Instant) -> Vec<(u64, Pending)> {
-    let mut shard = shard.lock();
-    shard.quiet.retain(|_, until| *until > now);
-    let crowded = shard.pending.len() >= MAX_PENDING / SHARDS / 2;
-    let due: Vec<u64> = shard
-        .pending
-        .iter()
-        .filter(|(_, p)| crowded || p.not_before.is_none_or(|t| t <= now))
-        .map(|(&client, _)| client)
-        .collect();
-    due.into_iter()
-        .filter_map(|client| shard.pending.remove(&client).map(|p| (client, p)))
-        .collect()
 }
 
 /// How long a client that cannot be alerted on for `quiet_for` may have its next batch
@@ -401,54 +488,144 @@ mod tests {
         }
     }
 
+    /// Puts a batch straight into `lane`, as a report from that lane's thread would.
+    fn open(waiting: &Waiting, lane: usize, client: u64, batch: Pending) {
+        waiting.lanes[lane].pending.lock().insert(client, batch);
+        waiting.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sorted_keys(due: &HashMap<u64, Pending, ClientKeys>) -> Vec<u64> {
+        let mut keys: Vec<u64> = due.keys().copied().collect();
+        keys.sort_unstable();
+        keys
+    }
+
     #[test]
     fn a_quiet_clients_batch_waits_until_its_time_and_others_go_at_once() {
         let now = Instant::now();
-        let shard = PendingShard::default();
-        {
-            let mut s = shard.lock();
-            s.pending.insert(1, pending(None));
-            s.pending
-                .insert(2, pending(Some(now + Duration::from_secs(3))));
-            s.pending.insert(3, pending(Some(now)));
-            s.quiet.insert(2, now + Duration::from_secs(3));
-            s.quiet.insert(4, now);
-        }
-        let mut due: Vec<u64> = due_batches(&shard, now)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        due.sort_unstable();
-        assert_eq!(due, [1, 3]);
-        let s = shard.lock();
-        assert!(s.pending.contains_key(&2), "still waiting");
-        assert_eq!(
-            s.quiet.keys().copied().collect::<Vec<_>>(),
-            [2],
-            "expired entries go"
+        let waiting = Waiting::new();
+        open(&waiting, 0, 1, pending(None));
+        open(&waiting, 1, 2, pending(Some(now + Duration::from_secs(3))));
+        open(&waiting, 0, 3, pending(Some(now)));
+        waiting
+            .quiet_shard(2)
+            .lock()
+            .insert(2, now + Duration::from_secs(3));
+        waiting.quiet_shard(4).lock().insert(4, now);
+        assert_eq!(sorted_keys(&waiting.due(now)), [1, 3]);
+        assert!(
+            waiting.lanes[1].pending.lock().contains_key(&2),
+            "still waiting"
         );
-        drop(s);
-        let later = due_batches(&shard, now + Duration::from_secs(3));
-        assert_eq!(later.len(), 1);
+        assert_eq!(waiting.total.load(Ordering::Relaxed), 1);
+        let quiet: Vec<u64> = waiting
+            .quiet
+            .iter()
+            .flat_map(|shard| shard.lock().keys().copied().collect::<Vec<_>>())
+            .collect();
+        assert_eq!(quiet, [2], "expired entries go");
+        let later = waiting.due(now + Duration::from_secs(3));
+        assert_eq!(sorted_keys(&later), [2]);
+        assert_eq!(waiting.total.load(Ordering::Relaxed), 0);
     }
 
     #[test]
     fn waiting_batches_never_crowd_out_new_clients() {
         let now = Instant::now();
-        let shard = PendingShard::default();
-        let half = MAX_PENDING / SHARDS / 2;
-        {
-            let mut s = shard.lock();
-            for client in 0..half as u64 {
-                s.pending
-                    .insert(client, pending(Some(now + Duration::from_secs(3))));
-            }
+        let waiting = Waiting::new();
+        let half = MAX_PENDING / 2;
+        for client in 0..half as u64 {
+            let lane = (client % LANES as u64) as usize;
+            open(
+                &waiting,
+                lane,
+                client,
+                pending(Some(now + Duration::from_secs(3))),
+            );
         }
         assert_eq!(
-            due_batches(&shard, now).len(),
+            waiting.due(now).len(),
             half,
-            "a half-full shard counts them all"
+            "half the room taken: every batch is counted"
         );
+        assert_eq!(waiting.total.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn one_clients_batches_in_several_lanes_are_counted_as_one() {
+        let waiting = Waiting::new();
+        for (lane, count) in [(0, 3), (5, 4), (15, 1)] {
+            open(
+                &waiting,
+                lane,
+                42,
+                Pending {
+                    count,
+                    ..pending(None)
+                },
+            );
+        }
+        let due = waiting.due(Instant::now());
+        assert_eq!(sorted_keys(&due), [42]);
+        assert_eq!(due[&42].count, 8);
+    }
+
+    /// An `Alerting` with no tracker or sinks behind it: what reports leave waiting.
+    fn bare_alerting() -> Alerting {
+        Alerting {
+            waiting: Arc::new(Waiting::new()),
+            outlets: Arc::new(Vec::new()),
+            raised: Counter::default(),
+            from_gateway: Counter::default(),
+            from_upstream: Counter::default(),
+            dropped: Counter::default(),
+        }
+    }
+
+    #[test]
+    fn concurrent_reports_from_many_threads_lose_no_violation() {
+        const THREADS: u64 = 20; // more than LANES: some threads share a lane
+        const CLIENTS: u64 = 50;
+        const ROUNDS: u64 = 200;
+        let alerting = bare_alerting();
+        std::thread::scope(|scope| {
+            for _ in 0..THREADS {
+                let alerting = alerting.clone();
+                scope.spawn(move || {
+                    for _ in 0..ROUNDS {
+                        for client in 0..CLIENTS {
+                            if !alerting.report_repeat(client, Source::Gateway) {
+                                alerting.report(client, Source::Gateway, || {
+                                    unreachable!("not described in this test")
+                                });
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(alerting.from_gateway.get(), THREADS * CLIENTS * ROUNDS);
+        let due = alerting.waiting.due(Instant::now());
+        assert_eq!(due.len() as u64, CLIENTS);
+        let counted: u64 = due.values().map(|p| u64::from(p.count)).sum();
+        assert_eq!(counted, THREADS * CLIENTS * ROUNDS, "every violation counted");
+        assert_eq!(alerting.dropped.get(), 0);
+    }
+
+    #[test]
+    fn new_clients_beyond_the_room_are_dropped_and_counted() {
+        let alerting = bare_alerting();
+        let describe = || unreachable!("not described in this test");
+        for client in 0..MAX_PENDING as u64 + 10 {
+            alerting.report(client, Source::Gateway, describe);
+        }
+        assert_eq!(alerting.dropped.get(), 10);
+        // A client already waiting is still counted in full.
+        alerting.report(0, Source::Gateway, describe);
+        assert_eq!(alerting.dropped.get(), 10);
+        let due = alerting.waiting.due(Instant::now());
+        assert_eq!(due.len(), MAX_PENDING);
+        assert_eq!(due[&0].count, 2);
     }
 
     #[test]
