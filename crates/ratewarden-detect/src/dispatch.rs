@@ -115,9 +115,14 @@ struct Lane {
 const LANES: usize = 16;
 /// Shards of the clients that are quiet (in their cooldown).
 const SHARDS: usize = 16;
-/// Clients with violations waiting for the next flush, over all lanes; beyond, new
-/// clients' violations are dropped (and counted) until the flush.
-const MAX_PENDING: usize = 20_000;
+/// Clients with violations waiting for the next flush, per lane; beyond, new clients'
+/// violations are dropped (and counted) until the flush. Per lane, because every
+/// request thread may see every client of a flood: with room shared by all lanes, the
+/// same 10,000 clients seen by two threads would fill twice as much of it. So memory
+/// is bounded by this times the lanes in use (one per request thread, at most LANES).
+const MAX_PENDING: usize = 30_000;
+/// Quiet clients (in their cooldown) remembered, per shard.
+const MAX_QUIET: usize = 2 * MAX_PENDING / SHARDS;
 /// How often pending violations are counted.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// The longest a quiet client's batch waits: so the store's window count, which other
@@ -169,8 +174,6 @@ struct Waiting {
     /// Clients whose every identity was in its alert cooldown at their last count, and
     /// until when their next batch may wait; sharded by client.
     quiet: Vec<Mutex<HashMap<u64, Instant, ClientKeys>>>,
-    /// Batches pending over all lanes.
-    total: AtomicUsize,
 }
 
 impl Waiting {
@@ -178,7 +181,6 @@ impl Waiting {
         Waiting {
             lanes: (0..LANES).map(|_| Lane::default()).collect(),
             quiet: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            total: AtomicUsize::new(0),
         }
     }
 
@@ -187,18 +189,16 @@ impl Waiting {
     }
 
     /// Takes the batches to count now, merged per client across lanes: those not
-    /// waiting, and every one when half the room is taken, so waiting batches never
-    /// crowd out new clients.
+    /// waiting, and every one of a lane whose room is half taken, so waiting batches
+    /// never crowd out new clients.
     fn due(&self, now: Instant) -> HashMap<u64, Pending, ClientKeys> {
         for shard in &self.quiet {
             shard.lock().retain(|_, until| *until > now);
         }
-        let crowded = self.total.load(Ordering::Relaxed) >= MAX_PENDING / 2;
         let mut due: HashMap<u64, Pending, ClientKeys> = HashMap::default();
         for lane in &self.lanes {
             let mut pending = lane.pending.lock();
-            let before = pending.len();
-            let taken: Vec<(u64, Pending)> = if crowded {
+            let taken: Vec<(u64, Pending)> = if pending.len() >= MAX_PENDING / 2 {
                 pending.drain().collect()
             } else {
                 let keys: Vec<u64> = pending
@@ -210,8 +210,6 @@ impl Waiting {
                     .filter_map(|client| pending.remove(&client).map(|p| (client, p)))
                     .collect()
             };
-            self.total
-                .fetch_sub(before - pending.len(), Ordering::Relaxed);
             drop(pending);
             for (client, batch) in taken {
                 match due.entry(client) {
@@ -313,12 +311,16 @@ impl Alerting {
             p.count = p.count.saturating_add(1);
             return;
         }
-        if self.waiting.total.load(Ordering::Relaxed) >= MAX_PENDING {
+        if pending.len() >= MAX_PENDING {
             self.dropped.inc();
             return;
         }
-        let not_before = self.waiting.quiet_shard(client).lock().get(&client).copied();
-        self.waiting.total.fetch_add(1, Ordering::Relaxed);
+        let not_before = self
+            .waiting
+            .quiet_shard(client)
+            .lock()
+            .get(&client)
+            .copied();
         pending.insert(
             client,
             Pending {
@@ -394,7 +396,7 @@ async fn count_forever<S: Store, C: Clock>(
                 }
                 if let Some(wait) = quiet_for.and_then(quiet_wait) {
                     let mut quiet = waiting.quiet_shard(client).lock();
-                    if quiet.len() < MAX_PENDING / SHARDS {
+                    if quiet.len() < MAX_QUIET {
                         quiet.insert(client, Instant::now() + wait);
                     }
                 }
@@ -491,7 +493,10 @@ mod tests {
     /// Puts a batch straight into `lane`, as a report from that lane's thread would.
     fn open(waiting: &Waiting, lane: usize, client: u64, batch: Pending) {
         waiting.lanes[lane].pending.lock().insert(client, batch);
-        waiting.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn waiting_in_all_lanes(waiting: &Waiting) -> usize {
+        waiting.lanes.iter().map(|l| l.pending.lock().len()).sum()
     }
 
     fn sorted_keys(due: &HashMap<u64, Pending, ClientKeys>) -> Vec<u64> {
@@ -517,7 +522,7 @@ mod tests {
             waiting.lanes[1].pending.lock().contains_key(&2),
             "still waiting"
         );
-        assert_eq!(waiting.total.load(Ordering::Relaxed), 1);
+        assert_eq!(waiting_in_all_lanes(&waiting), 1);
         let quiet: Vec<u64> = waiting
             .quiet
             .iter()
@@ -526,7 +531,7 @@ mod tests {
         assert_eq!(quiet, [2], "expired entries go");
         let later = waiting.due(now + Duration::from_secs(3));
         assert_eq!(sorted_keys(&later), [2]);
-        assert_eq!(waiting.total.load(Ordering::Relaxed), 0);
+        assert_eq!(waiting_in_all_lanes(&waiting), 0);
     }
 
     #[test]
@@ -534,21 +539,18 @@ mod tests {
         let now = Instant::now();
         let waiting = Waiting::new();
         let half = MAX_PENDING / 2;
+        let later = Some(now + Duration::from_secs(3));
         for client in 0..half as u64 {
-            let lane = (client % LANES as u64) as usize;
-            open(
-                &waiting,
-                lane,
-                client,
-                pending(Some(now + Duration::from_secs(3))),
-            );
+            open(&waiting, 3, client, pending(later));
         }
+        // Another lane, below half its room: its batches keep waiting.
+        open(&waiting, 4, half as u64, pending(later));
         assert_eq!(
             waiting.due(now).len(),
             half,
-            "half the room taken: every batch is counted"
+            "half the lane's room taken: all its batches are counted"
         );
-        assert_eq!(waiting.total.load(Ordering::Relaxed), 0);
+        assert_eq!(waiting_in_all_lanes(&waiting), 1);
     }
 
     #[test]
@@ -608,7 +610,11 @@ mod tests {
         let due = alerting.waiting.due(Instant::now());
         assert_eq!(due.len() as u64, CLIENTS);
         let counted: u64 = due.values().map(|p| u64::from(p.count)).sum();
-        assert_eq!(counted, THREADS * CLIENTS * ROUNDS, "every violation counted");
+        assert_eq!(
+            counted,
+            THREADS * CLIENTS * ROUNDS,
+            "every violation counted"
+        );
         assert_eq!(alerting.dropped.get(), 0);
     }
 
