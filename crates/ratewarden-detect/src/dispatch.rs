@@ -108,7 +108,74 @@ struct Pending {
 #[derive(Default)]
 #[repr(align(128))] // a lane per cache line pair: neighbours' locks do not share one
 struct Lane {
-    pending: Mutex<HashMap<u64, Pending, ClientKeys>>,
+    pending: Mutex<LaneBatches>,
+}
+
+/// A lane's batches. The counts, which every repeat touches, are kept apart from the
+/// rest of the batch (read only when it opens and when it is counted): 16 bytes a
+/// client instead of 48, so a flood's 10,000 clients stay in a core's cache.
+#[derive(Default)]
+struct LaneBatches {
+    counts: HashMap<u64, u32, ClientKeys>,
+    opened: HashMap<u64, Opened, ClientKeys>,
+}
+
+/// What a batch keeps besides its count.
+struct Opened {
+    describe: Box<dyn FnOnce() -> Violation + Send>,
+    not_before: Option<Instant>,
+}
+
+impl LaneBatches {
+    /// Counts one more violation by `client` if it has a batch here.
+    fn repeat(&mut self, client: u64) -> bool {
+        match self.counts.get_mut(&client) {
+            Some(count) => {
+                *count = count.saturating_add(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn open(&mut self, client: u64, batch: Pending) {
+        self.counts.insert(client, batch.count);
+        let (describe, not_before) = (batch.describe, batch.not_before);
+        self.opened.insert(
+            client,
+            Opened {
+                describe,
+                not_before,
+            },
+        );
+    }
+
+    fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    fn take(&mut self, client: u64) -> Option<Pending> {
+        let count = self.counts.remove(&client)?;
+        let opened = self.opened.remove(&client)?;
+        Some(Pending {
+            count,
+            describe: opened.describe,
+            not_before: opened.not_before,
+        })
+    }
+
+    /// The batches to count at `now`: every one when `all`, else those not waiting.
+    fn take_due(&mut self, now: Instant, all: bool) -> Vec<(u64, Pending)> {
+        let due: Vec<u64> = self
+            .opened
+            .iter()
+            .filter(|(_, o)| all || o.not_before.is_none_or(|t| t <= now))
+            .map(|(&client, _)| client)
+            .collect();
+        due.into_iter()
+            .filter_map(|client| self.take(client).map(|p| (client, p)))
+            .collect()
+    }
 }
 
 /// Lanes; threads beyond this many share them.
@@ -198,18 +265,8 @@ impl Waiting {
         let mut due: HashMap<u64, Pending, ClientKeys> = HashMap::default();
         for lane in &self.lanes {
             let mut pending = lane.pending.lock();
-            let taken: Vec<(u64, Pending)> = if pending.len() >= MAX_PENDING / 2 {
-                pending.drain().collect()
-            } else {
-                let keys: Vec<u64> = pending
-                    .iter()
-                    .filter(|(_, p)| p.not_before.is_none_or(|t| t <= now))
-                    .map(|(&client, _)| client)
-                    .collect();
-                keys.into_iter()
-                    .filter_map(|client| pending.remove(&client).map(|p| (client, p)))
-                    .collect()
-            };
+            let crowded = pending.len() >= MAX_PENDING / 2;
+            let taken = pending.take_due(now, crowded);
             drop(pending);
             for (client, batch) in taken {
                 match due.entry(client) {
@@ -306,9 +363,8 @@ impl Alerting {
     ) {
         self.count_source(source);
         let mut pending = self.waiting.lanes[lane()].pending.lock();
-        if let Some(p) = pending.get_mut(&client) {
-            // The batch keeps the description of its first violation.
-            p.count = p.count.saturating_add(1);
+        // The batch keeps the description of its first violation.
+        if pending.repeat(client) {
             return;
         }
         if pending.len() >= MAX_PENDING {
@@ -321,7 +377,7 @@ impl Alerting {
             .lock()
             .get(&client)
             .copied();
-        pending.insert(
+        pending.open(
             client,
             Pending {
                 count: 1,
@@ -335,16 +391,11 @@ impl Alerting {
     /// common case in a flood), without any description; false if there is none, and
     /// the caller should [`report`](Alerting::report) it with one.
     pub fn report_repeat(&self, client: u64, source: Source) -> bool {
-        let mut pending = self.waiting.lanes[lane()].pending.lock();
-        match pending.get_mut(&client) {
-            Some(p) => {
-                p.count = p.count.saturating_add(1);
-                drop(pending);
-                self.count_source(source);
-                true
-            }
-            None => false,
+        let repeated = self.waiting.lanes[lane()].pending.lock().repeat(client);
+        if repeated {
+            self.count_source(source);
         }
+        repeated
     }
 
     /// Sends an alert raised elsewhere (adaptive defence: a level raised, a client
@@ -492,7 +543,7 @@ mod tests {
 
     /// Puts a batch straight into `lane`, as a report from that lane's thread would.
     fn open(waiting: &Waiting, lane: usize, client: u64, batch: Pending) {
-        waiting.lanes[lane].pending.lock().insert(client, batch);
+        waiting.lanes[lane].pending.lock().open(client, batch);
     }
 
     fn waiting_in_all_lanes(waiting: &Waiting) -> usize {
@@ -519,7 +570,7 @@ mod tests {
         waiting.quiet_shard(4).lock().insert(4, now);
         assert_eq!(sorted_keys(&waiting.due(now)), [1, 3]);
         assert!(
-            waiting.lanes[1].pending.lock().contains_key(&2),
+            waiting.lanes[1].pending.lock().counts.contains_key(&2),
             "still waiting"
         );
         assert_eq!(waiting_in_all_lanes(&waiting), 1);
