@@ -1,13 +1,15 @@
-//! Off the request path: violations are coalesced per client (bounded), counted by the
-//! tracker on a task of their own every 500 ms, and alerts fanned out to each sink's
-//! own bounded queue and task.
+//! Off the request path: violations are coalesced per client and request thread
+//! (bounded), counted by the tracker on a task of their own every 500 ms, and alerts
+//! fanned out to each sink's own bounded queue and task.
 //!
 //! A client in its alert cooldown cannot raise an alert, so its batches wait longer
 //! (up to 5 s, and never past the cooldown): in a flood, most clients are there, and
 //! counting each of them twice a second was most of what alerting cost.
 //!
-//! The request path only ever calls [`Alerting::report`], which takes a lock for a
-//! push and never waits. Nothing here changes a decision.
+//! The request path calls [`Alerting::report_repeat`] and, for a client's first
+//! violation since the last flush, [`Alerting::report`]: short critical sections under
+//! its own thread's lock (and, on a first violation, a shard of the quiet clients'),
+//! never an await. Nothing here changes a decision.
 
 use crate::alert::{Alert, Severity, Source, Violation};
 use crate::queue::{BoundedQueue, Urgency};
@@ -75,7 +77,7 @@ impl AlertMetrics {
         );
         registry.register(
             "abuse_violations_dropped",
-            "Violations dropped uncounted because the queue was full (a flood)",
+            "Violations dropped uncounted because too many clients were pending a count (a flood)",
             self.violations_dropped.clone(),
         );
         registry.register(
@@ -91,9 +93,10 @@ impl AlertMetrics {
     }
 }
 
-/// A client's violations since the last flush: how many, how to describe the first of
-/// them (built only at flush time, so the request path does no formatting), and when
-/// they are to be counted when that is later than the next flush.
+/// A client's violations since the last flush: how many, how to describe one of them
+/// (the first its batch saw; built only at flush time, so the request path does no
+/// formatting), and when they are to be counted when that is later than the next
+/// flush.
 struct Pending {
     count: u32,
     describe: Box<dyn FnOnce() -> Violation + Send>,
@@ -155,6 +158,7 @@ impl LaneBatches {
     }
 
     fn take(&mut self, client: u64) -> Option<Pending> {
+        debug_assert_eq!(self.counts.len(), self.opened.len());
         let count = self.counts.remove(&client)?;
         let opened = self.opened.remove(&client)?;
         Some(Pending {
@@ -172,9 +176,16 @@ impl LaneBatches {
             .filter(|(_, o)| all || o.not_before.is_none_or(|t| t <= now))
             .map(|(&client, _)| client)
             .collect();
-        due.into_iter()
+        let taken = due
+            .into_iter()
             .filter_map(|client| self.take(client).map(|p| (client, p)))
-            .collect()
+            .collect();
+        // After a flood, give back what it made the maps grow to.
+        if self.counts.capacity() > 4 * self.counts.len().max(1024) {
+            self.counts.shrink_to(2 * self.counts.len());
+            self.opened.shrink_to(2 * self.opened.len());
+        }
+        taken
     }
 }
 
@@ -182,14 +193,16 @@ impl LaneBatches {
 const LANES: usize = 16;
 /// Shards of the clients that are quiet (in their cooldown).
 const SHARDS: usize = 16;
-/// Clients with violations waiting for the next flush, per lane; beyond, new clients'
-/// violations are dropped (and counted) until the flush. Per lane, because every
-/// request thread may see every client of a flood: with room shared by all lanes, the
-/// same 10,000 clients seen by two threads would fill twice as much of it. So memory
-/// is bounded by this times the lanes in use (one per request thread, at most LANES).
-const MAX_PENDING: usize = 30_000;
+/// Batches waiting for the next flush, over all lanes; beyond, violations that would
+/// open a batch are dropped (and counted) until the flush. Every request thread may
+/// see every client of a flood, so a client can hold a batch in each lane: this is
+/// room for 20,000 clients on three request threads.
+const MAX_PENDING: usize = 60_000;
+/// A lane this full has all its batches counted at the next flush, waiting or not, so
+/// waiting batches never crowd out new clients.
+const CROWDED: usize = 15_000;
 /// Quiet clients (in their cooldown) remembered, per shard.
-const MAX_QUIET: usize = 2 * MAX_PENDING / SHARDS;
+const MAX_QUIET: usize = MAX_PENDING / SHARDS;
 /// How often pending violations are counted.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// The longest a quiet client's batch waits: so the store's window count, which other
@@ -241,6 +254,8 @@ struct Waiting {
     /// Clients whose every identity was in its alert cooldown at their last count, and
     /// until when their next batch may wait; sharded by client.
     quiet: Vec<Mutex<HashMap<u64, Instant, ClientKeys>>>,
+    /// Batches waiting in all lanes.
+    total: AtomicUsize,
 }
 
 impl Waiting {
@@ -248,16 +263,19 @@ impl Waiting {
         Waiting {
             lanes: (0..LANES).map(|_| Lane::default()).collect(),
             quiet: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            total: AtomicUsize::new(0),
         }
     }
 
     fn quiet_shard(&self, client: u64) -> &Mutex<HashMap<u64, Instant, ClientKeys>> {
-        &self.quiet[(client % SHARDS as u64) as usize]
+        // From the middle bits: the maps place keys by their low bits and tag them
+        // with their top ones, which must stay varied within a shard.
+        &self.quiet[((client >> 32) % SHARDS as u64) as usize]
     }
 
     /// Takes the batches to count now, merged per client across lanes: those not
-    /// waiting, and every one of a lane whose room is half taken, so waiting batches
-    /// never crowd out new clients.
+    /// waiting, and every one of a [crowded](CROWDED) lane. The merged batch keeps the
+    /// description of the first lane's.
     fn due(&self, now: Instant) -> HashMap<u64, Pending, ClientKeys> {
         for shard in &self.quiet {
             shard.lock().retain(|_, until| *until > now);
@@ -265,9 +283,10 @@ impl Waiting {
         let mut due: HashMap<u64, Pending, ClientKeys> = HashMap::default();
         for lane in &self.lanes {
             let mut pending = lane.pending.lock();
-            let crowded = pending.len() >= MAX_PENDING / 2;
+            let crowded = pending.len() >= CROWDED;
             let taken = pending.take_due(now, crowded);
             drop(pending);
+            self.total.fetch_sub(taken.len(), Ordering::Relaxed);
             for (client, batch) in taken {
                 match due.entry(client) {
                     std::collections::hash_map::Entry::Occupied(mut first) => {
@@ -290,7 +309,8 @@ impl Waiting {
 /// A flood repeats itself: thousands of 429s a second from the same clients. Reports
 /// are coalesced per client between flushes (every 500 ms), so the store sees one
 /// update of cost N per client and flush rather than N updates, and the per-request
-/// cost is one hash-map update under a lock no other request thread takes.
+/// cost is one hash-map update under the reporting thread's own lock (threads beyond
+/// [`LANES`] share).
 #[derive(Clone)]
 pub struct Alerting {
     waiting: Arc<Waiting>,
@@ -367,10 +387,13 @@ impl Alerting {
         if pending.repeat(client) {
             return;
         }
-        if pending.len() >= MAX_PENDING {
+        // A client with a batch in another thread's lane is dropped here too: checking
+        // every lane would make each first violation lock them all.
+        if self.waiting.total.load(Ordering::Relaxed) >= MAX_PENDING {
             self.dropped.inc();
             return;
         }
+        self.waiting.total.fetch_add(1, Ordering::Relaxed);
         let not_before = self
             .waiting
             .quiet_shard(client)
@@ -544,6 +567,7 @@ mod tests {
     /// Puts a batch straight into `lane`, as a report from that lane's thread would.
     fn open(waiting: &Waiting, lane: usize, client: u64, batch: Pending) {
         waiting.lanes[lane].pending.lock().open(client, batch);
+        waiting.total.fetch_add(1, Ordering::Relaxed);
     }
 
     fn waiting_in_all_lanes(waiting: &Waiting) -> usize {
@@ -589,19 +613,19 @@ mod tests {
     fn waiting_batches_never_crowd_out_new_clients() {
         let now = Instant::now();
         let waiting = Waiting::new();
-        let half = MAX_PENDING / 2;
         let later = Some(now + Duration::from_secs(3));
-        for client in 0..half as u64 {
+        for client in 0..CROWDED as u64 {
             open(&waiting, 3, client, pending(later));
         }
         // Another lane, below half its room: its batches keep waiting.
-        open(&waiting, 4, half as u64, pending(later));
+        open(&waiting, 4, CROWDED as u64, pending(later));
         assert_eq!(
             waiting.due(now).len(),
-            half,
-            "half the lane's room taken: all its batches are counted"
+            CROWDED,
+            "a crowded lane: all its batches are counted"
         );
         assert_eq!(waiting_in_all_lanes(&waiting), 1);
+        assert_eq!(waiting.total.load(Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -683,6 +707,10 @@ mod tests {
         let due = alerting.waiting.due(Instant::now());
         assert_eq!(due.len(), MAX_PENDING);
         assert_eq!(due[&0].count, 2);
+        // The flush made room again.
+        alerting.report(u64::MAX, Source::Gateway, describe);
+        assert_eq!(alerting.dropped.get(), 10);
+        assert_eq!(alerting.waiting.total.load(Ordering::Relaxed), 1);
     }
 
     #[test]
