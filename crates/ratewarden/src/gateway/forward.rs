@@ -8,6 +8,7 @@ use crate::metrics::{Metrics, UpstreamError};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use ratewarden_core::identity::DottedQuad;
@@ -146,7 +147,7 @@ impl Upstream {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let body = UpstreamBody::new(body, lease, self.timeout);
-                Response::from_parts(parts, Body::Upstream(body))
+                Response::from_parts(parts, body.boxed())
             }
             Ok(Err(e)) => {
                 metrics
@@ -252,7 +253,7 @@ impl hyper::body::Body for ForwardBody {
 ///
 /// Once the body has ended, its connection goes back to the worker's pool; a body
 /// dropped before its end takes the connection with it.
-pub struct UpstreamBody {
+struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease>,
     idle: Duration,

@@ -8,7 +8,6 @@
 //! requests.
 
 mod abuse;
-mod body;
 mod forward;
 mod handler;
 mod limiter;
@@ -21,6 +20,8 @@ pub mod threat;
 use crate::config::{self, Config};
 use crate::metrics::{Metrics, RuleDecision};
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -32,7 +33,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-pub use body::{Body, BodyError};
+/// Every body the gateway sends.
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// Why a body stopped: the peer's connection failed, or the upstream went quiet for
+/// longer than `upstream_timeout` in the middle of a response.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How to reach the upstream; each worker builds its own pooled client from it.
 struct UpstreamSettings {

@@ -9,6 +9,7 @@ use super::Body;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use ratewarden_core::{Decision, Limit};
 
 /// A rule's decision for the headers.
@@ -94,16 +95,9 @@ fn number(n: u64) -> HeaderValue {
 
 /// Inserts `value` without copying it (the `String` becomes the header's bytes).
 fn insert(headers: &mut HeaderMap, name: &HeaderName, value: String) {
-    if let Ok(v) = HeaderValue::from_maybe_shared(owned_bytes(value)) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(name.clone(), v);
     }
-}
-
-/// A `String`'s buffer as `Bytes`, trimmed to its length first: `Bytes` takes over a
-/// buffer with spare capacity only by allocating a shared header beside it, while a
-/// trimmed one (usually in place, within the allocator's size class) it takes as it is.
-fn owned_bytes(value: String) -> Bytes {
-    Bytes::from(value.into_bytes().into_boxed_slice())
 }
 
 /// 429 with a problem body naming the violated rules.
@@ -144,7 +138,7 @@ pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Respon
         body.push('"');
     }
     body.push_str("]}");
-    let mut response = Response::new(Body::own(owned_bytes(body)));
+    let mut response = Response::new(full(body));
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     let headers = response.headers_mut();
     headers.reserve(7);
@@ -313,13 +307,20 @@ pub fn upstream_failure(status: StatusCode, detail: &str) -> Response<Body> {
 }
 
 fn problem(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Body::own(body.to_string()));
+    let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
     response
+}
+
+/// A complete body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 #[cfg(test)]
