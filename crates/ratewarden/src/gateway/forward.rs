@@ -279,9 +279,14 @@ impl UpstreamBody {
 
     fn release_if_ended(&mut self) {
         if hyper::body::Body::is_end_stream(&self.inner) {
-            if let Some(lease) = self.lease.take() {
-                lease.release();
-            }
+            self.release();
+        }
+    }
+
+    /// Hands the connection back (once: the lease goes with it).
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
         }
     }
 }
@@ -299,11 +304,7 @@ impl hyper::body::Body for UpstreamBody {
             Poll::Ready(frame) => {
                 this.deadline_stale = true;
                 match &frame {
-                    None => {
-                        if let Some(lease) = this.lease.take() {
-                            lease.release();
-                        }
-                    }
+                    None => this.release(),
                     Some(Ok(_)) => this.release_if_ended(),
                     // A failed body leaves the connection in an unknown state.
                     Some(Err(_)) => this.lease = None,

@@ -123,16 +123,14 @@ impl Pool {
     }
 
     fn put_idle(&self, sender: SendRequest<ForwardBody>) {
+        let now = Instant::now();
         let mut idle = self.idle.lock();
         // Oldest first: those idle too long are a prefix, closed here rather than left
         // open until a lease digs down to them.
-        let expired = idle.partition_point(|i| i.since.elapsed() > IDLE_TIMEOUT);
+        let expired = idle.partition_point(|i| now.duration_since(i.since) > IDLE_TIMEOUT);
         idle.drain(..expired);
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: now });
         }
     }
 }
