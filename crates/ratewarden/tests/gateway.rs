@@ -713,10 +713,22 @@ fn reputation_lists_deny_at_once_and_exempt_from_limits() {
     assert_eq!(others, [200, 200, 429]);
 }
 
+/// When a [`RawUpstream`] closes a connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Closing {
+    /// When the gateway does.
+    Never,
+    /// Right after its first answer.
+    AfterAnswer,
+    /// On reading a second request, unanswered: an upstream whose idle timeout or
+    /// restart closed the connection while the gateway was sending on it.
+    OnSecondRequest,
+}
+
 /// A bare HTTP/1.1 upstream that answers every request head with `answer` at once,
 /// without reading any request body (as an API refusing an upload early does), on a
-/// keep-alive connection; with `close_after_answer`, it closes each connection right
-/// after its first answer. Counts connections opened and closed, keeps request heads.
+/// keep-alive connection closed as `closing` says. Counts connections opened and
+/// closed, keeps request heads.
 struct RawUpstream {
     port: u16,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -725,7 +737,7 @@ struct RawUpstream {
 }
 
 impl RawUpstream {
-    fn start(answer: &'static [u8], close_after_answer: bool) -> RawUpstream {
+    fn start(answer: &'static [u8], closing: Closing) -> RawUpstream {
         use std::io::{Read, Write};
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -749,6 +761,7 @@ impl RawUpstream {
                 std::thread::spawn(move || {
                     let mut pending = Vec::new();
                     let mut buffer = [0u8; 4096];
+                    let mut answered = 0;
                     while let Ok(n @ 1..) = stream.read(&mut buffer) {
                         pending.extend_from_slice(&buffer[..n]);
                         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -757,11 +770,16 @@ impl RawUpstream {
                                 .lock()
                                 .expect("heads")
                                 .push(String::from_utf8_lossy(&head).to_lowercase());
-                            if stream.write_all(answer).is_err() || close_after_answer {
+                            let hang_up = closing == Closing::OnSecondRequest && answered == 1;
+                            if hang_up
+                                || stream.write_all(answer).is_err()
+                                || closing == Closing::AfterAnswer
+                            {
                                 drop(stream);
                                 closed.fetch_add(1, Ordering::SeqCst);
                                 return;
                             }
+                            answered += 1;
                         }
                     }
                     drop(stream);
@@ -791,7 +809,7 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 fn upstream_connections_are_kept_alive_and_one_the_upstream_closed_costs_no_request() {
     // Kept alive: many requests need no more connections than the gateway has workers.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let upstream = RawUpstream::start(OK, false);
+    let upstream = RawUpstream::start(OK, Closing::Never);
     let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
     for _ in 0..5 * workers {
         assert_eq!(gw.get("127.0.0.2", "/api/items", &[]).status, 200);
@@ -807,7 +825,7 @@ fn upstream_connections_are_kept_alive_and_one_the_upstream_closed_costs_no_requ
     // Closed by the upstream after each answer: every next request finds its pooled
     // connection closed (or closing as it is taken) and goes through on a new one
     // instead of failing with a 502.
-    let upstream = RawUpstream::start(OK, true);
+    let upstream = RawUpstream::start(OK, Closing::AfterAnswer);
     let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
     for i in 0..6 {
         let reply = gw.get("127.0.0.3", "/api/items", &[]);
@@ -827,10 +845,61 @@ fn upstream_connections_are_kept_alive_and_one_the_upstream_closed_costs_no_requ
 }
 
 #[test]
+fn a_request_lost_with_a_pooled_connection_is_sent_again_only_when_that_is_harmless() {
+    // Every pooled connection is closed by the upstream as the next request arrives,
+    // after it has read that request.
+    let upstream = RawUpstream::start(OK, Closing::OnSecondRequest);
+    let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
+    let heads_of = |method: &str| {
+        upstream
+            .heads()
+            .iter()
+            .filter(|h| h.starts_with(method))
+            .count()
+    };
+    // A GET (and a bodiless DELETE) is idempotent: sent again on a new connection.
+    for i in 0..6 {
+        let reply = gw.get("127.0.0.6", "/api/items", &[]);
+        assert_eq!(reply.status, 200, "GET {i}: {}", reply.body);
+    }
+    let answers = gw.raw(
+        "127.0.0.6",
+        b"GET /api/items HTTP/1.1\r\nHost: api.test\r\n\r\nDELETE /api/items/7 HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 2, "{answers}");
+    assert!(heads_of("get ") >= 7);
+    assert_eq!(heads_of("delete "), 2, "a DELETE lost once, then answered");
+    // A POST is not: the upstream may have acted on it, so the client hears of the
+    // failure. Sent on the same client connection after a GET, it finds a pooled
+    // upstream connection, whichever worker serves it.
+    let answers = gw.raw(
+        "127.0.0.6",
+        b"GET /api/items HTTP/1.1\r\nHost: api.test\r\n\r\nPOST /api/items HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    );
+    assert!(answers.starts_with("HTTP/1.1 200"), "{answers}");
+    assert!(answers.contains("HTTP/1.1 502"), "{answers}");
+    assert_eq!(heads_of("post "), 1, "the POST went to the upstream once");
+    // So is a GET with a body.
+    let answers = gw.raw(
+        "127.0.0.6",
+        b"GET /api/items HTTP/1.1\r\nHost: api.test\r\n\r\nGET /api/search HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    );
+    assert!(answers.contains("HTTP/1.1 502"), "{answers}");
+    assert_eq!(
+        upstream
+            .heads()
+            .iter()
+            .filter(|h| h.starts_with("get /api/search"))
+            .count(),
+        1
+    );
+}
+
+#[test]
 fn a_connection_still_busy_with_a_slow_upload_is_not_lent_to_the_next_request() {
     // The upstream answers each upload as soon as it has the head; the clients then
     // never send the rest of their bodies, so those connections stay busy.
-    let upstream = RawUpstream::start(OK, false);
+    let upstream = RawUpstream::start(OK, Closing::Never);
     let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
     let uploads: Vec<std::net::TcpStream> = (0..4)
         .map(|_| {
@@ -860,7 +929,7 @@ fn a_connection_still_busy_with_a_slow_upload_is_not_lent_to_the_next_request() 
 fn hop_by_hop_headers_stop_at_the_gateway_both_ways() {
     let upstream = RawUpstream::start(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nConnection: X-Upstream-Hop\r\nX-Upstream-Hop: 1\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\nok",
-        false,
+        Closing::Never,
     );
     let gw = Gateway::start(&config(free_port(), upstream.port, free_port(), ""));
     let reply = gw.get(

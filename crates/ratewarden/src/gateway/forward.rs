@@ -53,6 +53,33 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
+/// A copy of `request` to send again if its connection fails, when sending it twice
+/// is harmless: an idempotent method (RFC 9110 section 9.2.2) and no body.
+fn replayable_copy(request: &Request<ForwardBody>) -> Option<Request<ForwardBody>> {
+    use hyper::body::Body as _;
+    if !request.method().is_idempotent() || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(ForwardBody::Replayed {
+        head: None,
+        rest: None,
+    });
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// Whether `error` is a connection lost before any answer came back (closed, reset),
+/// rather than an answer the upstream got wrong: only then is another try sensible.
+fn lost_with_the_connection(error: &hyper::Error) -> bool {
+    error.is_incomplete_message()
+        || error.is_closed()
+        || error.is_canceled()
+        || std::error::Error::source(error).is_some_and(|e| e.is::<std::io::Error>())
+}
+
 /// Headers of a request that only the gateway may set: who the client is, and the
 /// login challenge.
 fn is_gateway_only(name: &str) -> bool {
@@ -72,22 +99,41 @@ impl Upstream {
         }
     }
 
-    /// Sends `request` on a leased connection. A pooled connection that the upstream
-    /// closed just as it was taken gives the request back unsent; it is then sent once
-    /// more on a new connection (as hyper-util's client retries a canceled request).
+    /// Sends `request` on a leased connection.
+    ///
+    /// A pooled connection can fail the moment it is used: the upstream closed it
+    /// (idle timeout, restart) while the request was on its way. The request then goes
+    /// once more on a new connection when that is safe, as nginx's `proxy_next_upstream
+    /// error` does:
+    /// - it was never sent (hyper gives it back), whatever its method;
+    /// - it was sent, but its method is idempotent and it has no body, so the upstream
+    ///   acting on it twice does no harm, and the connection was lost before a whole
+    ///   response head came back.
+    ///
+    /// A request on a new connection is not sent twice: that upstream failed for real.
     async fn exchange(
         &self,
         request: Request<ForwardBody>,
     ) -> Result<(Response<Incoming>, Lease), ExchangeError> {
         let mut lease = self.pool.lease().await.map_err(ExchangeError::Connect)?;
+        let replay = if lease.reused {
+            replayable_copy(&request)
+        } else {
+            None
+        };
         let mut failure = match lease.sender().try_send_request(request).await {
             Ok(response) => return Ok((response, lease)),
             Err(failure) => failure,
         };
-        let unsent = failure.take_message();
-        let (Some(request), true) = (unsent, lease.reused) else {
+        let again = match (failure.take_message(), replay) {
+            (Some(unsent), _) => Some(unsent),
+            (None, Some(copy)) if lost_with_the_connection(failure.error()) => Some(copy),
+            _ => None,
+        };
+        let (Some(request), true) = (again, lease.reused) else {
             return Err(ExchangeError::Exchange(failure.into_error()));
         };
+        tracing::debug!(error = %failure.error(), "pooled upstream connection failed; sending again on a new one");
         drop(lease);
         let mut lease = self.pool.connect().await.map_err(ExchangeError::Connect)?;
         match lease.sender().send_request(request).await {
