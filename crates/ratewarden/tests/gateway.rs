@@ -845,6 +845,72 @@ fn upstream_connections_are_kept_alive_and_one_the_upstream_closed_costs_no_requ
 }
 
 #[test]
+fn upstream_keepalive_settings_bound_the_idle_connections() {
+    // None kept: every request opens its own connection, closed after its answer.
+    let upstream = RawUpstream::start(OK, Closing::Never);
+    let gw = Gateway::start(&config(
+        free_port(),
+        upstream.port,
+        free_port(),
+        "upstream_keepalive = 0",
+    ));
+    for i in 0..4 {
+        assert_eq!(gw.get("127.0.0.7", "/api/items", &[]).status, 200, "{i}");
+    }
+    assert_eq!(upstream.connections(), 4);
+    eventually(
+        "the gateway closed each connection",
+        Duration::from_secs(5),
+        || upstream.closed() == 4,
+    );
+    drop(gw);
+
+    // Kept for 300 ms: a connection idle longer is not used again, but closed. The
+    // requests go on one client connection (kept open by pausing less than the header
+    // timeout), so one worker and its pool serve them all.
+    let upstream = RawUpstream::start(OK, Closing::Never);
+    let gw = Gateway::start(&config(
+        free_port(),
+        upstream.port,
+        free_port(),
+        "upstream_keepalive_timeout = \"300ms\"",
+    ));
+    let mut client = std::net::TcpStream::connect(gw.address()).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut exchange = |pause: Duration| {
+        use std::io::{Read, Write};
+        std::thread::sleep(pause);
+        client
+            .write_all(b"GET /api/items HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .expect("write");
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let n = client.read(&mut buffer).expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buffer[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+    };
+    exchange(Duration::ZERO);
+    exchange(Duration::from_millis(50));
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "kept while idle less than 300 ms"
+    );
+    exchange(Duration::from_millis(600));
+    assert_eq!(upstream.connections(), 2, "idle 600 ms: not used again");
+    eventually(
+        "the gateway closed the expired connection",
+        Duration::from_secs(5),
+        || upstream.closed() == 1,
+    );
+}
+
+#[test]
 fn a_request_lost_with_a_pooled_connection_is_sent_again_only_when_that_is_harmless() {
     // Every pooled connection is closed by the upstream as the next request arrives,
     // after it has read that request.

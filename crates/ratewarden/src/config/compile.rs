@@ -133,6 +133,23 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         5,
     );
     let upstream_timeout = duration(errors, "server.upstream_timeout", &raw.upstream_timeout, 60);
+    let keepalive_timeout = duration(
+        errors,
+        "server.upstream_keepalive_timeout",
+        &raw.upstream_keepalive_timeout,
+        60,
+    );
+    // 0 is allowed: no connection is kept, for an upstream that mishandles keep-alive.
+    let keepalive = match raw.upstream_keepalive.unwrap_or(256) {
+        v @ 0..=100_000 => usize::try_from(v).ok(),
+        v => {
+            errors.add(
+                "server.upstream_keepalive",
+                format!("{v} is out of range: 0 to 100000"),
+            );
+            None
+        }
+    };
     // Upper bounds too: hyper allocates for the header count on every request, and a
     // semaphore panics past 2^61 permits.
     let bounded = |errors: &mut Errors, field: &str, value: Option<u64>, default: u64, max: u64| {
@@ -172,6 +189,8 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         header_timeout: header_timeout?,
         upstream_connect_timeout: connect?,
         upstream_timeout: upstream_timeout?,
+        upstream_keepalive: keepalive?,
+        upstream_keepalive_timeout: keepalive_timeout?,
         max_header_bytes: max_header_bytes?,
         max_headers: max_headers?,
         max_delayed: max_delayed?,

@@ -57,6 +57,13 @@ pub struct ServerConfig {
     pub upstream_connect_timeout: Duration,
     /// The upstream must start answering within this time (then 504).
     pub upstream_timeout: Duration,
+    /// Most idle upstream connections each worker keeps (nginx's upstream `keepalive`);
+    /// 0 keeps none.
+    pub upstream_keepalive: usize,
+    /// How long an idle upstream connection is kept (nginx's `keepalive_timeout` in an
+    /// upstream block). Below the upstream's own idle timeout, the gateway closes idle
+    /// connections before the upstream can close one as a request is sent on it.
+    pub upstream_keepalive_timeout: Duration,
     /// Largest request head accepted (then 431).
     pub max_header_bytes: usize,
     /// Most header fields accepted (then 431).

@@ -247,6 +247,8 @@ pub struct RawServer {
     pub header_timeout: Option<String>,
     pub upstream_connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
+    pub upstream_keepalive: Option<u64>,
+    pub upstream_keepalive_timeout: Option<String>,
     pub max_header_bytes: Option<u64>,
     pub max_headers: Option<u64>,
     pub max_delayed: Option<u64>,

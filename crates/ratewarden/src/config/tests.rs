@@ -130,6 +130,8 @@ listen = "localhost"
 upstream = "https://api.example.com"
 header_timeout = "ten seconds"
 max_headers = 0
+upstream_keepalive = 100001
+upstream_keepalive_timeout = "a minute"
 "#,
     );
     assert!(
@@ -152,6 +154,18 @@ max_headers = 0
         found.iter().any(|e| e.starts_with("server.max_headers: ")),
         "{found:#?}"
     );
+    assert!(
+        found
+            .iter()
+            .any(|e| e == "server.upstream_keepalive: 100001 is out of range: 0 to 100000"),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with("server.upstream_keepalive_timeout: ")),
+        "{found:#?}"
+    );
 }
 
 #[test]
@@ -169,6 +183,11 @@ fn defaults_are_sensible() {
     assert_eq!(rule.key.to_string(), "ip");
     assert_eq!(config.policy.clients.ipv6_prefix, 64);
     assert_eq!(config.server.header_timeout, Duration::from_secs(10));
+    assert_eq!(config.server.upstream_keepalive, 256);
+    assert_eq!(
+        config.server.upstream_keepalive_timeout,
+        Duration::from_secs(60)
+    );
     assert!(matches!(
         config.store,
         StoreConfig::Memory {

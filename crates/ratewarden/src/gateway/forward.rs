@@ -1,7 +1,7 @@
 //! Passing a request to the upstream and its answer back: hop-by-hop headers removed in
 //! both directions, `X-Forwarded-For` rewritten, bodies streamed, timeouts enforced.
 
-use super::pool::{ConnectError, Lease, Pool};
+use super::pool::{ConnectError, Keepalive, Lease, Pool};
 use super::responses::upstream_failure;
 use super::{Body, BodyError};
 use crate::metrics::{Metrics, UpstreamError};
@@ -91,9 +91,14 @@ fn is_gateway_only(name: &str) -> bool {
 
 impl Upstream {
     /// A client for `base` (scheme and authority).
-    pub fn new(base: Uri, connect_timeout: Duration, timeout: Duration) -> Upstream {
+    pub fn new(
+        base: Uri,
+        connect_timeout: Duration,
+        timeout: Duration,
+        keepalive: Keepalive,
+    ) -> Upstream {
         Upstream {
-            pool: Arc::new(Pool::new(base.clone(), connect_timeout)),
+            pool: Arc::new(Pool::new(base.clone(), connect_timeout, keepalive)),
             base,
             timeout,
         }

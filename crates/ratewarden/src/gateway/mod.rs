@@ -45,6 +45,7 @@ struct UpstreamSettings {
     base: http::Uri,
     connect_timeout: Duration,
     timeout: Duration,
+    keepalive: pool::Keepalive,
 }
 
 /// What every request handler shares.
@@ -137,6 +138,10 @@ impl Bound {
                 base: s.upstream.clone(),
                 connect_timeout: s.upstream_connect_timeout,
                 timeout: s.upstream_timeout,
+                keepalive: pool::Keepalive {
+                    max_idle: s.upstream_keepalive,
+                    idle_timeout: s.upstream_keepalive_timeout,
+                },
             },
             metrics: metrics.clone(),
             clock: SystemClock::new(),
@@ -282,6 +287,7 @@ async fn accept_loop(
         gateway.upstream.base.clone(),
         gateway.upstream.connect_timeout,
         gateway.upstream.timeout,
+        gateway.upstream.keepalive,
     ));
     let graceful = GracefulShutdown::new();
     loop {

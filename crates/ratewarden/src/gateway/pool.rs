@@ -6,7 +6,8 @@
 //! on an uncontended lock: no connection key to hash, no waiter queue, no cross-thread
 //! hand-off, which hyper-util's general-purpose pool spent more on than the rest of the
 //! forwarding. Idle connections are used newest first and closed once idle longer
-//! than `IDLE_TIMEOUT`, or dropped when found closed by the upstream.
+//! than `[server] upstream_keepalive_timeout`, or dropped when found closed by the
+//! upstream.
 //!
 //! A connection goes back only once it can take the next request at once: an upstream
 //! may answer before it has read the whole request body, and until the client has sent
@@ -22,11 +23,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 
-/// How long an idle connection is kept (nginx's upstream `keepalive_timeout` is 60 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The most idle connections a worker keeps; more are closed when handed back.
-const MAX_IDLE: usize = 256;
+/// How many idle connections a worker keeps, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Keepalive {
+    /// The most idle connections; more are closed when handed back.
+    pub max_idle: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+}
 
 /// One worker's connections to the upstream.
 pub struct Pool {
@@ -37,6 +41,7 @@ pub struct Pool {
     connector: HttpConnector,
     /// Oldest first.
     idle: Mutex<Vec<Idle>>,
+    keepalive: Keepalive,
 }
 
 struct Idle {
@@ -68,7 +73,7 @@ pub enum ConnectError {
 
 impl Pool {
     /// A pool for the upstream at `base` (scheme and authority).
-    pub fn new(base: http::Uri, connect_timeout: Duration) -> Pool {
+    pub fn new(base: http::Uri, connect_timeout: Duration, keepalive: Keepalive) -> Pool {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -76,6 +81,7 @@ impl Pool {
             base,
             connector,
             idle: Mutex::new(Vec::new()),
+            keepalive,
         }
     }
 
@@ -83,7 +89,7 @@ impl Pool {
     pub async fn lease(self: &Arc<Self>) -> Result<Lease, ConnectError> {
         while let Some(idle) = self.take_idle() {
             // Pooled only when ready: not ready now means closed or closing.
-            if idle.since.elapsed() > IDLE_TIMEOUT || !idle.sender.is_ready() {
+            if idle.since.elapsed() > self.keepalive.idle_timeout || !idle.sender.is_ready() {
                 continue;
             }
             return Ok(Lease {
@@ -127,9 +133,10 @@ impl Pool {
         let mut idle = self.idle.lock();
         // Oldest first: those idle too long are a prefix, closed here rather than left
         // open until a lease digs down to them.
-        let expired = idle.partition_point(|i| now.duration_since(i.since) > IDLE_TIMEOUT);
+        let timeout = self.keepalive.idle_timeout;
+        let expired = idle.partition_point(|i| now.duration_since(i.since) > timeout);
         idle.drain(..expired);
-        if idle.len() < MAX_IDLE {
+        if idle.len() < self.keepalive.max_idle {
             idle.push(Idle { sender, since: now });
         }
     }
@@ -144,7 +151,7 @@ impl Lease {
     /// Hands the connection back for the next request, once it can take one: at once
     /// when the exchange is over both ways (the usual case), else when the client has
     /// finished sending the request body the upstream answered early; a connection that
-    /// does not get there within `IDLE_TIMEOUT`, or closes, is dropped.
+    /// does not get there within the keep-alive timeout, or closes, is dropped.
     pub fn release(self) {
         let Lease {
             mut sender, pool, ..
@@ -153,7 +160,8 @@ impl Lease {
             pool.put_idle(sender);
         } else if !sender.is_closed() {
             tokio::spawn(async move {
-                if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, sender.ready()).await {
+                let timeout = pool.keepalive.idle_timeout;
+                if let Ok(Ok(())) = tokio::time::timeout(timeout, sender.ready()).await {
                     pool.put_idle(sender);
                 }
             });
