@@ -139,7 +139,8 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         &raw.upstream_keepalive_timeout,
         60,
     );
-    // 0 is allowed: no connection is kept, for an upstream that mishandles keep-alive.
+    // 0 is allowed: no connection is kept (each request asks for `Connection: close`),
+    // for an upstream that mishandles keep-alive.
     let keepalive = match raw.upstream_keepalive.unwrap_or(256) {
         v @ 0..=100_000 => usize::try_from(v).ok(),
         v => {

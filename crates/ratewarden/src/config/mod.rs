@@ -61,8 +61,8 @@ pub struct ServerConfig {
     /// 0 keeps none.
     pub upstream_keepalive: usize,
     /// How long an idle upstream connection is kept (nginx's `keepalive_timeout` in an
-    /// upstream block). Below the upstream's own idle timeout, the gateway closes idle
-    /// connections before the upstream can close one as a request is sent on it.
+    /// upstream block). Below the upstream's own idle timeout, the gateway never sends
+    /// on a connection the upstream may be closing for idleness.
     pub upstream_keepalive_timeout: Duration,
     /// Largest request head accepted (then 431).
     pub max_header_bytes: usize,

@@ -35,7 +35,8 @@ enum ExchangeError {
     Exchange(#[from] hyper::Error),
 }
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1).
+/// Headers that belong to one connection, never forwarded: those of RFC 9110 section
+/// 7.6.1, and the proxy ones of RFC 2616 section 13.5.1.
 /// Matched on the name's text: a handful of length checks, cheaper than comparing
 /// `HeaderName`s one by one for every header of every message.
 const HOP_BY_HOP: [&str; 8] = [
@@ -71,8 +72,10 @@ fn replayable_copy(request: &Request<ForwardBody>) -> Option<Request<ForwardBody
     Some(copy)
 }
 
-/// Whether `error` is a connection lost before any answer came back (closed, reset),
-/// rather than an answer the upstream got wrong: only then is another try sensible.
+/// Whether `error` is a connection lost (closed, reset) before a whole response head
+/// came back, rather than an answer the upstream got wrong: only then is another try
+/// sensible. Once a head has come, the exchange has succeeded and later errors belong
+/// to the body.
 fn lost_with_the_connection(error: &hyper::Error) -> bool {
     error.is_incomplete_message()
         || error.is_closed()
@@ -104,12 +107,18 @@ impl Upstream {
         }
     }
 
+    /// Closes idle upstream connections as they expire, until the worker's runtime
+    /// stops; to be spawned on that runtime.
+    pub fn close_idle_forever(&self) -> impl Future<Output = ()> + 'static {
+        self.pool.clone().close_expired_forever()
+    }
+
     /// Sends `request` on a leased connection.
     ///
     /// A pooled connection can fail the moment it is used: the upstream closed it
     /// (idle timeout, restart) while the request was on its way. The request then goes
-    /// once more on a new connection when that is safe, as nginx's `proxy_next_upstream
-    /// error` does:
+    /// once more on a new connection when that is safe (nginx's `proxy_next_upstream
+    /// error`, but stricter: nginx also repeats request bodies it has buffered):
     /// - it was never sent (hyper gives it back), whatever its method;
     /// - it was sent, but its method is idempotent and it has no body, so the upstream
     ///   acting on it twice does no harm, and the connection was lost before a whole
@@ -192,6 +201,12 @@ impl Upstream {
         }
         if let Some(challenge) = parts.extensions.remove::<Challenge>() {
             parts.headers.insert(&CHALLENGE, challenge.0);
+        }
+        if self.pool.keeps_none() {
+            // No connection is kept: the upstream should not keep it either.
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         if !parts.headers.contains_key(http::header::HOST) {
             // HTTP/2 names the host in :authority: the upstream hears the same host the

@@ -289,6 +289,7 @@ async fn accept_loop(
         gateway.upstream.timeout,
         gateway.upstream.keepalive,
     ));
+    tokio::spawn(upstream.close_idle_forever());
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -5,9 +5,9 @@
 //! Each worker runs on its own thread with its own pool, so a lease is a pop and a push
 //! on an uncontended lock: no connection key to hash, no waiter queue, no cross-thread
 //! hand-off, which hyper-util's general-purpose pool spent more on than the rest of the
-//! forwarding. Idle connections are used newest first and closed once idle longer
-//! than `[server] upstream_keepalive_timeout`, or dropped when found closed by the
-//! upstream.
+//! forwarding. Idle connections are used newest first, never used once idle longer
+//! than `[server] upstream_keepalive_timeout` and closed soon after (within half that
+//! time), and dropped when found closed by the upstream.
 //!
 //! A connection goes back only once it can take the next request at once: an upstream
 //! may answer before it has read the whole request body, and until the client has sent
@@ -131,14 +131,44 @@ impl Pool {
     fn put_idle(&self, sender: SendRequest<ForwardBody>) {
         let now = Instant::now();
         let mut idle = self.idle.lock();
-        // Oldest first: those idle too long are a prefix, closed here rather than left
-        // open until a lease digs down to them.
-        let timeout = self.keepalive.idle_timeout;
-        let expired = idle.partition_point(|i| now.duration_since(i.since) > timeout);
-        idle.drain(..expired);
+        self.close_expired(&mut idle, now);
         if idle.len() < self.keepalive.max_idle {
             idle.push(Idle { sender, since: now });
         }
+    }
+
+    /// Closes the connections idle longer than the keep-alive timeout. Run as connections
+    /// come back and by [`Pool::close_expired_forever`], so that none stays open long
+    /// after traffic stops (an upstream without an idle timeout would keep them all).
+    fn close_idle_expired(&self) {
+        self.close_expired(&mut self.idle.lock(), Instant::now());
+    }
+
+    /// Whether no connection is kept (`upstream_keepalive = 0`).
+    pub fn keeps_none(&self) -> bool {
+        self.keepalive.max_idle == 0
+    }
+
+    /// Every half keep-alive timeout (100 ms at least), [`Pool::close_idle_expired`];
+    /// runs on the worker's runtime until it stops. Returns at once if none is kept.
+    pub async fn close_expired_forever(self: Arc<Self>) {
+        if self.keeps_none() {
+            return;
+        }
+        let period = (self.keepalive.idle_timeout / 2).max(Duration::from_millis(100));
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.close_idle_expired();
+        }
+    }
+
+    fn close_expired(&self, idle: &mut Vec<Idle>, now: Instant) {
+        // Oldest first: those idle too long are a prefix.
+        let timeout = self.keepalive.idle_timeout;
+        let expired = idle.partition_point(|i| now.duration_since(i.since) > timeout);
+        idle.drain(..expired);
     }
 }
 
@@ -156,6 +186,9 @@ impl Lease {
         let Lease {
             mut sender, pool, ..
         } = self;
+        if pool.keeps_none() {
+            return;
+        }
         if sender.is_ready() {
             pool.put_idle(sender);
         } else if !sender.is_closed() {
