@@ -82,6 +82,10 @@ pub struct Metrics {
     pub decision_seconds: Histogram,
     /// Upstream failures.
     pub upstream_errors: Family<UpstreamError, Counter>,
+    /// Requests sent again on a new upstream connection after a pooled one was lost:
+    /// many mean the upstream closes idle connections sooner than
+    /// `upstream_keepalive_timeout`.
+    pub upstream_retries: Counter,
     /// Forwarding headers sent by peers that are not trusted proxies.
     pub spoofed_forwarding: Counter,
     /// Requests refused before rules (unreadable paths).
@@ -139,6 +143,12 @@ impl Metrics {
             "upstream_errors",
             "Upstream failures by kind",
             upstream_errors.clone(),
+        );
+        let upstream_retries = Counter::default();
+        registry.register(
+            "upstream_retries",
+            "Requests sent again on a new upstream connection after a pooled one was lost",
+            upstream_retries.clone(),
         );
         let spoofed_forwarding = Counter::default();
         registry.register(
@@ -243,6 +253,7 @@ impl Metrics {
             requests,
             decision_seconds,
             upstream_errors,
+            upstream_retries,
             spoofed_forwarding,
             refused,
             reloads,

@@ -128,6 +128,7 @@ impl Upstream {
     async fn exchange(
         &self,
         request: Request<ForwardBody>,
+        metrics: &Metrics,
     ) -> Result<(Response<Incoming>, Lease), ExchangeError> {
         let mut lease = self.pool.lease().await.map_err(ExchangeError::Connect)?;
         let replay = if lease.reused {
@@ -148,6 +149,7 @@ impl Upstream {
             return Err(ExchangeError::Exchange(failure.into_error()));
         };
         tracing::debug!(error = %failure.error(), "pooled upstream connection failed; sending again on a new one");
+        metrics.upstream_retries.inc();
         drop(lease);
         let mut lease = self.pool.connect().await.map_err(ExchangeError::Connect)?;
         match lease.sender().send_request(request).await {
@@ -218,7 +220,7 @@ impl Upstream {
             }
         }
         let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+        match tokio::time::timeout(self.timeout, self.exchange(request, metrics)).await {
             Ok(Ok((response, lease))) => {
                 let (mut parts, body) = response.into_parts();
                 strip_headers(&mut parts.headers, |_| false);
