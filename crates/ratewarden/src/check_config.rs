@@ -24,6 +24,14 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
         "limits: request head within {:?}, at most {} headers / {} bytes; upstream connect {:?}, answer {:?}; at most {} requests delayed and {} connections at once",
         s.header_timeout, s.max_headers, s.max_header_bytes, s.upstream_connect_timeout, s.upstream_timeout, s.max_delayed, s.max_connections
     );
+    if s.upstream_keepalive == 0 {
+        println!("upstream keep-alive: none (Connection: close on every request)");
+    } else {
+        println!(
+            "upstream keep-alive: at most {} idle connections per worker, each for {:?}",
+            s.upstream_keepalive, s.upstream_keepalive_timeout
+        );
+    }
     if let Some(admin) = s.admin_listen {
         println!("admin  {admin} (/healthz, /metrics)");
     }

@@ -20,6 +20,16 @@ fn every_example_configuration_is_valid() {
             path.display(),
             String::from_utf8_lossy(&out.stderr)
         );
+        if path.ends_with("quickstart.toml") {
+            // The settings it leaves out are printed at their defaults.
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.contains(
+                    "upstream keep-alive: at most 256 idle connections per worker, each for 60s"
+                ),
+                "{stdout}"
+            );
+        }
         checked += 1;
     }
     assert!(
