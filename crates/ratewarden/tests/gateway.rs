@@ -669,6 +669,102 @@ fn an_http2_rapid_reset_flood_is_cut_off_and_others_are_served() {
 }
 
 #[test]
+fn an_http2_continuation_flood_is_cut_off_and_others_are_served() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (gw, _upstream) = start(AUTH_RULES);
+    // CVE-2024-27316 and its kin: a header block that never ends, one CONTINUATION
+    // frame after another, each full of header fields the server must hold or decode.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(payload.len()).expect("length").to_be_bytes();
+        let mut frame = vec![length[1], length[2], length[3], kind, flags];
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const CONTINUATION: u8 = 0x9;
+    const END_STREAM: u8 = 0x1;
+    // HPACK: :method GET, :scheme http, :path / (static table), then literal fields
+    // without indexing, a new one-letter name with a 100-byte value each.
+    let mut field = vec![0x00, 0x01, b'x', 100];
+    field.extend_from_slice(&[b'a'; 100]);
+    let fields: Vec<u8> = field.repeat(100);
+    let mut client = std::net::TcpStream::connect(gw.address()).expect("connect");
+    client
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // The server's frames, read as they come: the GOAWAY's error code once one
+    // arrives, and whether the connection ended.
+    let closed = std::sync::Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (mut client, closed) = (client.try_clone().expect("clone"), closed.clone());
+        std::thread::spawn(move || {
+            let mut received = Vec::new();
+            let mut buffer = [0u8; 4096];
+            let mut goaway = None;
+            while let Ok(n @ 1..) = client.read(&mut buffer) {
+                received.extend_from_slice(&buffer[..n]);
+                while received.len() >= 9 {
+                    let length = usize::from(received[0]) << 16
+                        | usize::from(received[1]) << 8
+                        | usize::from(received[2]);
+                    if received.len() < 9 + length {
+                        break;
+                    }
+                    let frame: Vec<u8> = received.drain(..9 + length).collect();
+                    if frame[3] == 0x7 && length >= 8 {
+                        goaway = Some(u32::from_be_bytes([
+                            frame[13], frame[14], frame[15], frame[16],
+                        ]));
+                        closed.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            closed.store(true, Ordering::SeqCst);
+            goaway
+        })
+    };
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(frame(SETTINGS, 0, 0, &[]));
+    opening.extend(frame(HEADERS, END_STREAM, 1, &[0x82, 0x86, 0x84]));
+    client.write_all(&opening).expect("preface");
+    const LIMIT: usize = 20 * 1024 * 1024;
+    let continuation = frame(CONTINUATION, 0, 1, &fields);
+    let mut sent = 0;
+    while sent < LIMIT && !closed.load(Ordering::SeqCst) {
+        if client.write_all(&continuation).is_err() {
+            break;
+        }
+        sent += continuation.len();
+    }
+    // The reader's clone keeps the socket open: shut it so the reader ends even if the
+    // server never does.
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let goaway = reader.join().expect("reader");
+    // h2 allows a header block a few CONTINUATION frames beyond what the header size
+    // limit needs, then sends GOAWAY and ends the connection; the writes after that
+    // fail. (Whether the reader saw the GOAWAY before the reset that follows it is a
+    // race, and how many bytes went first says more about the kernel's socket buffers
+    // than about the server: both are only checked loosely.)
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    assert!(
+        sent < LIMIT,
+        "the server took the whole {LIMIT}-byte header block"
+    );
+    assert!(
+        matches!(goaway, None | Some(ENHANCE_YOUR_CALM)),
+        "GOAWAY with error code {goaway:?}"
+    );
+    assert_eq!(
+        gw.get("127.0.6.2", "/api/v1/users", &[]).status,
+        200,
+        "others are still served"
+    );
+}
+
+#[test]
 fn reputation_lists_deny_at_once_and_exempt_from_limits() {
     let dir = support::temp_dir();
     std::fs::write(
