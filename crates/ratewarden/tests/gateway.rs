@@ -195,7 +195,31 @@ fn smuggling_attempts_and_oversized_heads_are_refused() {
         upstream.paths()
     );
     assert!(upstream.saw_no_content_length_with_chunked());
+    // `chunked` followed by a tab (whitespace a parser must trim, which some front ends
+    // did not, falling back to the length): still chunked, so the same desync fails.
+    let tab = gw.raw(
+        "127.0.0.5",
+        b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\t\r\n\r\n0\r\n\r\nGET /smuggled-tab HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(
+        tab.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer only: {tab}"
+    );
+    assert!(
+        !upstream.paths().iter().any(|p| p.contains("smuggled")),
+        "{:?}",
+        upstream.paths()
+    );
     let before = upstream.requests();
+    // A NUL or a bare CR inside a header value: refused before anything reads it.
+    for value in [&b"a\0b"[..], b"a\rb"] {
+        let mut request = b"GET /api/v1/users HTTP/1.1\r\nHost: x\r\nX-Odd: ".to_vec();
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n\r\n");
+        let odd = gw.raw("127.0.0.5", &request);
+        assert!(odd.starts_with("HTTP/1.1 400"), "{value:?}: {odd}");
+    }
     let two_lengths = gw.raw(
         "127.0.0.5",
         b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
