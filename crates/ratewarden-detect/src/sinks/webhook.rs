@@ -116,3 +116,114 @@ fn unix_seconds() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::{IdentityKind, Severity, Source};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    fn alert() -> Alert {
+        Alert {
+            kind: "rate_limit_abuse",
+            severity: Severity::High,
+            identity: IdentityKind::Ip,
+            identity_value: "203.0.113.9".into(),
+            client_ip: "203.0.113.9".into(),
+            client_network: "203.0.113.9/32".into(),
+            violations: 3,
+            window_seconds: 3600,
+            violations_since_last_alert: 0,
+            rules: vec!["api".into()],
+            source: Source::Gateway,
+            method: "GET".into(),
+            path: "/api/items".into(),
+            user_agent: None,
+            authenticated: false,
+            user: None,
+            api_key_id: None,
+            first_violation: 1,
+            last_violation: 2,
+            instance: "test".into(),
+            threat: None,
+            login: None,
+        }
+    }
+
+    /// What a receiver was sent, and when.
+    type Received = std::sync::Arc<parking_lot::Mutex<Vec<(Instant, Vec<u8>)>>>;
+
+    /// A receiver on loopback answering its POSTs with `answers` in turn (status line
+    /// and headers), one per connection; returns its URL and what it receives.
+    async fn receiver(answers: Vec<&'static str>) -> (String, Received) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hooks", listener.local_addr().expect("address"));
+        let received = Received::default();
+        let log = received.clone();
+        tokio::spawn(async move {
+            for answer in answers {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Head, then as much body as Content-Length says.
+                let body = loop {
+                    let n = stream.read(&mut buffer).await.expect("read");
+                    assert!(n > 0, "the client hung up");
+                    request.extend_from_slice(&buffer[..n]);
+                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break request[end + 4..end + 4 + length].to_vec();
+                    }
+                };
+                log.lock().push((Instant::now(), body));
+                let response =
+                    format!("HTTP/1.1 {answer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                stream.write_all(response.as_bytes()).await.expect("write");
+            }
+        });
+        (url, received)
+    }
+
+    #[tokio::test]
+    async fn a_500_is_retried_and_a_429s_retry_after_is_waited_for() {
+        let (url, received) = receiver(vec![
+            "500 Internal Server Error",
+            "429 Too Many Requests\r\nRetry-After: 1",
+            "200 OK",
+        ])
+        .await;
+        let sink = WebhookSink::new(url, None, Duration::from_secs(5)).expect("sink");
+        sink.deliver(&alert())
+            .await
+            .expect("delivered on the third attempt");
+        let received = received.lock();
+        assert_eq!(received.len(), 3);
+        assert!(received.iter().all(|(_, body)| *body == received[0].1));
+        let waited = received[2].0.duration_since(received[1].0);
+        assert!(
+            waited >= Duration::from_secs(1),
+            "Retry-After: 1 was not waited for ({waited:?})"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_error_is_final() {
+        // A retry would be answered 200 and count as delivered.
+        let (url, received) = receiver(vec!["400 Bad Request", "200 OK"]).await;
+        let sink = WebhookSink::new(url, None, Duration::from_secs(5)).expect("sink");
+        let error = sink.deliver(&alert()).await.expect_err("not retried");
+        assert!(error.contains("400"), "{error}");
+        assert_eq!(received.lock().len(), 1);
+    }
+}
