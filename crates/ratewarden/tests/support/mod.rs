@@ -17,6 +17,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
 
+/// A gateway config on these ports with short timeouts (header 1 s, upstream 2 s,
+/// connect 1 s) and at most 50 headers; `extra` goes on in `[server]` or after it.
+pub fn config(listen: u16, upstream: u16, admin: u16, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{listen}"
+upstream = "http://127.0.0.1:{upstream}"
+admin_listen = "127.0.0.1:{admin}"
+header_timeout = "1s"
+upstream_timeout = "2s"
+upstream_connect_timeout = "1s"
+max_headers = 50
+{extra}
+"#
+    )
+}
+
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
