@@ -82,9 +82,9 @@ pub struct Metrics {
     pub decision_seconds: Histogram,
     /// Upstream failures.
     pub upstream_errors: Family<UpstreamError, Counter>,
-    /// Requests sent again on a new upstream connection after a pooled one was lost:
-    /// many mean the upstream closes idle connections sooner than
-    /// `upstream_keepalive_timeout`.
+    /// Requests sent again on a new upstream connection after the pooled one they went
+    /// out on failed (the upstream closing it just then). A steady count suggests the
+    /// upstream closes idle connections at about `upstream_keepalive_timeout` or sooner.
     pub upstream_retries: Counter,
     /// Forwarding headers sent by peers that are not trusted proxies.
     pub spoofed_forwarding: Counter,
@@ -147,7 +147,7 @@ impl Metrics {
         let upstream_retries = Counter::default();
         registry.register(
             "upstream_retries",
-            "Requests sent again on a new upstream connection after a pooled one was lost",
+            "Requests sent again on a new upstream connection after the pooled one failed",
             upstream_retries.clone(),
         );
         let spoofed_forwarding = Counter::default();

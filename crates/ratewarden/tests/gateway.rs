@@ -181,6 +181,7 @@ fn smuggling_attempts_and_oversized_heads_are_refused() {
     assert!(upstream.saw_no_content_length_with_chunked());
     // `chunked` followed by a tab (whitespace a parser must trim, which some front ends
     // did not, falling back to the length): still chunked, so the same desync fails.
+    let before_tab = upstream.requests();
     let tab = gw.raw(
         "127.0.0.5",
         b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\t\r\n\r\n0\r\n\r\nGET /smuggled-tab HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -190,10 +191,17 @@ fn smuggling_attempts_and_oversized_heads_are_refused() {
         1,
         "one answer only: {tab}"
     );
+    assert!(tab.starts_with("HTTP/1.1 200"), "read as chunked: {tab}");
     assert!(
         !upstream.paths().iter().any(|p| p.contains("smuggled")),
         "{:?}",
         upstream.paths()
+    );
+    assert!(upstream.saw_no_content_length_with_chunked());
+    assert_eq!(
+        upstream.requests(),
+        before_tab + 1,
+        "the POST alone went on"
     );
     let before = upstream.requests();
     // A NUL or a bare CR inside a header value: refused before anything reads it.
@@ -741,12 +749,29 @@ fn an_http2_continuation_flood_is_cut_off_and_others_are_served() {
     const LIMIT: usize = 20 * 1024 * 1024;
     let continuation = frame(CONTINUATION, 0, 1, &fields);
     let mut sent = 0;
+    let mut write_error = None;
     while sent < LIMIT && !closed.load(Ordering::SeqCst) {
-        if client.write_all(&continuation).is_err() {
+        if let Err(e) = client.write_all(&continuation) {
+            write_error = Some(e.kind());
             break;
         }
         sent += continuation.len();
     }
+    // Ended by the server (its GOAWAY or close seen, or a write refused because it
+    // closed), not by a write that timed out on buffers it stopped reading.
+    use std::io::ErrorKind;
+    assert!(
+        closed.load(Ordering::SeqCst)
+            || matches!(
+                write_error,
+                Some(
+                    ErrorKind::BrokenPipe
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionAborted
+                )
+            ),
+        "the flood was not cut off by the server ({sent} bytes sent, write error {write_error:?})"
+    );
     // The reader's clone keeps the socket open: shut it so the reader ends even if the
     // server never does.
     let _ = client.shutdown(std::net::Shutdown::Both);

@@ -149,9 +149,9 @@ impl Upstream {
             return Err(ExchangeError::Exchange(failure.into_error()));
         };
         tracing::debug!(error = %failure.error(), "pooled upstream connection failed; sending again on a new one");
-        metrics.upstream_retries.inc();
         drop(lease);
         let mut lease = self.pool.connect().await.map_err(ExchangeError::Connect)?;
+        metrics.upstream_retries.inc();
         match lease.sender().send_request(request).await {
             Ok(response) => Ok((response, lease)),
             Err(e) => Err(ExchangeError::Exchange(e)),
