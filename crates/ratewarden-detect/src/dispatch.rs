@@ -617,7 +617,7 @@ mod tests {
         for client in 0..CROWDED as u64 {
             open(&waiting, 3, client, pending(later));
         }
-        // Another lane, below half its room: its batches keep waiting.
+        // Another lane, not crowded: its batches keep waiting.
         open(&waiting, 4, CROWDED as u64, pending(later));
         assert_eq!(
             waiting.due(now).len(),

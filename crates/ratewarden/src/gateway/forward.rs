@@ -86,10 +86,9 @@ fn lost_with_the_connection(error: &hyper::Error) -> bool {
 /// Headers of a request that only the gateway may set: who the client is, and the
 /// login challenge.
 fn is_gateway_only(name: &str) -> bool {
-    matches!(
-        name,
-        "x-forwarded-for" | "forwarded" | "x-ratewarden-challenge"
-    )
+    name == X_FORWARDED_FOR.as_str()
+        || name == http::header::FORWARDED.as_str()
+        || name == CHALLENGE.as_str()
 }
 
 impl Upstream {

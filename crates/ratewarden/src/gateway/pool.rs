@@ -137,19 +137,12 @@ impl Pool {
         }
     }
 
-    /// Closes the connections idle longer than the keep-alive timeout. Run as connections
-    /// come back and by [`Pool::close_expired_forever`], so that none stays open long
-    /// after traffic stops (an upstream without an idle timeout would keep them all).
-    fn close_idle_expired(&self) {
-        self.close_expired(&mut self.idle.lock(), Instant::now());
-    }
-
     /// Whether no connection is kept (`upstream_keepalive = 0`).
     pub fn keeps_none(&self) -> bool {
         self.keepalive.max_idle == 0
     }
 
-    /// Every half keep-alive timeout (100 ms at least), [`Pool::close_idle_expired`];
+    /// Every half keep-alive timeout (100 ms at least), closes the expired connections;
     /// runs on the worker's runtime until it stops. Returns at once if none is kept.
     pub async fn close_expired_forever(self: Arc<Self>) {
         if self.keeps_none() {
@@ -160,10 +153,13 @@ impl Pool {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            self.close_idle_expired();
+            self.close_expired(&mut self.idle.lock(), Instant::now());
         }
     }
 
+    /// Closes the connections idle longer than the keep-alive timeout. Run as connections
+    /// come back and by [`Pool::close_expired_forever`], so that none stays open long
+    /// after traffic stops (an upstream without an idle timeout would keep them all).
     fn close_expired(&self, idle: &mut Vec<Idle>, now: Instant) {
         // Oldest first: those idle too long are a prefix.
         let timeout = self.keepalive.idle_timeout;
