@@ -539,15 +539,12 @@ async fn deliver_forever(sink: Sink, outlet: Arc<BoundedQueue<Alert>>, metrics: 
         })
         .clone();
     loop {
-        let alert = outlet.pop().await;
-        match sink.deliver(&alert).await {
-            Ok(()) => {
-                sent.inc();
-            }
-            Err(e) => {
-                failed.inc();
-                tracing::warn!(sink = kind, error = %e, "alert not delivered");
-            }
+        let alerts = outlet.pop_up_to(sink.batch()).await;
+        let delivery = sink.deliver(&alerts).await;
+        sent.inc_by(delivery.sent);
+        if let Some((n, error)) = delivery.failed {
+            failed.inc_by(n);
+            tracing::warn!(sink = kind, alerts = n, error = %error, "alerts not delivered");
         }
     }
 }

@@ -71,6 +71,16 @@ impl<T: Urgency> BoundedQueue<T> {
         }
     }
 
+    /// The oldest items, at most `max` (at least one), waiting for the first: what
+    /// queued up while the consumer was busy comes out at once, and nothing waits for
+    /// a batch to fill.
+    pub async fn pop_up_to(&self, max: usize) -> Vec<T> {
+        let first = self.pop().await;
+        let mut items = self.items.lock();
+        let more = items.len().min(max.saturating_sub(1));
+        std::iter::once(first).chain(items.drain(..more)).collect()
+    }
+
     /// Items held now.
     pub fn len(&self) -> usize {
         self.items.lock().len()
@@ -109,6 +119,19 @@ mod tests {
         assert_eq!(q.pop().await, Item(Severity::High, 2));
         assert_eq!(q.pop().await, Item(Severity::High, 4));
         assert_eq!(q.pop().await, Item(Severity::Critical, 6));
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_what_waits_in_order_and_no_more() {
+        let q = BoundedQueue::new(10, Counter::default());
+        for i in 1..=5 {
+            q.push(Item(Severity::Low, i));
+        }
+        let first: Vec<u32> = q.pop_up_to(3).await.into_iter().map(|i| i.1).collect();
+        assert_eq!(first, [1, 2, 3]);
+        let rest: Vec<u32> = q.pop_up_to(3).await.into_iter().map(|i| i.1).collect();
+        assert_eq!(rest, [4, 5], "what is there, without waiting for more");
         assert!(q.is_empty());
     }
 }

@@ -82,10 +82,6 @@ fn secret_headers() -> Vec<(&'static str, &'static str)> {
 
 const PATH: &str = "/api/items?page=2&token=CANARY-QUERY-TOKEN-55";
 
-fn json(r: &support::Received) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap()
-}
-
 #[test]
 fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
     let upstream = Upstream::start();
@@ -101,12 +97,13 @@ fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
     // Three identities (ip, user, api key), three violations each reached at the 3rd
     // 429: one alert each; the later 429s fall within the cooldown.
     eventually("three webhook alerts", Duration::from_secs(10), || {
-        webhook.received().len() >= 3
+        webhook.alerts().len() >= 3
     });
     std::thread::sleep(Duration::from_millis(500));
-    let alerts = webhook.received();
+    let alerts = webhook.alerts();
     assert_eq!(alerts.len(), 3, "one per identity within the cooldown");
-    for a in &alerts {
+    // Alerts raised together may share a POST; each POST is signed.
+    for a in &webhook.received() {
         assert_eq!(a.path, "/hooks/security");
         // The signature covers the timestamp and the body.
         let signature = a.header("x-ratewarden-signature").unwrap();
@@ -122,9 +119,9 @@ fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
     let by_identity = |kind: &str| {
         alerts
             .iter()
-            .map(json)
             .find(|j| j["identity"] == kind)
             .unwrap()
+            .clone()
     };
     let ip = by_identity("ip");
     assert_eq!(ip["kind"], "rate_limit_abuse");
@@ -194,17 +191,15 @@ fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
     assert_eq!(gw.get("127.0.0.9", PATH, &headers).status, 429);
     eventually("a second ip alert", Duration::from_secs(10), || {
         webhook
-            .received()
+            .alerts()
             .iter()
-            .map(json)
             .filter(|j| j["identity"] == "ip")
             .count()
             == 2
     });
     let second = webhook
-        .received()
-        .iter()
-        .map(json)
+        .alerts()
+        .into_iter()
         .filter(|j| j["identity"] == "ip")
         .nth(1)
         .unwrap();
@@ -296,16 +291,25 @@ fn dead_receivers_change_no_response_and_count_failures() {
 #[test]
 fn a_flood_from_many_clients_is_bounded_work_and_counted_drops() {
     let upstream = Upstream::start();
-    // A receiver that takes a second per alert: its queue (500 here) fills.
+    // A receiver that takes a second per POST, sent one alert at a time: its queue (500
+    // here) fills.
     let webhook = Receiver::start(200, Duration::from_secs(1));
+    // One that takes 300 ms per POST, sent the alerts that waited meanwhile together.
+    let batched = Receiver::start(200, Duration::from_millis(300));
     let sentry = Receiver::start(200, Duration::ZERO);
-    let gw = Gateway::start(&config(
+    let config = config(
         upstream.port,
         webhook.port,
         sentry.port,
         "10m",
         "queue = 500",
-    ));
+    )
+    .replace("timeout = \"2s\"", "timeout = \"2s\"\nbatch = 1")
+        + &format!(
+            "\n[[alerts]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{}/hooks/batched\"\n",
+            batched.port
+        );
+    let gw = Gateway::start(&config);
     let clients = 1_500;
     let started = Instant::now();
     let limited: usize = std::thread::scope(|s| {
@@ -349,6 +353,25 @@ fn a_flood_from_many_clients_is_bounded_work_and_counted_drops() {
         webhook.received().len() < 100,
         "delivery stays paced by the receiver"
     );
+    // The batched receiver got many alerts per POST, never more than 100, each client
+    // at most once.
+    let posts = batched.received();
+    let alerts = batched.alerts();
+    assert!(
+        posts.len() * 10 <= alerts.len(),
+        "{} alerts in {} POSTs",
+        alerts.len(),
+        posts.len()
+    );
+    for post in &posts {
+        let body: serde_json::Value = serde_json::from_slice(&post.body).unwrap();
+        assert!(body["alerts"].as_array().unwrap().len() <= 100);
+    }
+    let clients: std::collections::HashSet<&str> = alerts
+        .iter()
+        .map(|a| a["client_ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(clients.len(), alerts.len(), "no alert delivered twice");
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -377,7 +400,7 @@ fn the_upstreams_own_429s_count_too() {
         Duration::from_secs(10),
         || !webhook.received().is_empty(),
     );
-    let alert = json(&webhook.received()[0]);
+    let alert = &webhook.alerts()[0];
     assert_eq!(alert["source"], "upstream");
     assert_eq!(alert["identity_value"], "127.0.0.11");
     assert_eq!(alert["rules"], serde_json::json!([]));

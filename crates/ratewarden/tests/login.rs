@@ -309,11 +309,7 @@ rate = "1000/s"
         Duration::from_secs(5),
         || !webhook.received().is_empty(),
     );
-    let alerts: Vec<serde_json::Value> = webhook
-        .received()
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).expect("JSON alert"))
-        .collect();
+    let alerts = webhook.alerts();
     assert_eq!(alerts.len(), 1, "one alert per attacker: {alerts:?}");
     assert_eq!(alerts[0]["kind"], "credential_stuffing");
     assert_eq!(alerts[0]["client_ip"], "127.0.8.2");

@@ -132,9 +132,8 @@ fn a_password_guesser_rises_to_high_and_is_blocked_while_a_normal_client_is_unto
         Duration::from_secs(5),
         || {
             let kinds: Vec<String> = webhook
-                .received()
+                .alerts()
                 .iter()
-                .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.text()).ok())
                 .map(|a| a["kind"].as_str().unwrap_or("").to_owned())
                 .collect();
             kinds.iter().any(|k| k == "threat_level_raised")
@@ -142,9 +141,8 @@ fn a_password_guesser_rises_to_high_and_is_blocked_while_a_normal_client_is_unto
         },
     );
     let raised: serde_json::Value = webhook
-        .received()
-        .iter()
-        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.text()).ok())
+        .alerts()
+        .into_iter()
         .find(|a| a["kind"] == "threat_level_raised" && a["threat"]["level"] == "high")
         .expect("a raise to high");
     assert_eq!(raised["client_ip"], guesser);

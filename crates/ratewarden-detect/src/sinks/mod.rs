@@ -7,7 +7,7 @@ mod webhook;
 
 pub use self::log::LogSink;
 pub use self::sentry::SentrySink;
-pub use self::webhook::WebhookSink;
+pub use self::webhook::{WebhookSink, DEFAULT_BATCH};
 
 use crate::alert::Alert;
 
@@ -15,7 +15,7 @@ use crate::alert::Alert;
 pub enum Sink {
     /// A structured log line per alert.
     Log(LogSink),
-    /// A signed JSON POST, retried with backoff.
+    /// Signed JSON POSTs of one or more alerts, retried with backoff.
     Webhook(WebhookSink),
     /// A Sentry event, through the official `sentry` crate.
     Sentry(SentrySink),
@@ -31,17 +31,50 @@ impl Sink {
         }
     }
 
-    /// Delivers one alert (retrying as the sink sees fit); `Err` once it gives up.
-    pub async fn deliver(&self, alert: &Alert) -> Result<(), String> {
+    /// Most alerts one delivery takes: a webhook POSTs together the alerts that queued
+    /// up while its last POST was out; the log and Sentry take them one by one.
+    pub fn batch(&self) -> usize {
         match self {
-            Sink::Log(s) => {
-                s.deliver(alert);
-                Ok(())
-            }
-            Sink::Webhook(s) => s.deliver(alert).await,
-            Sink::Sentry(s) => s.deliver(alert),
+            Sink::Webhook(s) => s.batch(),
+            Sink::Log(_) | Sink::Sentry(_) => 1,
         }
     }
+
+    /// Delivers `alerts` (retrying as the sink sees fit) and says what became of them.
+    pub async fn deliver(&self, alerts: &[Alert]) -> Delivery {
+        let mut delivery = Delivery::default();
+        match self {
+            Sink::Log(s) => {
+                alerts.iter().for_each(|a| s.deliver(a));
+                delivery.sent = alerts.len() as u64;
+            }
+            Sink::Webhook(s) => match s.deliver(alerts).await {
+                Ok(()) => delivery.sent = alerts.len() as u64,
+                Err(e) => delivery.failed = Some((alerts.len() as u64, e)),
+            },
+            Sink::Sentry(s) => {
+                for alert in alerts {
+                    match s.deliver(alert) {
+                        Ok(()) => delivery.sent += 1,
+                        Err(e) => {
+                            let failed = delivery.failed.take().map_or(0, |(n, _)| n);
+                            delivery.failed = Some((failed + 1, e));
+                        }
+                    }
+                }
+            }
+        }
+        delivery
+    }
+}
+
+/// What became of the alerts handed to a sink at once.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// How many were delivered.
+    pub sent: u64,
+    /// How many were given up on, and the last problem.
+    pub failed: Option<(u64, String)>,
 }
 
 /// One line saying what happened, for a log message or a Sentry event title.

@@ -1,19 +1,35 @@
 //! Alerts POSTed as JSON to a webhook, signed, retried with backoff.
 //!
+//! Body: `{"alerts": [ ... ]}`, one or more alerts. A POST carries every alert that
+//! queued up while the previous one was out (up to the sink's `batch`), as
+//! Alertmanager's webhook and CrowdSec's notification groups do: in a flood the
+//! receiver gets a few large POSTs, not ten thousand small ones, and a lone alert
+//! still goes at once.
+//!
 //! Signature (when a secret is configured): `X-Ratewarden-Signature: t=<unix seconds>,
 //! v1=<hex HMAC-SHA256 of "<t>.<body>">`. Signing the timestamp with the body lets a
 //! receiver refuse replays of an old alert. Delivery is retried on connection errors,
 //! 408, 429 and 5xx, up to five attempts, waiting 250 ms, 500 ms, 1 s, 2 s (or the
-//! receiver's `Retry-After`, up to 30 s); other answers are final.
+//! receiver's `Retry-After`, up to 30 s); other answers are final. A POST succeeds or
+//! fails whole.
 
 use crate::alert::Alert;
 use crate::privacy::hmac_hex;
+use serde::Serialize;
 use std::time::Duration;
 
-/// Attempts per alert.
+/// Attempts per POST.
 const ATTEMPTS: u32 = 5;
 /// Longest wait a receiver's Retry-After may impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Most alerts in one POST unless configured: about 100 KB of JSON.
+pub const DEFAULT_BATCH: usize = 100;
+
+/// A POST's body.
+#[derive(Serialize)]
+struct Body<'a> {
+    alerts: &'a [Alert],
+}
 
 /// A webhook destination.
 pub struct WebhookSink {
@@ -21,15 +37,17 @@ pub struct WebhookSink {
     /// Parsed once: an alert flood should not parse it ten thousand times.
     url: reqwest::Url,
     secret: Option<Vec<u8>>,
+    batch: usize,
 }
 
 impl WebhookSink {
-    /// A sink posting to `url`, signing with `secret` if given; each attempt times out
-    /// after `timeout`.
+    /// A sink posting to `url` up to `batch` alerts at once, signing with `secret` if
+    /// given; each attempt times out after `timeout`.
     pub fn new(
         url: String,
         secret: Option<String>,
         timeout: Duration,
+        batch: usize,
     ) -> Result<WebhookSink, String> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -44,12 +62,19 @@ impl WebhookSink {
             client,
             url,
             secret: secret.map(String::into_bytes),
+            batch: batch.max(1),
         })
     }
 
-    /// Delivers `alert`, retrying; `Err` with the last problem once it gives up.
-    pub async fn deliver(&self, alert: &Alert) -> Result<(), String> {
-        let body = serde_json::to_vec(alert).map_err(|e| e.to_string())?;
+    /// Most alerts in one POST.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Delivers `alerts` in one POST, retrying; `Err` with the last problem once it
+    /// gives up.
+    pub async fn deliver(&self, alerts: &[Alert]) -> Result<(), String> {
+        let body = serde_json::to_vec(&Body { alerts }).map_err(|e| e.to_string())?;
         let mut last = String::new();
         for attempt in 0..ATTEMPTS {
             let mut request = self
@@ -203,8 +228,8 @@ mod tests {
             "200 OK",
         ])
         .await;
-        let sink = WebhookSink::new(url, None, Duration::from_secs(5)).expect("sink");
-        sink.deliver(&alert())
+        let sink = WebhookSink::new(url, None, Duration::from_secs(5), 1).expect("sink");
+        sink.deliver(&[alert()])
             .await
             .expect("delivered on the third attempt");
         let received = received.lock();
@@ -221,9 +246,29 @@ mod tests {
     async fn a_client_error_is_final() {
         // A retry would be answered 200 and count as delivered.
         let (url, received) = receiver(vec!["400 Bad Request", "200 OK"]).await;
-        let sink = WebhookSink::new(url, None, Duration::from_secs(5)).expect("sink");
-        let error = sink.deliver(&alert()).await.expect_err("not retried");
+        let sink = WebhookSink::new(url, None, Duration::from_secs(5), 1).expect("sink");
+        let error = sink.deliver(&[alert()]).await.expect_err("not retried");
         assert!(error.contains("400"), "{error}");
         assert_eq!(received.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn alerts_delivered_together_go_in_one_signed_post() {
+        let (url, received) = receiver(vec!["200 OK"]).await;
+        let sink = WebhookSink::new(url, Some("hook-secret".into()), Duration::from_secs(5), 100)
+            .expect("sink");
+        let mut second = alert();
+        second.identity_value = "198.51.100.7".into();
+        sink.deliver(&[alert(), second]).await.expect("delivered");
+        let received = received.lock();
+        assert_eq!(received.len(), 1, "one POST");
+        let body: serde_json::Value = serde_json::from_slice(&received[0].1).expect("JSON");
+        let values: Vec<&str> = body["alerts"]
+            .as_array()
+            .expect("a list of alerts")
+            .iter()
+            .map(|a| a["identity_value"].as_str().expect("identity"))
+            .collect();
+        assert_eq!(values, ["203.0.113.9", "198.51.100.7"]);
     }
 }

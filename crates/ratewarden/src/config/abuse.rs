@@ -4,6 +4,7 @@ use super::compile::{parse_duration, Errors};
 use super::raw::{RawAbuse, RawAlert, RawPrivacy};
 use http::HeaderName;
 use ratewarden_detect::sanitize::DEFAULT_SECRET_PARAMS;
+use ratewarden_detect::sinks::DEFAULT_BATCH;
 use ratewarden_detect::{AbuseSettings, IdentityKind};
 use std::time::Duration;
 
@@ -56,7 +57,8 @@ impl AbuseConfig {
                     url,
                     secret,
                     timeout,
-                } => format!("webhook {url} {secret:?} {timeout:?}"),
+                    batch,
+                } => format!("webhook {url} {secret:?} {timeout:?} {batch}"),
                 SinkConfig::Sentry { dsn } => format!("sentry {dsn}"),
             })
             .collect();
@@ -84,6 +86,8 @@ pub enum SinkConfig {
         secret: Option<String>,
         /// Per attempt.
         timeout: Duration,
+        /// Most alerts in one POST.
+        batch: usize,
     },
     /// A Sentry project.
     Sentry {
@@ -260,6 +264,8 @@ fn sink(raw: &RawAlert, field: &str, errors: &mut Errors) -> Option<SinkConfig> 
             only("dsn", raw.dsn.is_some(), errors);
             only("url", raw.url.is_some(), errors);
             only("secret", raw.secret.is_some(), errors);
+            only("timeout", raw.timeout.is_some(), errors);
+            only("batch", raw.batch.is_some(), errors);
             Some(SinkConfig::Log)
         }
         "webhook" => {
@@ -283,15 +289,28 @@ fn sink(raw: &RawAlert, field: &str, errors: &mut Errors) -> Option<SinkConfig> 
                 None => Some(Duration::from_secs(5)),
                 Some(t) => errors.check(&format!("{field}.timeout"), parse_duration(t)),
             }?;
+            let batch = match raw.batch.unwrap_or(DEFAULT_BATCH as i64) {
+                n @ 1..=1_000 => n as usize,
+                n => {
+                    errors.add(
+                        format!("{field}.batch"),
+                        format!("{n}: use a number of alerts per POST from 1 to 1000"),
+                    );
+                    return None;
+                }
+            };
             Some(SinkConfig::Webhook {
                 url: url.clone(),
                 secret: raw.secret.clone(),
                 timeout,
+                batch,
             })
         }
         "sentry" => {
             only("url", raw.url.is_some(), errors);
             only("secret", raw.secret.is_some(), errors);
+            only("timeout", raw.timeout.is_some(), errors);
+            only("batch", raw.batch.is_some(), errors);
             let Some(dsn) = &raw.dsn else {
                 errors.add(
                     format!("{field}.dsn"),

@@ -213,6 +213,7 @@ pub struct RawAlert {
     pub url: Option<String>,
     pub secret: Option<String>,
     pub timeout: Option<String>,
+    pub batch: Option<i64>,
 }
 
 impl std::fmt::Debug for RawAlert {

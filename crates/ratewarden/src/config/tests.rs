@@ -363,6 +363,10 @@ fn the_abuse_example_of_the_issue_compiles_and_hides_its_secrets() {
     assert_eq!(abuse.settings.alert_after, 3);
     assert_eq!(abuse.settings.cooldown, Duration::from_secs(600));
     assert_eq!(abuse.sinks.len(), 3);
+    assert!(
+        matches!(abuse.sinks[1], SinkConfig::Webhook { batch: 100, .. }),
+        "alerts waiting are posted together, 100 at most by default"
+    );
     let shown = format!("{config:?}");
     for secret in ["hook-secret", "0123456789abcdef0123", "PUBLIC_KEY"] {
         assert!(!shown.contains(secret), "{secret} in {shown}");
@@ -372,7 +376,7 @@ fn the_abuse_example_of_the_issue_compiles_and_hides_its_secrets() {
 #[test]
 fn abuse_settings_are_checked() {
     let e = errors(&format!(
-        "{MINIMAL}\n[abuse]\nwindow = \"0s\"\nalert_after = 0\nclients = [\"ip\", \"user\", \"cookie\"]\n[[alerts]]\nkind = \"pager\"\n[[alerts]]\nkind = \"webhook\"\nurl = \"ftp://x\"\n[[alerts]]\nkind = \"sentry\"\ndsn = \"nope\"\n"
+        "{MINIMAL}\n[abuse]\nwindow = \"0s\"\nalert_after = 0\nclients = [\"ip\", \"user\", \"cookie\"]\n[[alerts]]\nkind = \"pager\"\n[[alerts]]\nkind = \"webhook\"\nurl = \"ftp://x\"\n[[alerts]]\nkind = \"sentry\"\ndsn = \"nope\"\n[[alerts]]\nkind = \"webhook\"\nurl = \"http://h/\"\nbatch = 0\n[[alerts]]\nkind = \"log\"\ntimeout = \"1s\"\n"
     ))
     .join("\n");
     for field in [
@@ -383,6 +387,8 @@ fn abuse_settings_are_checked() {
         "alerts[0].kind:",
         "alerts[1].url:",
         "alerts[2].dsn:",
+        "alerts[3].batch: 0: use a number of alerts per POST from 1 to 1000",
+        "alerts[4].timeout: does not apply to kind = \"log\"",
     ] {
         assert!(e.contains(field), "{field} missing from\n{e}");
     }

@@ -132,8 +132,9 @@ impl AbuseReporter {
                         url,
                         secret,
                         timeout,
+                        batch,
                     } => Sink::Webhook(
-                        WebhookSink::new(url.clone(), secret.clone(), *timeout)
+                        WebhookSink::new(url.clone(), secret.clone(), *timeout, *batch)
                             .map_err(anyhow::Error::msg)?,
                     ),
                     SinkConfig::Sentry { dsn } => {

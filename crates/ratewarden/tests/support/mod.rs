@@ -570,6 +570,21 @@ impl Receiver {
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().map(|r| r.clone()).unwrap_or_default()
     }
+
+    /// The alerts a webhook received, in order, from every POST's `{"alerts": [...]}`.
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        self.received()
+            .iter()
+            .flat_map(|r| {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&r.body).expect("a JSON webhook body");
+                body["alerts"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("not {{\"alerts\": [...]}}: {body}"))
+                    .clone()
+            })
+            .collect()
+    }
 }
 
 /// The one password [`LoginApp`] accepts.
