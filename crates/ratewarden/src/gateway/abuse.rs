@@ -6,6 +6,7 @@
 //! and API key. Credentials are only looked at to say whether there were any.
 
 use crate::config::{AbuseConfig, SinkConfig, StoreConfig};
+use foldhash::quality::RandomState;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use ipnet::IpNet;
 use ratewarden_core::clock::SystemClock;
@@ -16,7 +17,7 @@ use ratewarden_detect::{
 };
 use ratewarden_store::redis::RedisStore;
 use ratewarden_store::{Check, Decisions, MemoryStore, Store, StoreError};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -158,7 +159,7 @@ impl AbuseReporter {
             user_header: config.user_header.clone(),
             api_key_header: config.api_key_header.clone(),
             count_upstream: config.settings.count_upstream_429,
-            batch_keys: RandomState::new(),
+            batch_keys: RandomState::default(),
             sentry_sinks,
         })
     }
@@ -224,7 +225,7 @@ impl AbuseReporter {
         // to fill the pending map (and push other clients' violations out). Keyed with
         // this process's random keys, so no one can pick two networks that share a
         // batch.
-        let key = self.batch_keys.hash_one(network);
+        let key = batch_key(&self.batch_keys, network);
         if self.alerting.report_repeat(key, source) {
             return;
         }
@@ -234,6 +235,20 @@ impl AbuseReporter {
         self.alerting.report(key, source, move || {
             describer.violation(kept, at_nanos, client, network, rules, source)
         });
+    }
+}
+
+/// The keyed hash a network's violations are coalesced under, computed on every 429 of
+/// a flood: foldhash with this process's random seed (about 25 instructions for an
+/// IPv4 network, against some 180 for SipHash over `IpNet`'s derived `Hash`). Its
+/// output never leaves the process, so no one can learn the seed to pick two networks
+/// that share a batch.
+fn batch_key(keys: &RandomState, network: IpNet) -> u64 {
+    match network {
+        IpNet::V4(n) => {
+            keys.hash_one((u64::from(n.network().to_bits()) << 8) | u64::from(n.prefix_len()))
+        }
+        IpNet::V6(n) => keys.hash_one((n.network().to_bits(), n.prefix_len())),
     }
 }
 
@@ -289,4 +304,30 @@ fn unix_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_keys_tell_networks_apart_and_agree_on_the_same_one() {
+        let keys = RandomState::default();
+        let key = |n: &str| batch_key(&keys, n.parse().expect("network"));
+        assert_eq!(key("10.0.0.7/32"), key("10.0.0.7/32"));
+        let distinct: std::collections::HashSet<u64> = [
+            "10.0.0.7/32",
+            "10.0.0.8/32",
+            "10.0.0.0/24",
+            "10.0.0.0/25",
+            "::a00:7/128",
+            "::ffff:10.0.0.7/128",
+            "2001:db8::/64",
+            "2001:db8::/56",
+        ]
+        .into_iter()
+        .map(key)
+        .collect();
+        assert_eq!(distinct.len(), 8);
+    }
 }
