@@ -9,9 +9,9 @@
 # X-Forwarded-For drawn from 10,000 client addresses; the rule admits one request per
 # client per hour, so nearly every request is a 429 and every client crosses the alert
 # threshold (3) within the first seconds. Alerting on: a webhook to a local receiver
-# and the log sink. Prints requests/s for both, the ratio, and alerts raised, sent and
-# dropped, per round, and the median ratio over the rounds (default 4). Installs nginx and
-# wrk from Debian's packages if missing.
+# and the log sink. Prints requests/s for both, the ratio, wrk's p50 and p99 latency,
+# and alerts raised, sent and dropped, per round, and the median ratio over the rounds
+# (default 4). Installs nginx and wrk from Debian's packages if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
@@ -63,9 +63,10 @@ CONF
   wait_port "$port"; wait_port "$admin"
   echo "$port $admin"
 }
-load() { # port -> "requests/s requests"
-  wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$WORK/flood.lua" "http://127.0.0.1:$1/" |
-    awk '/requests in/ {n=$1} /Requests\/sec/ {r=$2} END {print r, n}'
+load() { # port -> "requests/s requests p50 p99"
+  wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency -s "$WORK/flood.lua" "http://127.0.0.1:$1/" |
+    awk '/requests in/ {n=$1} /Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2}
+         END {print r, n, p50, p99}'
 }
 # CPU time (user + system, all threads) a process has used, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -115,10 +116,11 @@ round() { # index of the set-up to start with
       before) read -r port admin <<<"$(gateway before "$ABUSE" "$BEFORE")" ;;
     esac
     pid=$(cat "$WORK/$setup.pid")
-    read -r rps requests <<<"$(load "$port")"
+    read -r rps requests p50 p99 <<<"$(load "$port")"
     # Counted after the delivery of the last alerts, so none of their cost is missed.
     [ "$setup" != off ] && sleep 2
     printf -v "R_$setup" '%s' "${rps%.*}"
+    printf -v "LATENCY_$setup" '%s' "$p50 / $p99"
     printf -v "CPU_$setup" '%s' "$(cpu_per_request "$(cpu_ticks "$pid")" "$requests")"
     printf -v "ALERTING_$setup" '%s' "$(alerting_ms "$pid")"
     if [ "$setup" = on ]; then
@@ -140,8 +142,8 @@ ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s per run, $ROUNDS rounds, 10,000 client addresses, nearly all 429; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%Y-%m-%d)"
 [ -n "$BEFORE" ] && echo "before: $BEFORE"
 echo
-HEAD="| round | off (requests/s) | on (requests/s) | ratio on / off | CPU µs per request, off / on | CPU ratio on / off | alerting threads' CPU, on (ms)"
-RULE="|---|---|---|---|---|---|---"
+HEAD="| round | off (requests/s) | on (requests/s) | ratio on / off | p50 / p99, off | p50 / p99, on | CPU µs per request, off / on | CPU ratio on / off | alerting threads' CPU, on (ms)"
+RULE="|---|---|---|---|---|---|---|---|---"
 [ -n "$BEFORE" ] && HEAD+=" | before, on (requests/s) | before: ratio on / off | before: alerting threads' CPU (ms)" && RULE+="|---|---|---"
 echo "$HEAD | violations reported | dropped uncounted | alerts raised | webhook sent / dropped / failed |"
 echo "$RULE|---|---|---|---|"
@@ -149,7 +151,7 @@ RATIOS=() CPU_RATIOS=() BEFORE_RATIOS=()
 for r in $(seq "$ROUNDS"); do
   round $((r - 1))
   RATIOS+=("$(ratio "$R_on" "$R_off")") CPU_RATIOS+=("$(ratio "$CPU_on" "$CPU_off")")
-  line="| $r (${SETUPS[$(((r - 1) % ${#SETUPS[@]}))]} first) | $R_off | $R_on | ${RATIOS[-1]} | $CPU_off / $CPU_on | ${CPU_RATIOS[-1]} | $ALERTING_on"
+  line="| $r (${SETUPS[$(((r - 1) % ${#SETUPS[@]}))]} first) | $R_off | $R_on | ${RATIOS[-1]} | $LATENCY_off | $LATENCY_on | $CPU_off / $CPU_on | ${CPU_RATIOS[-1]} | $ALERTING_on"
   if [ -n "$BEFORE" ]; then
     BEFORE_RATIOS+=("$(ratio "$R_before" "$R_off")")
     line+=" | $R_before | ${BEFORE_RATIOS[-1]} | $ALERTING_before"
