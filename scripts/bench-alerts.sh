@@ -137,14 +137,15 @@ round() { # index of the set-up to start with
   done
 }
 
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+# Three decimals: the median is taken over these, and two would round 0.947 up to 0.95.
+ratio() { python3 -c "print(f'{$1/$2:.3f}')"; }
 
 echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s per run, $ROUNDS rounds, 10,000 client addresses, nearly all 429; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%Y-%m-%d)"
 [ -n "$BEFORE" ] && echo "before: $BEFORE"
 echo
 HEAD="| round | off (requests/s) | on (requests/s) | ratio on / off | p50 / p99, off | p50 / p99, on | CPU µs per request, off / on | CPU ratio on / off | alerting threads' CPU, on (ms)"
 RULE="|---|---|---|---|---|---|---|---|---"
-[ -n "$BEFORE" ] && HEAD+=" | before, on (requests/s) | before: ratio on / off | before: alerting threads' CPU (ms)" && RULE+="|---|---|---"
+[ -n "$BEFORE" ] && HEAD+=" | before, on (requests/s) | before: ratio on / off | before: p50 / p99 | before: alerting threads' CPU (ms)" && RULE+="|---|---|---|---"
 echo "$HEAD | violations reported | dropped uncounted | alerts raised | webhook sent / dropped / failed |"
 echo "$RULE|---|---|---|---|"
 RATIOS=() CPU_RATIOS=() BEFORE_RATIOS=()
@@ -154,7 +155,7 @@ for r in $(seq "$ROUNDS"); do
   line="| $r (${SETUPS[$(((r - 1) % ${#SETUPS[@]}))]} first) | $R_off | $R_on | ${RATIOS[-1]} | $LATENCY_off | $LATENCY_on | $CPU_off / $CPU_on | ${CPU_RATIOS[-1]} | $ALERTING_on"
   if [ -n "$BEFORE" ]; then
     BEFORE_RATIOS+=("$(ratio "$R_before" "$R_off")")
-    line+=" | $R_before | ${BEFORE_RATIOS[-1]} | $ALERTING_before"
+    line+=" | $R_before | ${BEFORE_RATIOS[-1]} | $LATENCY_before | $ALERTING_before"
   fi
   echo "$line | $METRICS |"
 done

@@ -87,7 +87,7 @@ impl AlertMetrics {
         );
         registry.register(
             "abuse_alert_deliveries",
-            "Alert deliveries per sink: sent, failed (after retries), dropped (queue full)",
+            "Alerts per sink, by outcome: sent, failed (after retries), dropped (queue full)",
             self.deliveries.clone(),
         );
     }
@@ -372,9 +372,8 @@ impl Alerting {
     }
 
     /// Hands a violation over, without waiting: `client` identifies who committed it
-    /// (a keyed hash of its address and credentials, so keys are spread evenly and no
-    /// one can choose them), `describe` builds the sanitised description if it opens
-    /// a batch.
+    /// (a keyed hash of its network, so keys are spread evenly and no one can choose
+    /// them), `describe` builds the sanitised description if it opens a batch.
     pub fn report(
         &self,
         client: u64,

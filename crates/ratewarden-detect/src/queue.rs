@@ -128,10 +128,19 @@ mod tests {
         for i in 1..=5 {
             q.push(Item(Severity::Low, i));
         }
-        let first: Vec<u32> = q.pop_up_to(3).await.into_iter().map(|i| i.1).collect();
-        assert_eq!(first, [1, 2, 3]);
-        let rest: Vec<u32> = q.pop_up_to(3).await.into_iter().map(|i| i.1).collect();
-        assert_eq!(rest, [4, 5], "what is there, without waiting for more");
+        let q = &q;
+        let pop = |max| async move {
+            let batch = tokio::time::timeout(std::time::Duration::from_secs(5), q.pop_up_to(max))
+                .await
+                .expect("items were there: no waiting");
+            batch.into_iter().map(|i| i.1).collect::<Vec<u32>>()
+        };
+        assert_eq!(pop(3).await, [1, 2, 3]);
+        assert_eq!(
+            pop(3).await,
+            [4, 5],
+            "what is there, without waiting for more"
+        );
         assert!(q.is_empty());
     }
 }

@@ -42,29 +42,22 @@ impl Sink {
 
     /// Delivers `alerts` (retrying as the sink sees fit) and says what became of them.
     pub async fn deliver(&self, alerts: &[Alert]) -> Delivery {
-        let mut delivery = Delivery::default();
         match self {
+            Sink::Webhook(s) => s.deliver(alerts).await,
             Sink::Log(s) => {
                 alerts.iter().for_each(|a| s.deliver(a));
-                delivery.sent = alerts.len() as u64;
+                Delivery::sent(alerts.len())
             }
-            Sink::Webhook(s) => match s.deliver(alerts).await {
-                Ok(()) => delivery.sent = alerts.len() as u64,
-                Err(e) => delivery.failed = Some((alerts.len() as u64, e)),
-            },
-            Sink::Sentry(s) => {
-                for alert in alerts {
-                    match s.deliver(alert) {
-                        Ok(()) => delivery.sent += 1,
-                        Err(e) => {
-                            let failed = delivery.failed.take().map_or(0, |(n, _)| n);
-                            delivery.failed = Some((failed + 1, e));
-                        }
-                    }
-                }
-            }
+            Sink::Sentry(s) => alerts
+                .iter()
+                .fold(Delivery::default(), |mut so_far, alert| {
+                    so_far.add(match s.deliver(alert) {
+                        Ok(()) => Delivery::sent(1),
+                        Err(e) => Delivery::failed(1, e),
+                    });
+                    so_far
+                }),
         }
-        delivery
     }
 }
 
@@ -75,6 +68,33 @@ pub struct Delivery {
     pub sent: u64,
     /// How many were given up on, and the last problem.
     pub failed: Option<(u64, String)>,
+}
+
+impl Delivery {
+    /// `n` alerts delivered.
+    pub fn sent(n: usize) -> Delivery {
+        Delivery {
+            sent: n as u64,
+            failed: None,
+        }
+    }
+
+    /// `n` alerts given up on, because of `problem`.
+    pub fn failed(n: usize, problem: String) -> Delivery {
+        Delivery {
+            sent: 0,
+            failed: Some((n as u64, problem)),
+        }
+    }
+
+    /// Adds what became of more alerts (the later problem is kept).
+    pub fn add(&mut self, more: Delivery) {
+        self.sent += more.sent;
+        if let Some((n, problem)) = more.failed {
+            let before = self.failed.take().map_or(0, |(n, _)| n);
+            self.failed = Some((before + n, problem));
+        }
+    }
 }
 
 /// One line saying what happened, for a log message or a Sentry event title.

@@ -1,20 +1,22 @@
 //! Alerts POSTed as JSON to a webhook, signed, retried with backoff.
 //!
-//! Body: `{"alerts": [ ... ]}`, one or more alerts. A POST carries every alert that
-//! queued up while the previous one was out (up to the sink's `batch`), as
-//! Alertmanager's webhook and CrowdSec's notification groups do: in a flood the
-//! receiver gets a few large POSTs, not ten thousand small ones, and a lone alert
-//! still goes at once.
+//! Body: `{"version": 1, "alerts": [ ... ]}`, one or more alerts, of any kinds. A POST
+//! carries every alert that queued up while the previous one was out (up to the sink's
+//! `batch`), as Alertmanager's webhook and CrowdSec's notification groups do: in a
+//! flood the receiver gets about one POST per `batch` alerts, not one per alert, and a
+//! lone alert still goes at once.
 //!
 //! Signature (when a secret is configured): `X-Ratewarden-Signature: t=<unix seconds>,
 //! v1=<hex HMAC-SHA256 of "<t>.<body>">`. Signing the timestamp with the body lets a
 //! receiver refuse replays of an old alert. Delivery is retried on connection errors,
 //! 408, 429 and 5xx, up to five attempts, waiting 250 ms, 500 ms, 1 s, 2 s (or the
 //! receiver's `Retry-After`, up to 30 s); other answers are final. A POST succeeds or
-//! fails whole.
+//! fails whole, except that a 413 has the batch sent again in halves.
 
+use super::Delivery;
 use crate::alert::Alert;
 use crate::privacy::hmac_hex;
+use bytes::Bytes;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -25,9 +27,13 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Most alerts in one POST unless configured: about 100 KB of JSON.
 pub const DEFAULT_BATCH: usize = 100;
 
+/// The body's format, for receivers to check; raised if it ever changes.
+const BODY_VERSION: u32 = 1;
+
 /// A POST's body.
 #[derive(Serialize)]
 struct Body<'a> {
+    version: u32,
     alerts: &'a [Alert],
 }
 
@@ -71,11 +77,32 @@ impl WebhookSink {
         self.batch
     }
 
-    /// Delivers `alerts` in one POST, retrying; `Err` with the last problem once it
-    /// gives up.
-    pub async fn deliver(&self, alerts: &[Alert]) -> Result<(), String> {
-        let body = serde_json::to_vec(&Body { alerts }).map_err(|e| e.to_string())?;
-        let mut last = String::new();
+    /// Delivers `alerts` in one POST, retrying. A receiver that answers 413 (its body
+    /// limit) gets the batch again in halves, down to single alerts, rather than losing
+    /// all of it.
+    pub async fn deliver(&self, alerts: &[Alert]) -> Delivery {
+        let body = match serde_json::to_vec(&Body {
+            version: BODY_VERSION,
+            alerts,
+        }) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => return Delivery::failed(alerts.len(), e.to_string()),
+        };
+        match self.post(body).await {
+            Ok(()) => Delivery::sent(alerts.len()),
+            Err(problem) if problem.too_large && alerts.len() > 1 => {
+                let (first, second) = alerts.split_at(alerts.len() / 2);
+                let mut delivery = Box::pin(self.deliver(first)).await;
+                delivery.add(Box::pin(self.deliver(second)).await);
+                delivery
+            }
+            Err(problem) => Delivery::failed(alerts.len(), problem.message),
+        }
+    }
+
+    /// POSTs `body`, retrying; the last problem once it gives up.
+    async fn post(&self, body: Bytes) -> Result<(), Problem> {
+        let mut last = Problem::default();
         for attempt in 0..ATTEMPTS {
             let mut request = self
                 .client
@@ -95,7 +122,10 @@ impl WebhookSink {
                 Ok(response) if response.status().is_success() => return Ok(()),
                 Ok(response) => {
                     let status = response.status();
-                    last = format!("receiver answered {status}");
+                    last = Problem {
+                        message: format!("receiver answered {status}"),
+                        too_large: status == reqwest::StatusCode::PAYLOAD_TOO_LARGE,
+                    };
                     // 3xx included in the final answers: redirects are not followed.
                     let retryable = status.is_server_error()
                         || status.as_u16() == 408
@@ -107,7 +137,10 @@ impl WebhookSink {
                 }
                 Err(e) => {
                     // Without the URL, which may carry a token (`?key=...`).
-                    last = format!("cannot reach the receiver: {}", e.without_url());
+                    last = Problem {
+                        message: format!("cannot reach the receiver: {}", e.without_url()),
+                        too_large: false,
+                    };
                     backoff(attempt)
                 }
             };
@@ -117,6 +150,14 @@ impl WebhookSink {
         }
         Err(last)
     }
+}
+
+/// Why a POST was given up on.
+#[derive(Default)]
+struct Problem {
+    message: String,
+    /// The receiver refused the body's size (413).
+    too_large: bool,
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -229,9 +270,8 @@ mod tests {
         ])
         .await;
         let sink = WebhookSink::new(url, None, Duration::from_secs(5), 1).expect("sink");
-        sink.deliver(&[alert()])
-            .await
-            .expect("delivered on the third attempt");
+        let delivery = sink.deliver(&[alert()]).await;
+        assert_eq!(delivery.sent, 1, "delivered on the third attempt");
         let received = received.lock();
         assert_eq!(received.len(), 3);
         assert!(received.iter().all(|(_, body)| *body == received[0].1));
@@ -247,22 +287,25 @@ mod tests {
         // A retry would be answered 200 and count as delivered.
         let (url, received) = receiver(vec!["400 Bad Request", "200 OK"]).await;
         let sink = WebhookSink::new(url, None, Duration::from_secs(5), 1).expect("sink");
-        let error = sink.deliver(&[alert()]).await.expect_err("not retried");
+        let delivery = sink.deliver(&[alert()]).await;
+        let (failed, error) = delivery.failed.expect("not retried");
+        assert_eq!((delivery.sent, failed), (0, 1));
         assert!(error.contains("400"), "{error}");
         assert_eq!(received.lock().len(), 1);
     }
 
     #[tokio::test]
-    async fn alerts_delivered_together_go_in_one_signed_post() {
+    async fn alerts_delivered_together_go_in_one_post() {
         let (url, received) = receiver(vec!["200 OK"]).await;
         let sink = WebhookSink::new(url, Some("hook-secret".into()), Duration::from_secs(5), 100)
             .expect("sink");
         let mut second = alert();
         second.identity_value = "198.51.100.7".into();
-        sink.deliver(&[alert(), second]).await.expect("delivered");
+        assert_eq!(sink.deliver(&[alert(), second]).await.sent, 2);
         let received = received.lock();
         assert_eq!(received.len(), 1, "one POST");
         let body: serde_json::Value = serde_json::from_slice(&received[0].1).expect("JSON");
+        assert_eq!(body["version"], 1);
         let values: Vec<&str> = body["alerts"]
             .as_array()
             .expect("a list of alerts")
@@ -270,5 +313,39 @@ mod tests {
             .map(|a| a["identity_value"].as_str().expect("identity"))
             .collect();
         assert_eq!(values, ["203.0.113.9", "198.51.100.7"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_too_large_for_the_receiver_goes_again_in_halves() {
+        let (url, received) = receiver(vec![
+            "413 Payload Too Large",
+            "200 OK",
+            "413 Payload Too Large",
+            "200 OK",
+            "413 Payload Too Large",
+        ])
+        .await;
+        let sink = WebhookSink::new(url, None, Duration::from_secs(5), 100).expect("sink");
+        let alerts: Vec<Alert> = (1..=4)
+            .map(|i| Alert {
+                identity_value: format!("203.0.113.{i}"),
+                ..alert()
+            })
+            .collect();
+        let delivery = sink.deliver(&alerts).await;
+        // 4 refused; [1, 2] taken; [3, 4] refused; [3] taken; [4] refused alone: lost.
+        assert_eq!(delivery.sent, 3);
+        let (failed, problem) = delivery.failed.expect("one alert lost");
+        assert_eq!(failed, 1);
+        assert!(problem.contains("413"), "{problem}");
+        let sizes: Vec<usize> = received
+            .lock()
+            .iter()
+            .map(|(_, body)| {
+                let body: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+                body["alerts"].as_array().expect("alerts").len()
+            })
+            .collect();
+        assert_eq!(sizes, [4, 2, 2, 1, 1]);
     }
 }
