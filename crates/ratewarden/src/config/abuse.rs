@@ -288,22 +288,23 @@ fn sink(raw: &RawAlert, field: &str, errors: &mut Errors) -> Option<SinkConfig> 
             let timeout = match raw.timeout.as_deref() {
                 None => Some(Duration::from_secs(5)),
                 Some(t) => errors.check(&format!("{field}.timeout"), parse_duration(t)),
-            }?;
+            };
+            // Both checked before giving up, so every error is reported at once.
             let batch = match raw.batch.unwrap_or(DEFAULT_BATCH as i64) {
-                n @ 1..=1_000 => n as usize,
+                n @ 1..=1_000 => Some(n as usize),
                 n => {
                     errors.add(
                         format!("{field}.batch"),
                         format!("{n}: use a number of alerts per POST from 1 to 1000"),
                     );
-                    return None;
+                    None
                 }
             };
             Some(SinkConfig::Webhook {
                 url: url.clone(),
                 secret: raw.secret.clone(),
-                timeout,
-                batch,
+                timeout: timeout?,
+                batch: batch?,
             })
         }
         "sentry" => {

@@ -376,7 +376,7 @@ fn the_abuse_example_of_the_issue_compiles_and_hides_its_secrets() {
 #[test]
 fn abuse_settings_are_checked() {
     let e = errors(&format!(
-        "{MINIMAL}\n[abuse]\nwindow = \"0s\"\nalert_after = 0\nclients = [\"ip\", \"user\", \"cookie\"]\n[[alerts]]\nkind = \"pager\"\n[[alerts]]\nkind = \"webhook\"\nurl = \"ftp://x\"\n[[alerts]]\nkind = \"sentry\"\ndsn = \"nope\"\n[[alerts]]\nkind = \"webhook\"\nurl = \"http://h/\"\nbatch = 0\n[[alerts]]\nkind = \"log\"\ntimeout = \"1s\"\n"
+        "{MINIMAL}\n[abuse]\nwindow = \"0s\"\nalert_after = 0\nclients = [\"ip\", \"user\", \"cookie\"]\n[[alerts]]\nkind = \"pager\"\n[[alerts]]\nkind = \"webhook\"\nurl = \"ftp://x\"\n[[alerts]]\nkind = \"sentry\"\ndsn = \"nope\"\n[[alerts]]\nkind = \"webhook\"\nurl = \"http://h/\"\ntimeout = \"soon\"\nbatch = 0\n[[alerts]]\nkind = \"log\"\ntimeout = \"1s\"\n"
     ))
     .join("\n");
     for field in [
@@ -387,6 +387,7 @@ fn abuse_settings_are_checked() {
         "alerts[0].kind:",
         "alerts[1].url:",
         "alerts[2].dsn:",
+        "alerts[3].timeout:",
         "alerts[3].batch: 0: use a number of alerts per POST from 1 to 1000",
         "alerts[4].timeout: does not apply to kind = \"log\"",
     ] {
