@@ -224,8 +224,7 @@ impl AbuseReporter {
     ) {
         // Coalesced by network: a client rotating user or key headers must not be able
         // to fill the pending map (and push other clients' violations out). Keyed with
-        // this process's random keys, so no one can pick two networks that share a
-        // batch.
+        // this process's random seeds (see `BatchKeys`).
         let key = self.batch_keys.of(network);
         if self.alerting.report_repeat(key, source) {
             return;
