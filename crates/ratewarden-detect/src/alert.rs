@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use std::net::IpAddr;
+use uuid::Uuid;
 
 /// Which identity of a client is tracked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -119,6 +120,10 @@ pub struct LoginContext {
 /// A client that keeps hitting limits, or whose threat level rose, or that was blocked.
 #[derive(Clone, Debug, Serialize)]
 pub struct Alert {
+    /// Unique to this alert, and the same wherever it goes: in every sink, on every
+    /// retry of a webhook POST, and as the Sentry event's id. A receiver that sees an
+    /// id again (a POST resent after a timeout it had in fact processed) can drop it.
+    pub id: Uuid,
     /// `rate_limit_abuse`, `threat_level_raised` or `client_blocked`.
     pub kind: &'static str,
     /// How urgent.
@@ -165,4 +170,12 @@ pub struct Alert {
     /// Login protection's view, on login attack alerts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login: Option<LoginContext>,
+}
+
+impl Alert {
+    /// A fresh alert id: random (UUID version 4), so alerts from several gateways, or
+    /// from one gateway before and after a restart, never share one.
+    pub fn new_id() -> Uuid {
+        Uuid::new_v4()
+    }
 }

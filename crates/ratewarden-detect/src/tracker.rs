@@ -213,6 +213,7 @@ impl<S: Store, C: Clock> Tracker<S, C> {
             Severity::High
         };
         outcomes.push(Outcome::Alert(Box::new(Alert {
+            id: Alert::new_id(),
             kind: "rate_limit_abuse",
             severity,
             identity: kind,

@@ -180,6 +180,19 @@ fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
         );
     }
 
+    // One alert, one id: the webhook's alert and the Sentry event about it (Sentry
+    // writes its event ids without hyphens).
+    let id = ip["id"].as_str().unwrap();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let event_id = format!("\"event_id\":\"{}\"", id.replace('-', ""));
+    assert!(
+        ip_event.contains(&event_id),
+        "{event_id} missing from {ip_event}"
+    );
+    let ids: std::collections::HashSet<&str> =
+        alerts.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "each alert has an id of its own");
+
     // Level error: the protocol's default, which the crate leaves implicit.
     assert!(
         !ip_event.contains("\"level\":") || ip_event.contains("\"level\":\"error\""),
@@ -204,6 +217,7 @@ fn persistent_429s_raise_one_rich_sanitised_alert_per_identity_and_cooldown() {
         .nth(1)
         .unwrap();
     assert_eq!(second["violations"], 6);
+    assert_ne!(second["id"], ip["id"]);
     assert_eq!(
         second["violations_since_last_alert"].as_u64().unwrap(),
         6 - first,

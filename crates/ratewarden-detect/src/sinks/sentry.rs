@@ -43,6 +43,9 @@ impl SentrySink {
             context.extend(fields);
         }
         let mut event = Event {
+            // The alert's own id: Sentry drops an event it already has, and the event
+            // can be found from the alert a webhook or the log showed.
+            event_id: alert.id,
             level: Level::Error,
             message: Some(super::headline(alert)),
             logger: Some("ratewarden".into()),

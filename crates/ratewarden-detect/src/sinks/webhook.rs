@@ -192,6 +192,7 @@ mod tests {
 
     fn alert() -> Alert {
         Alert {
+            id: Alert::new_id(),
             kind: "rate_limit_abuse",
             severity: Severity::High,
             identity: IdentityKind::Ip,
@@ -270,11 +271,15 @@ mod tests {
         ])
         .await;
         let sink = WebhookSink::new(url, None, Duration::from_secs(5), 1).expect("sink");
-        let delivery = sink.deliver(&[alert()]).await;
+        let alert = alert();
+        let delivery = sink.deliver(std::slice::from_ref(&alert)).await;
         assert_eq!(delivery.sent, 1, "delivered on the third attempt");
         let received = received.lock();
         assert_eq!(received.len(), 3);
+        // Resent as it was, with the alert's id: a receiver can tell a repeat.
         assert!(received.iter().all(|(_, body)| *body == received[0].1));
+        let body: serde_json::Value = serde_json::from_slice(&received[0].1).expect("JSON");
+        assert_eq!(body["alerts"][0]["id"], alert.id.to_string());
         let waited = received[2].0.duration_since(received[1].0);
         assert!(
             waited >= Duration::from_secs(1),
@@ -313,6 +318,13 @@ mod tests {
             .map(|a| a["identity_value"].as_str().expect("identity"))
             .collect();
         assert_eq!(values, ["203.0.113.9", "198.51.100.7"]);
+        let ids: std::collections::HashSet<&str> = body["alerts"]
+            .as_array()
+            .expect("a list of alerts")
+            .iter()
+            .map(|a| a["id"].as_str().expect("an id"))
+            .collect();
+        assert_eq!(ids.len(), 2, "each alert has an id of its own");
     }
 
     #[tokio::test]

@@ -660,6 +660,7 @@ pub fn alert_about(
     // An alert's time stamp is wall-clock time, as its readers expect.
     let now = SystemClock::new().now().as_secs_ceil();
     Alert {
+        id: Alert::new_id(),
         kind,
         severity,
         identity: IdentityKind::Ip,
