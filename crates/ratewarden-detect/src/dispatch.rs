@@ -13,7 +13,7 @@
 
 use crate::alert::{Alert, Severity, Source, Violation};
 use crate::queue::{BoundedQueue, Urgency};
-use crate::sinks::Sink;
+use crate::sinks::NamedSink;
 use crate::tracker::{Outcome, Tracker};
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -48,8 +48,9 @@ pub struct SourceLabel {
 /// A sink and what happened to an alert there.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkOutcome {
-    /// log, webhook, sentry.
-    pub sink: &'static str,
+    /// The sink's name: its kind (`log`, `webhook`, `sentry`) unless configured
+    /// otherwise, or when several sinks share a kind.
+    pub sink: String,
     /// sent, failed, dropped (its queue was full).
     pub outcome: &'static str,
 }
@@ -326,7 +327,7 @@ impl Alerting {
     /// Starts the tracker's worker and one task per sink on the current runtime.
     pub fn start<S: Store, C: Clock>(
         tracker: Tracker<S, C>,
-        sinks: Vec<Sink>,
+        sinks: Vec<NamedSink>,
         metrics: AlertMetrics,
     ) -> Alerting {
         let capacity = tracker.settings().sink_queue;
@@ -334,11 +335,10 @@ impl Alerting {
             sinks
                 .into_iter()
                 .map(|sink| {
-                    let kind = sink.kind();
                     let dropped = metrics
                         .deliveries
                         .get_or_create(&SinkOutcome {
-                            sink: kind,
+                            sink: sink.name.clone(),
                             outcome: "dropped",
                         })
                         .clone();
@@ -521,29 +521,28 @@ fn emit<S: Store, C: Clock>(
     }
 }
 
-async fn deliver_forever(sink: Sink, outlet: Arc<BoundedQueue<Alert>>, metrics: AlertMetrics) {
-    let kind = sink.kind();
-    let sent = metrics
-        .deliveries
-        .get_or_create(&SinkOutcome {
-            sink: kind,
-            outcome: "sent",
-        })
-        .clone();
-    let failed = metrics
-        .deliveries
-        .get_or_create(&SinkOutcome {
-            sink: kind,
-            outcome: "failed",
-        })
-        .clone();
+async fn deliver_forever(
+    NamedSink { name, sink }: NamedSink,
+    outlet: Arc<BoundedQueue<Alert>>,
+    metrics: AlertMetrics,
+) {
+    let counter = |outcome| {
+        metrics
+            .deliveries
+            .get_or_create(&SinkOutcome {
+                sink: name.clone(),
+                outcome,
+            })
+            .clone()
+    };
+    let (sent, failed) = (counter("sent"), counter("failed"));
     loop {
         let alerts = outlet.pop_up_to(sink.batch()).await;
         let delivery = sink.deliver(&alerts).await;
         sent.inc_by(delivery.sent);
         if let Some((n, error)) = delivery.failed {
             failed.inc_by(n);
-            tracing::warn!(sink = kind, alerts = n, error = %error, "alerts not delivered");
+            tracing::warn!(sink = %name, alerts = n, error = %error, "alerts not delivered");
         }
     }
 }

@@ -65,7 +65,15 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
             a.cooldown,
             a.track.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
             if a.count_upstream_429 { "counted" } else { "ignored" },
-            abuse.sinks.iter().map(|s| s.kind()).collect::<Vec<_>>().join(", ")
+            abuse
+                .sinks
+                .iter()
+                .map(|s| match s.sink.kind() {
+                    kind if kind == s.name => s.name.clone(),
+                    kind => format!("{} ({kind})", s.name),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let reputation = &config.policy.reputation;

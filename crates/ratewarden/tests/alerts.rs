@@ -320,7 +320,7 @@ fn a_flood_from_many_clients_is_bounded_work_and_counted_drops() {
     )
     .replace("timeout = \"2s\"", "timeout = \"2s\"\nbatch = 1")
         + &format!(
-            "\n[[alerts]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{}/hooks/batched\"\n",
+            "\n[[alerts]]\nkind = \"webhook\"\nname = \"batched\"\nurl = \"http://127.0.0.1:{}/hooks/batched\"\n",
             batched.port
         );
     assert!(
@@ -396,6 +396,22 @@ fn a_flood_from_many_clients_is_bounded_work_and_counted_drops() {
         .map(|a| a["client_ip"].as_str().unwrap())
         .collect();
     assert_eq!(clients.len(), alerts.len(), "one alert per client");
+    // Each webhook's alerts are counted under its own name: the batched one's are all
+    // either sent (and received) or dropped, none counted under the other's name.
+    let batched_count = |outcome: &str| {
+        metric(
+            &gw.metrics(),
+            &format!(
+                "ratewarden_abuse_alert_deliveries_total{{sink=\"batched\",outcome=\"{outcome}\"}}"
+            ),
+        ) as usize
+    };
+    eventually(
+        "the batched webhook's queue drained",
+        Duration::from_secs(20),
+        || batched_count("sent") + batched_count("dropped") == 1_500,
+    );
+    assert_eq!(batched_count("sent"), batched.alerts().len());
 }
 
 fn metric(text: &str, name: &str) -> f64 {

@@ -11,6 +11,14 @@ pub use self::webhook::{WebhookSink, DEFAULT_BATCH};
 
 use crate::alert::Alert;
 
+/// A sink and its name (`[[alerts]] name`), which its metrics and log lines carry.
+pub struct NamedSink {
+    /// Unique among the configured sinks.
+    pub name: String,
+    /// Where alerts go.
+    pub sink: Sink,
+}
+
 /// One configured destination.
 pub enum Sink {
     /// A structured log line per alert.
@@ -22,7 +30,7 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// The name in metrics (`log`, `webhook`, `sentry`).
+    /// `log`, `webhook` or `sentry`.
     pub fn kind(&self) -> &'static str {
         match self {
             Sink::Log(_) => "log",

@@ -20,8 +20,8 @@ pub struct AbuseConfig {
     pub user_header: Option<HeaderName>,
     /// Header holding the client's API key.
     pub api_key_header: Option<HeaderName>,
-    /// Where alerts go.
-    pub sinks: Vec<SinkConfig>,
+    /// Where alerts go, each under its name.
+    pub sinks: Vec<NamedSink>,
     /// The key of the pseudonyms (`[privacy] secret`).
     pub privacy_secret: Option<String>,
     /// Query parameters whose values are masked.
@@ -37,7 +37,7 @@ impl std::fmt::Debug for AbuseConfig {
             .field("api_key_header", &self.api_key_header)
             .field(
                 "sinks",
-                &self.sinks.iter().map(SinkConfig::kind).collect::<Vec<_>>(),
+                &self.sinks.iter().map(|s| &s.name).collect::<Vec<_>>(),
             )
             .field("secret_params", &self.secret_params)
             .finish_non_exhaustive()
@@ -51,15 +51,15 @@ impl AbuseConfig {
         let sinks: Vec<String> = self
             .sinks
             .iter()
-            .map(|s| match s {
-                SinkConfig::Log => "log".to_owned(),
+            .map(|s| match &s.sink {
+                SinkConfig::Log => format!("{} log", s.name),
                 SinkConfig::Webhook {
                     url,
                     secret,
                     timeout,
                     batch,
-                } => format!("webhook {url} {secret:?} {timeout:?} {batch}"),
-                SinkConfig::Sentry { dsn } => format!("sentry {dsn}"),
+                } => format!("{} webhook {url} {secret:?} {timeout:?} {batch}", s.name),
+                SinkConfig::Sentry { dsn } => format!("{} sentry {dsn}", s.name),
             })
             .collect();
         format!(
@@ -73,7 +73,21 @@ impl AbuseConfig {
     }
 }
 
-/// One `[[alerts]]` entry.
+/// One `[[alerts]]` entry: a sink, and the name its metrics (`sink` label) and log
+/// lines carry.
+#[derive(Clone)]
+pub struct NamedSink {
+    /// `name`, or else the kind, with `-2`, `-3`... for the second and later sinks of a
+    /// kind: one webhook is `webhook`, as before names existed.
+    pub name: String,
+    /// Where alerts go.
+    pub sink: SinkConfig,
+}
+
+/// The longest sink name: it becomes a metric label value.
+const MAX_SINK_NAME: usize = 64;
+
+/// Where alerts go.
 #[derive(Clone)]
 pub enum SinkConfig {
     /// Log lines.
@@ -214,11 +228,7 @@ pub fn abuse(
         ),
         _ => {}
     }
-    let sinks: Vec<SinkConfig> = alerts
-        .iter()
-        .enumerate()
-        .filter_map(|(i, a)| sink(a, &format!("alerts[{i}]"), errors))
-        .collect();
+    let sinks = named_sinks(alerts, errors);
     let instance = raw
         .instance
         .clone()
@@ -236,7 +246,10 @@ pub fn abuse(
         user_header,
         api_key_header,
         sinks: if alerts.is_empty() {
-            vec![SinkConfig::Log]
+            vec![NamedSink {
+                name: "log".to_owned(),
+                sink: SinkConfig::Log,
+            }]
         } else {
             sinks
         },
@@ -248,6 +261,57 @@ pub fn abuse(
                 .collect()
         }),
     })
+}
+
+/// Every `[[alerts]]` entry, validated and named; two sinks may not share a name, since
+/// their metrics would add up under it.
+fn named_sinks(alerts: &[RawAlert], errors: &mut Errors) -> Vec<NamedSink> {
+    let mut named: Vec<(String, String)> = Vec::new(); // (name, the field that gave it)
+    let mut of_kind: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut sinks = Vec::new();
+    for (i, raw) in alerts.iter().enumerate() {
+        let field = format!("alerts[{i}]");
+        // The sink is checked even when its name is wrong, so every error shows at once.
+        let sink = sink(raw, &field, errors);
+        let nth = of_kind.entry(raw.kind.as_str()).or_default();
+        *nth += 1;
+        let (name, given_by) = match &raw.name {
+            Some(name) if !valid_sink_name(name) => {
+                errors.add(
+                    format!("{field}.name"),
+                    format!("{name:?}: use 1 to {MAX_SINK_NAME} letters, digits, '_', '-' or '.'"),
+                );
+                continue;
+            }
+            Some(name) => (name.clone(), format!("{field}.name")),
+            None if *nth == 1 => (raw.kind.clone(), format!("{field} (its default name)")),
+            None => (
+                format!("{}-{nth}", raw.kind),
+                format!("{field} (its default name)"),
+            ),
+        };
+        if let Some((_, first)) = named.iter().find(|(n, _)| *n == name) {
+            errors.add(
+                format!("{field}.name"),
+                format!(
+                    "{name:?} is already the name of {first}: give each sink a name of its own"
+                ),
+            );
+            continue;
+        }
+        named.push((name.clone(), given_by));
+        if let Some(sink) = sink {
+            sinks.push(NamedSink { name, sink });
+        }
+    }
+    sinks
+}
+
+fn valid_sink_name(name: &str) -> bool {
+    (1..=MAX_SINK_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 fn sink(raw: &RawAlert, field: &str, errors: &mut Errors) -> Option<SinkConfig> {

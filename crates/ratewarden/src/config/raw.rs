@@ -209,6 +209,7 @@ pub struct RawAbuse {
 #[serde(deny_unknown_fields)]
 pub struct RawAlert {
     pub kind: String,
+    pub name: Option<String>,
     pub dsn: Option<String>,
     pub url: Option<String>,
     pub secret: Option<String>,
@@ -220,6 +221,7 @@ impl std::fmt::Debug for RawAlert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RawAlert")
             .field("kind", &self.kind)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }

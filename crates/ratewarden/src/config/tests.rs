@@ -364,7 +364,7 @@ fn the_abuse_example_of_the_issue_compiles_and_hides_its_secrets() {
     assert_eq!(abuse.settings.cooldown, Duration::from_secs(600));
     assert_eq!(abuse.sinks.len(), 3);
     assert!(
-        matches!(abuse.sinks[1], SinkConfig::Webhook { batch: 100, .. }),
+        matches!(abuse.sinks[1].sink, SinkConfig::Webhook { batch: 100, .. }),
         "alerts waiting are posted together, 100 at most by default"
     );
     let shown = format!("{config:?}");
@@ -399,6 +399,43 @@ fn abuse_settings_are_checked() {
     assert!(no_secret[0].starts_with("privacy.secret:"), "{no_secret:?}");
     let alerts_alone = errors(&format!("{MINIMAL}\n[[alerts]]\nkind = \"log\"\n"));
     assert!(alerts_alone[0].starts_with("alerts:"), "{alerts_alone:?}");
+}
+
+#[test]
+fn sinks_are_named_by_kind_unless_named_and_no_two_share_a_name() {
+    let webhook =
+        |name: &str| format!("[[alerts]]\nkind = \"webhook\"\nurl = \"http://h/\"\n{name}\n");
+    let config = parse(&format!(
+        "{MINIMAL}\n[abuse]\n{}{}{}[[alerts]]\nkind = \"log\"\n",
+        webhook(""),
+        webhook(""),
+        webhook("name = \"soc.pager_1\""),
+    ))
+    .expect("valid");
+    let names: Vec<&str> = config
+        .abuse
+        .as_ref()
+        .expect("abuse on")
+        .sinks
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["webhook", "webhook-2", "soc.pager_1", "log"]);
+
+    let e = errors(&format!(
+        "{MINIMAL}\n[abuse]\n{}{}{}",
+        webhook(""),
+        webhook("name = \"webhook\""),
+        webhook("name = \"soc pager\"\nbatch = 0"),
+    ))
+    .join("\n");
+    for expected in [
+        "alerts[1].name: \"webhook\" is already the name of alerts[0] (its default name)",
+        "alerts[2].name: \"soc pager\": use 1 to 64 letters",
+        "alerts[2].batch: 0:",
+    ] {
+        assert!(e.contains(expected), "{expected} missing from\n{e}");
+    }
 }
 
 #[test]

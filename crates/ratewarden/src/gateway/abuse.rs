@@ -11,7 +11,7 @@ use foldhash::SharedSeed;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use ipnet::IpNet;
 use ratewarden_core::clock::SystemClock;
-use ratewarden_detect::sinks::{LogSink, SentrySink, WebhookSink};
+use ratewarden_detect::sinks::{LogSink, NamedSink, SentrySink, WebhookSink};
 use ratewarden_detect::tracker::local_fallback;
 use ratewarden_detect::{
     AlertMetrics, Alerting, Pseudonymiser, Sanitiser, Sink, Source, Tracker, Violation,
@@ -127,8 +127,8 @@ impl AbuseReporter {
         let sinks = config
             .sinks
             .iter()
-            .map(|sink| -> anyhow::Result<Sink> {
-                Ok(match sink {
+            .map(|entry| -> anyhow::Result<NamedSink> {
+                let sink = match &entry.sink {
                     SinkConfig::Log => Sink::Log(LogSink),
                     SinkConfig::Webhook {
                         url,
@@ -145,6 +145,10 @@ impl AbuseReporter {
                         sentry_sinks.push(sink.clone());
                         Sink::Sentry(sink)
                     }
+                };
+                Ok(NamedSink {
+                    name: entry.name.clone(),
+                    sink,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
