@@ -69,6 +69,16 @@ pub struct AlertMetrics {
 }
 
 impl AlertMetrics {
+    /// The handle of one sink's count of one outcome.
+    fn delivery_counter(&self, sink: &str, outcome: &'static str) -> Counter {
+        self.deliveries
+            .get_or_create(&SinkOutcome {
+                sink: sink.to_owned(),
+                outcome,
+            })
+            .clone()
+    }
+
     /// Registers every metric under `registry` (prefix `abuse_`).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -335,13 +345,7 @@ impl Alerting {
             sinks
                 .into_iter()
                 .map(|sink| {
-                    let dropped = metrics
-                        .deliveries
-                        .get_or_create(&SinkOutcome {
-                            sink: sink.name.clone(),
-                            outcome: "dropped",
-                        })
-                        .clone();
+                    let dropped = metrics.delivery_counter(&sink.name, "dropped");
                     let outlet = Arc::new(BoundedQueue::new(capacity, dropped));
                     tokio::spawn(deliver_forever(sink, outlet.clone(), metrics.clone()));
                     outlet
@@ -526,16 +530,10 @@ async fn deliver_forever(
     outlet: Arc<BoundedQueue<Alert>>,
     metrics: AlertMetrics,
 ) {
-    let counter = |outcome| {
-        metrics
-            .deliveries
-            .get_or_create(&SinkOutcome {
-                sink: name.clone(),
-                outcome,
-            })
-            .clone()
-    };
-    let (sent, failed) = (counter("sent"), counter("failed"));
+    let (sent, failed) = (
+        metrics.delivery_counter(&name, "sent"),
+        metrics.delivery_counter(&name, "failed"),
+    );
     loop {
         let alerts = outlet.pop_up_to(sink.batch()).await;
         let delivery = sink.deliver(&alerts).await;

@@ -11,12 +11,15 @@ pub use self::webhook::{WebhookSink, DEFAULT_BATCH};
 
 use crate::alert::Alert;
 
-/// A sink and its name (`[[alerts]] name`), which its metrics and log lines carry.
-pub struct NamedSink {
-    /// Unique among the configured sinks.
+/// A sink, or its settings, and its name (`[[alerts]] name`): the `sink` label of its
+/// delivery metrics, and named in its delivery-failure warnings.
+#[derive(Clone)]
+pub struct NamedSink<S = Sink> {
+    /// Unique among the configured sinks (the configuration sees to it), so no two
+    /// sinks' metrics add up.
     pub name: String,
-    /// Where alerts go.
-    pub sink: Sink,
+    /// The sink.
+    pub sink: S,
 }
 
 /// One configured destination.
@@ -30,15 +33,6 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// `log`, `webhook` or `sentry`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Sink::Log(_) => "log",
-            Sink::Webhook(_) => "webhook",
-            Sink::Sentry(_) => "sentry",
-        }
-    }
-
     /// Most alerts one delivery takes: a webhook POSTs together the alerts that queued
     /// up while its last POST was out; the log and Sentry take them one by one.
     pub fn batch(&self) -> usize {

@@ -43,8 +43,8 @@ impl SentrySink {
             context.extend(fields);
         }
         let mut event = Event {
-            // The alert's own id: Sentry drops an event it already has, and the event
-            // can be found from the alert a webhook or the log showed.
+            // The alert's own id, so the event can be found from the alert a webhook or
+            // the log showed (Sentry shows it without hyphens).
             event_id: alert.id,
             level: Level::Error,
             message: Some(super::headline(alert)),

@@ -4,7 +4,7 @@ use super::compile::{parse_duration, Errors};
 use super::raw::{RawAbuse, RawAlert, RawPrivacy};
 use http::HeaderName;
 use ratewarden_detect::sanitize::DEFAULT_SECRET_PARAMS;
-use ratewarden_detect::sinks::DEFAULT_BATCH;
+use ratewarden_detect::sinks::{NamedSink, DEFAULT_BATCH};
 use ratewarden_detect::{AbuseSettings, IdentityKind};
 use std::time::Duration;
 
@@ -20,8 +20,9 @@ pub struct AbuseConfig {
     pub user_header: Option<HeaderName>,
     /// Header holding the client's API key.
     pub api_key_header: Option<HeaderName>,
-    /// Where alerts go, each under its name.
-    pub sinks: Vec<NamedSink>,
+    /// Where alerts go, each under its name: `[[alerts]] name`, or else its kind (the
+    /// second unnamed webhook is `webhook-2`).
+    pub sinks: Vec<NamedSink<SinkConfig>>,
     /// The key of the pseudonyms (`[privacy] secret`).
     pub privacy_secret: Option<String>,
     /// Query parameters whose values are masked.
@@ -51,15 +52,18 @@ impl AbuseConfig {
         let sinks: Vec<String> = self
             .sinks
             .iter()
-            .map(|s| match &s.sink {
-                SinkConfig::Log => format!("{} log", s.name),
-                SinkConfig::Webhook {
-                    url,
-                    secret,
-                    timeout,
-                    batch,
-                } => format!("{} webhook {url} {secret:?} {timeout:?} {batch}", s.name),
-                SinkConfig::Sentry { dsn } => format!("{} sentry {dsn}", s.name),
+            .map(|s| {
+                let settings = match &s.sink {
+                    SinkConfig::Log => "log".to_owned(),
+                    SinkConfig::Webhook {
+                        url,
+                        secret,
+                        timeout,
+                        batch,
+                    } => format!("webhook {url} {secret:?} {timeout:?} {batch}"),
+                    SinkConfig::Sentry { dsn } => format!("sentry {dsn}"),
+                };
+                format!("{} {settings}", s.name)
             })
             .collect();
         format!(
@@ -73,19 +77,10 @@ impl AbuseConfig {
     }
 }
 
-/// One `[[alerts]]` entry: a sink, and the name its metrics (`sink` label) and log
-/// lines carry.
-#[derive(Clone)]
-pub struct NamedSink {
-    /// `name`, or else the kind, with `-2`, `-3`... for the second and later sinks of a
-    /// kind: one webhook is `webhook`, as before names existed.
-    pub name: String,
-    /// Where alerts go.
-    pub sink: SinkConfig,
-}
-
 /// The longest sink name: it becomes a metric label value.
 const MAX_SINK_NAME: usize = 64;
+/// The kinds of sink, which a sink of another kind may not be named after.
+const SINK_KINDS: [&str; 3] = ["log", "webhook", "sentry"];
 
 /// Where alerts go.
 #[derive(Clone)]
@@ -263,44 +258,53 @@ pub fn abuse(
     })
 }
 
-/// Every `[[alerts]]` entry, validated and named; two sinks may not share a name, since
-/// their metrics would add up under it.
-fn named_sinks(alerts: &[RawAlert], errors: &mut Errors) -> Vec<NamedSink> {
-    let mut named: Vec<(String, String)> = Vec::new(); // (name, the field that gave it)
-    let mut of_kind: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut sinks = Vec::new();
+/// Every `[[alerts]]` entry, validated and named. Two sinks may not share a name, since
+/// their metrics would add up under it: the names given are checked first, then each
+/// unnamed sink takes its kind, or the first of `kind-2`, `kind-3`... still free.
+fn named_sinks(alerts: &[RawAlert], errors: &mut Errors) -> Vec<NamedSink<SinkConfig>> {
+    // Every sink is checked, even one whose name is wrong, so all errors show at once.
+    let checked: Vec<Option<SinkConfig>> = alerts
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| sink(raw, &format!("alerts[{i}]"), errors))
+        .collect();
+    let mut taken: Vec<(String, usize)> = Vec::new(); // a name, and the entry that has it
+    let mut valid = true;
     for (i, raw) in alerts.iter().enumerate() {
-        let field = format!("alerts[{i}]");
-        // The sink is checked even when its name is wrong, so every error shows at once.
-        let sink = sink(raw, &field, errors);
-        let nth = of_kind.entry(raw.kind.as_str()).or_default();
-        *nth += 1;
-        let (name, given_by) = match &raw.name {
-            Some(name) if !valid_sink_name(name) => {
-                errors.add(
-                    format!("{field}.name"),
-                    format!("{name:?}: use 1 to {MAX_SINK_NAME} letters, digits, '_', '-' or '.'"),
-                );
-                continue;
-            }
-            Some(name) => (name.clone(), format!("{field}.name")),
-            None if *nth == 1 => (raw.kind.clone(), format!("{field} (its default name)")),
-            None => (
-                format!("{}-{nth}", raw.kind),
-                format!("{field} (its default name)"),
-            ),
-        };
-        if let Some((_, first)) = named.iter().find(|(n, _)| *n == name) {
+        let Some(name) = &raw.name else { continue };
+        let field = format!("alerts[{i}].name");
+        if !valid_sink_name(name) {
+            // Not echoed: a wrong value may be anything, a secret pasted in the wrong place
+            // included, and config errors are logged.
             errors.add(
-                format!("{field}.name"),
-                format!(
-                    "{name:?} is already the name of {first}: give each sink a name of its own"
-                ),
+                field,
+                format!("use 1 to {MAX_SINK_NAME} letters, digits, '_', '-' or '.'"),
             );
-            continue;
+            valid = false;
+        } else if SINK_KINDS.contains(&name.as_str()) && *name != raw.kind {
+            errors.add(field, format!("{name:?} is the name of another kind of sink, which would mislabel this one's metrics"));
+            valid = false;
+        } else if let Some((_, first)) = taken.iter().find(|(n, _)| n == name) {
+            errors.add(field, format!("{name:?} is already the name of alerts[{first}]: give each sink a name of its own"));
+            valid = false;
+        } else {
+            taken.push((name.clone(), i));
         }
-        named.push((name.clone(), given_by));
-        if let Some(sink) = sink {
+    }
+    let mut sinks = Vec::new();
+    for (i, (raw, sink)) in alerts.iter().zip(checked).enumerate() {
+        let name = match &raw.name {
+            Some(name) => name.clone(),
+            None => {
+                let name = std::iter::once(raw.kind.clone())
+                    .chain((2..).map(|n| format!("{}-{n}", raw.kind)))
+                    .find(|candidate| taken.iter().all(|(n, _)| n != candidate))
+                    .unwrap_or_default();
+                taken.push((name.clone(), i));
+                name
+            }
+        };
+        if let (Some(sink), true) = (sink, valid) {
             sinks.push(NamedSink { name, sink });
         }
     }

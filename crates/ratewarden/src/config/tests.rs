@@ -422,17 +422,40 @@ fn sinks_are_named_by_kind_unless_named_and_no_two_share_a_name() {
         .collect();
     assert_eq!(names, ["webhook", "webhook-2", "soc.pager_1", "log"]);
 
-    let e = errors(&format!(
+    // A name given is kept; the unnamed sinks take the next free default.
+    let config = parse(&format!(
         "{MINIMAL}\n[abuse]\n{}{}{}",
+        webhook("name = \"webhook-2\""),
         webhook(""),
-        webhook("name = \"webhook\""),
+        webhook(""),
+    ))
+    .expect("valid");
+    let names: Vec<&str> = config
+        .abuse
+        .as_ref()
+        .expect("abuse on")
+        .sinks
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["webhook-2", "webhook", "webhook-3"]);
+
+    let e = errors(&format!(
+        "{MINIMAL}\n[abuse]\n{}{}{}{}{}[[alerts]]\nkind = \"log\"\nname = \"sentry\"\n",
+        webhook("name = \"soc\""),
+        webhook("name = \"soc\""),
         webhook("name = \"soc pager\"\nbatch = 0"),
+        webhook(&format!("name = \"{}\"", "x".repeat(65))),
+        webhook("name = \"pagér\""),
     ))
     .join("\n");
     for expected in [
-        "alerts[1].name: \"webhook\" is already the name of alerts[0] (its default name)",
-        "alerts[2].name: \"soc pager\": use 1 to 64 letters",
+        "alerts[1].name: \"soc\" is already the name of alerts[0]",
+        "alerts[2].name: use 1 to 64 letters",
         "alerts[2].batch: 0:",
+        "alerts[3].name: use 1 to 64",
+        "alerts[4].name: use 1 to 64",
+        "alerts[5].name: \"sentry\" is the name of another kind of sink",
     ] {
         assert!(e.contains(expected), "{expected} missing from\n{e}");
     }

@@ -137,11 +137,11 @@ impl AbuseReporter {
                         batch,
                     } => Sink::Webhook(
                         WebhookSink::new(url.clone(), secret.clone(), *timeout, *batch)
-                            .map_err(anyhow::Error::msg)?,
+                            .map_err(|e| anyhow::anyhow!("alert sink {}: {e}", entry.name))?,
                     ),
                     SinkConfig::Sentry { dsn } => {
                         let sink = SentrySink::new(dsn, &config.settings.instance)
-                            .map_err(anyhow::Error::msg)?;
+                            .map_err(|e| anyhow::anyhow!("alert sink {}: {e}", entry.name))?;
                         sentry_sinks.push(sink.clone());
                         Sink::Sentry(sink)
                     }
