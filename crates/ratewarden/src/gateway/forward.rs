@@ -248,7 +248,7 @@ impl Upstream {
     }
 }
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The header that tells the upstream to challenge a login (CAPTCHA, second factor).
 pub static CHALLENGE: HeaderName = HeaderName::from_static("x-ratewarden-challenge");

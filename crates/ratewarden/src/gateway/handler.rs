@@ -1,7 +1,7 @@
 //! One request, start to finish: refuse what cannot be read, identify the client,
 //! evaluate the policy, ask the store once, then answer or forward.
 
-use super::forward::Upstream;
+use super::forward::{Upstream, X_FORWARDED_FOR};
 use super::limiter::Verdict;
 use super::login;
 use super::responses::{self, RuleOutcome};
@@ -12,7 +12,7 @@ use http::header::HOST;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use ratewarden_core::clock::Clock;
-use ratewarden_core::identity::{client_address, client_network};
+use ratewarden_core::identity::{client_address, client_network, ForwardingHeader};
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, RequestFacts, Rule};
 use ratewarden_core::threat::{Observation, RequestOutcome};
@@ -54,7 +54,7 @@ pub async fn handle(
         peer.ip(),
         forwarding,
         headers
-            .get_all(forwarding.name())
+            .get_all(forwarding_header(forwarding))
             .iter()
             .map(|v| v.as_bytes()),
         &clients.trusted_proxies,
@@ -422,6 +422,15 @@ fn delay_for(enforced: &[&(&Rule, String)], decisions: &Decisions) -> std::time:
         }
     }
     wait.to_duration()
+}
+
+/// The forwarding header's name, parsed once: a lookup by text would parse it again on
+/// every request.
+fn forwarding_header(header: ForwardingHeader) -> &'static http::HeaderName {
+    match header {
+        ForwardingHeader::XForwardedFor => &X_FORWARDED_FOR,
+        ForwardingHeader::Forwarded => &http::header::FORWARDED,
+    }
 }
 
 fn count(gateway: &Gateway, rule: &Rule, decision: &'static str) {

@@ -30,49 +30,79 @@ static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// Adds the rate-limit headers: the draft fields for every rule, the `X-RateLimit-*`
 /// trio for `speaker` (the most restrictive rule).
-///
-/// Written with `push_str` and `itoa` rather than `write!`: every response carries these,
-/// and the formatting machinery cost more than the rest of a 429.
 pub fn add_rate_limit_headers(
     headers: &mut HeaderMap,
     outcomes: &[RuleOutcome<'_>],
     speaker: usize,
 ) {
-    if outcomes.is_empty() {
-        return;
+    if let Some(values) = RateLimitValues::of(outcomes, speaker) {
+        values.insert_into(headers);
     }
-    let mut digits = itoa::Buffer::new();
-    let mut policy = String::with_capacity(32 * outcomes.len());
-    let mut state = String::with_capacity(32 * outcomes.len());
-    for (i, o) in outcomes.iter().enumerate() {
-        for field in [&mut policy, &mut state] {
-            if i > 0 {
-                field.push_str(", ");
-            }
-            field.push('"');
-            field.push_str(o.name);
-            field.push('"');
+}
+
+/// The rate-limit headers' values.
+struct RateLimitValues {
+    /// `RateLimit-Policy`, one item per rule.
+    policy: HeaderValue,
+    /// `RateLimit`, one item per rule.
+    state: HeaderValue,
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` of the speaking rule, if any.
+    speaker: Option<[HeaderValue; 3]>,
+}
+
+impl RateLimitValues {
+    /// Written with `push_str` and `itoa` rather than `write!`: every response carries
+    /// these, and the formatting machinery cost more than the rest of a 429. `None`
+    /// when no rule applied.
+    fn of(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Option<RateLimitValues> {
+        if outcomes.is_empty() {
+            return None;
         }
-        let window = o.limit.window().as_secs_ceil().max(1);
-        let mut parameter = |field: &mut String, key: &str, value: u64| {
-            field.push_str(key);
-            field.push_str(digits.format(value));
-        };
-        parameter(&mut policy, ";q=", u64::from(o.decision.limit));
-        parameter(&mut policy, ";w=", window);
-        parameter(&mut state, ";r=", u64::from(o.decision.remaining));
-        parameter(&mut state, ";t=", o.decision.reset_after.as_secs_ceil());
+        let mut digits = itoa::Buffer::new();
+        let mut policy = String::with_capacity(32 * outcomes.len());
+        let mut state = String::with_capacity(32 * outcomes.len());
+        for (i, o) in outcomes.iter().enumerate() {
+            for field in [&mut policy, &mut state] {
+                if i > 0 {
+                    field.push_str(", ");
+                }
+                field.push('"');
+                field.push_str(o.name);
+                field.push('"');
+            }
+            let window = o.limit.window().as_secs_ceil().max(1);
+            let mut parameter = |field: &mut String, key: &str, value: u64| {
+                field.push_str(key);
+                field.push_str(digits.format(value));
+            };
+            parameter(&mut policy, ";q=", u64::from(o.decision.limit));
+            parameter(&mut policy, ";w=", window);
+            parameter(&mut state, ";r=", u64::from(o.decision.remaining));
+            parameter(&mut state, ";t=", o.decision.reset_after.as_secs_ceil());
+        }
+        Some(RateLimitValues {
+            policy: owned_value(policy)?,
+            state: owned_value(state)?,
+            speaker: outcomes.get(speaker).map(|o| {
+                [
+                    number(u64::from(o.decision.limit)),
+                    number(u64::from(o.decision.remaining)),
+                    number(o.decision.reset_after.as_secs_ceil()),
+                ]
+            }),
+        })
     }
-    headers.reserve(5);
-    insert(headers, &RATELIMIT_POLICY, policy);
-    insert(headers, &RATELIMIT, state);
-    if let Some(o) = outcomes.get(speaker) {
-        headers.insert(X_LIMIT.clone(), number(u64::from(o.decision.limit)));
-        headers.insert(X_REMAINING.clone(), number(u64::from(o.decision.remaining)));
-        headers.insert(
-            X_RESET.clone(),
-            number(o.decision.reset_after.as_secs_ceil()),
-        );
+
+    /// Adds them to `headers` one by one (each name hashed on insertion).
+    fn insert_into(self, headers: &mut HeaderMap) {
+        headers.reserve(5);
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy);
+        headers.insert(RATELIMIT.clone(), self.state);
+        if let Some([limit, remaining, reset]) = self.speaker {
+            headers.insert(X_LIMIT.clone(), limit);
+            headers.insert(X_REMAINING.clone(), remaining);
+            headers.insert(X_RESET.clone(), reset);
+        }
     }
 }
 
@@ -93,11 +123,58 @@ fn number(n: u64) -> HeaderValue {
     }
 }
 
-/// Inserts `value` without copying it (the `String` becomes the header's bytes).
-fn insert(headers: &mut HeaderMap, name: &HeaderName, value: String) {
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-        headers.insert(name.clone(), v);
+/// `value` as a header value without copying it (the `String` becomes its bytes).
+/// Rule names are checked by the configuration, so this fails only on a bug.
+fn owned_value(value: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+}
+
+/// The headers a 429 carries besides `Content-Type`, in the order its values are given
+/// to [`rejection_headers`].
+const REJECTION_HEADERS: [&HeaderName; 6] = [
+    &RETRY_AFTER,
+    &RATELIMIT_POLICY,
+    &RATELIMIT,
+    &X_LIMIT,
+    &X_REMAINING,
+    &X_RESET,
+];
+
+/// A 429's headers with `values` (for [`REJECTION_HEADERS`], in that order), cloned from
+/// a map built once per thread: a clone copies a few words per header, where inserting
+/// hashes every name again (most of what a 429's headers cost). A clone lists its
+/// headers in its template's order, so each value's place is found once, when the
+/// template is built.
+fn rejection_headers(values: [HeaderValue; 6]) -> HeaderMap {
+    struct Template {
+        headers: HeaderMap,
+        /// For each header as the map lists it, the index of its value, if it takes one.
+        slots: Vec<Option<usize>>,
     }
+    thread_local! {
+        static TEMPLATE: Template = {
+            let mut headers = HeaderMap::with_capacity(7);
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+            for name in REJECTION_HEADERS {
+                headers.insert(name.clone(), HeaderValue::from_static("0"));
+            }
+            let slots = headers
+                .keys()
+                .map(|name| REJECTION_HEADERS.iter().position(|n| *n == name))
+                .collect();
+            Template { headers, slots }
+        };
+    }
+    TEMPLATE.with(|template| {
+        let mut headers = template.headers.clone();
+        let mut values = values.map(Some);
+        for (slot, (_, value)) in template.slots.iter().zip(headers.iter_mut()) {
+            if let Some(given) = slot.and_then(|i| values[i].take()) {
+                *value = given;
+            }
+        }
+        headers
+    })
 }
 
 /// 429 with a problem body naming the violated rules.
@@ -140,14 +217,29 @@ pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Respon
     body.push_str("]}");
     let mut response = Response::new(full(body));
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    let headers = response.headers_mut();
-    headers.reserve(7);
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    headers.insert(RETRY_AFTER, number(retry_after));
-    add_rate_limit_headers(headers, outcomes, speaker);
+    let retry_after = number(retry_after);
+    match RateLimitValues::of(outcomes, speaker) {
+        Some(RateLimitValues {
+            policy,
+            state,
+            speaker: Some([limit, remaining, reset]),
+        }) => {
+            *response.headers_mut() =
+                rejection_headers([retry_after, policy, state, limit, remaining, reset]);
+        }
+        // No rule to speak for: the headers that apply, one by one.
+        values => {
+            let headers = response.headers_mut();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            headers.insert(RETRY_AFTER, retry_after);
+            if let Some(values) = values {
+                values.insert_into(headers);
+            }
+        }
+    }
     response
 }
 
@@ -344,6 +436,27 @@ mod tests {
     }
 
     #[test]
+    fn a_429_without_a_speaking_rule_has_the_headers_that_apply() {
+        let limit = Limit::Gcra(Gcra::new("5/s".parse().unwrap(), 5).unwrap());
+        let outcomes = [outcome("auth", &limit, false, 2)];
+        let response = too_many_requests(&outcomes, 9);
+        let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "retry-after",
+                "ratelimit-policy",
+                "ratelimit"
+            ]
+        );
+        assert_eq!(response.headers()["retry-after"], "2");
+        let response = too_many_requests(&[], 0);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(response.headers().len(), 2);
+    }
+
+    #[test]
     fn numbers_render_in_decimal_from_the_table_and_beyond_it() {
         for n in [0, 7, 1023, 1024, 86_400, u64::MAX] {
             assert_eq!(super::number(n).to_str().unwrap(), n.to_string());
@@ -374,6 +487,7 @@ mod tests {
         assert_eq!(header("x-ratelimit-limit"), "5");
         assert_eq!(header("x-ratelimit-remaining"), "0");
         assert_eq!(header("x-ratelimit-reset"), "2");
+        assert_eq!(response.headers().len(), 7, "{:?}", response.headers());
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["status"], 429);
