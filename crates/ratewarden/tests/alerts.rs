@@ -278,14 +278,7 @@ fn dead_receivers_change_no_response_and_count_failures() {
         "requests were slowed: {:?}",
         started.elapsed()
     );
-    let sent_to = |sink: &str, outcome: &str| {
-        metric(
-            &gw.metrics(),
-            &format!(
-                "ratewarden_abuse_alert_deliveries_total{{sink=\"{sink}\",outcome=\"{outcome}\"}}"
-            ),
-        )
-    };
+    let sent_to = |sink: &str, outcome: &str| deliveries(&gw, sink, outcome);
     eventually("alerts logged", Duration::from_secs(10), || {
         sent_to("log", "sent") == 3.0
     });
@@ -299,6 +292,58 @@ fn dead_receivers_change_no_response_and_count_failures() {
         gw.get("127.0.0.12", PATH, &headers).status,
         200,
         "traffic unaffected"
+    );
+}
+
+#[test]
+fn a_hanging_receiver_slows_no_request_and_no_other_sink() {
+    let upstream = Upstream::start();
+    // Takes every POST and would answer an hour later.
+    let webhook = Receiver::start(200, Duration::from_secs(3_600));
+    let sentry = Receiver::start(200, Duration::ZERO);
+    let text = config(upstream.port, webhook.port, sentry.port, "10m", "")
+        .replace("timeout = \"2s\"", "timeout = \"300ms\"");
+    assert!(
+        text.contains("timeout = \"300ms\""),
+        "the webhook gives up on an attempt soon"
+    );
+    let gw = Gateway::start(&text);
+    let headers = secret_headers();
+    let started = Instant::now();
+    let statuses: Vec<u16> = (0..8)
+        .map(|_| gw.get("127.0.0.11", PATH, &headers).status)
+        .collect();
+    assert_eq!(statuses, [200, 429, 429, 429, 429, 429, 429, 429]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "requests were slowed: {:?}",
+        started.elapsed()
+    );
+    // The other sinks deliver while the webhook waits.
+    eventually(
+        "the log and Sentry sinks' alerts",
+        Duration::from_secs(10),
+        || deliveries(&gw, "log", "sent") == 3.0 && sentry.received().len() >= 3,
+    );
+    assert_eq!(deliveries(&gw, "webhook", "sent"), 0.0);
+    // Each hung POST times out and is tried again; after the last attempt the alerts
+    // are counted as failed.
+    eventually(
+        "the webhook's alerts counted as failed",
+        Duration::from_secs(40),
+        || deliveries(&gw, "webhook", "failed") == 3.0,
+    );
+    assert!(
+        webhook.received().len() >= 5,
+        "{} POSTs: every attempt reached the receiver",
+        webhook.received().len()
+    );
+    let again = Instant::now();
+    assert_eq!(gw.get("127.0.0.12", PATH, &headers).status, 200);
+    assert!(
+        again.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        again.elapsed()
     );
 }
 
@@ -399,33 +444,28 @@ fn a_flood_from_many_clients_is_bounded_work_and_counted_drops() {
     // Each webhook's alerts are counted under its own name: the batched one's are all
     // either sent (and received) or dropped, and the slow one's series holds no more
     // than the flood's alerts (sharing a label, the two would add up to more).
-    let batched_count = |outcome: &str| {
-        metric(
-            &gw.metrics(),
-            &format!(
-                "ratewarden_abuse_alert_deliveries_total{{sink=\"batched\",outcome=\"{outcome}\"}}"
-            ),
-        ) as usize
-    };
+    let batched_count = |outcome: &str| deliveries(&gw, "batched", outcome) as usize;
     eventually(
         "the batched webhook's queue drained",
         Duration::from_secs(20),
         || batched_count("sent") + batched_count("dropped") == 1_500,
     );
     assert_eq!(batched_count("sent"), batched.alerts().len());
-    let m = gw.metrics();
     let slow: f64 = ["sent", "dropped", "failed"]
         .iter()
-        .map(|outcome| {
-            metric(
-                &m,
-                &format!(
-                    "ratewarden_abuse_alert_deliveries_total{{sink=\"webhook\",outcome=\"{outcome}\"}}"
-                ),
-            )
-        })
+        .map(|outcome| deliveries(&gw, "webhook", outcome))
         .sum();
-    assert!(slow <= 1_500.0, "{slow}\n{m}");
+    assert!(slow <= 1_500.0, "{slow}\n{}", gw.metrics());
+}
+
+/// Alerts the sink named `sink` counted with `outcome` (sent, failed, dropped).
+fn deliveries(gw: &Gateway, sink: &str, outcome: &str) -> f64 {
+    metric(
+        &gw.metrics(),
+        &format!(
+            "ratewarden_abuse_alert_deliveries_total{{sink=\"{sink}\",outcome=\"{outcome}\"}}"
+        ),
+    )
 }
 
 fn metric(text: &str, name: &str) -> f64 {
