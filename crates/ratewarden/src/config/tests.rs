@@ -405,40 +405,31 @@ fn abuse_settings_are_checked() {
 fn sinks_are_named_by_kind_unless_named_and_no_two_share_a_name() {
     let webhook =
         |name: &str| format!("[[alerts]]\nkind = \"webhook\"\nurl = \"http://h/\"\n{name}\n");
-    let config = parse(&format!(
-        "{MINIMAL}\n[abuse]\n{}{}{}[[alerts]]\nkind = \"log\"\n",
-        webhook(""),
-        webhook(""),
-        webhook("name = \"soc.pager_1\""),
-    ))
-    .expect("valid");
-    let names: Vec<&str> = config
-        .abuse
-        .as_ref()
-        .expect("abuse on")
-        .sinks
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    assert_eq!(names, ["webhook", "webhook-2", "soc.pager_1", "log"]);
+    let names = |alerts: String| -> Vec<String> {
+        let config = parse(&format!("{MINIMAL}\n[abuse]\n{alerts}")).expect("valid");
+        let abuse = config.abuse.expect("abuse on");
+        abuse.sinks.into_iter().map(|s| s.name).collect()
+    };
+    assert_eq!(
+        names(format!(
+            "{}{}{}[[alerts]]\nkind = \"log\"\n",
+            webhook(""),
+            webhook(""),
+            webhook("name = \"soc.pager_1\"")
+        )),
+        ["webhook", "webhook-2", "soc.pager_1", "log"]
+    );
 
     // A name given is kept; the unnamed sinks take the next free default.
-    let config = parse(&format!(
-        "{MINIMAL}\n[abuse]\n{}{}{}",
-        webhook("name = \"webhook-2\""),
-        webhook(""),
-        webhook(""),
-    ))
-    .expect("valid");
-    let names: Vec<&str> = config
-        .abuse
-        .as_ref()
-        .expect("abuse on")
-        .sinks
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    assert_eq!(names, ["webhook-2", "webhook", "webhook-3"]);
+    assert_eq!(
+        names(format!(
+            "{}{}{}",
+            webhook("name = \"webhook-2\""),
+            webhook(""),
+            webhook("")
+        )),
+        ["webhook-2", "webhook", "webhook-3"]
+    );
 
     let e = errors(&format!(
         "{MINIMAL}\n[abuse]\n{}{}{}{}{}[[alerts]]\nkind = \"log\"\nname = \"sentry\"\n",
