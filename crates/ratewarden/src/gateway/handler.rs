@@ -507,3 +507,16 @@ fn strip_port(host: &str) -> &str {
         _ => host,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::forwarding_header;
+    use ratewarden_core::identity::ForwardingHeader;
+
+    #[test]
+    fn the_forwarding_header_is_looked_up_under_its_configured_name() {
+        for header in [ForwardingHeader::XForwardedFor, ForwardingHeader::Forwarded] {
+            assert_eq!(forwarding_header(header).as_str(), header.name());
+        }
+    }
+}
