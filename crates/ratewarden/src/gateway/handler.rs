@@ -4,7 +4,8 @@
 use super::forward::{Upstream, X_FORWARDED_FOR};
 use super::limiter::Verdict;
 use super::login;
-use super::responses::{self, RuleOutcome};
+use super::rate_limit_headers::{self, RuleOutcome};
+use super::responses;
 use super::threat::{client_label, stable_hash, Standing, Trigger};
 use super::{Body, Gateway};
 use crate::metrics::{Refusal, RuleDecision};
@@ -368,7 +369,7 @@ pub async fn handle(
             abuse.report(|| head, client.ip, network, Vec::new, Source::Upstream);
         }
     }
-    responses::add_rate_limit_headers(response.headers_mut(), &outcomes, speaker);
+    rate_limit_headers::add_rate_limit_headers(response.headers_mut(), &outcomes, speaker);
     response
 }
 

@@ -13,6 +13,7 @@ mod handler;
 mod limiter;
 mod login;
 mod pool;
+pub mod rate_limit_headers;
 pub mod responses;
 mod status_cache;
 pub mod threat;

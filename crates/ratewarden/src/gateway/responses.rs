@@ -1,184 +1,16 @@
-//! Every response the gateway writes itself, and the rate-limit headers: one place for
-//! status codes, problem bodies (RFC 9457) and header rendering.
-//!
-//! Headers follow draft-ietf-httpapi-ratelimit-headers-11 (`RateLimit-Policy`,
-//! `RateLimit`, one list item per rule) and the common `X-RateLimit-*` trio, whose
-//! `Reset` is in seconds from now (like the draft's `t`).
+//! Every response the gateway writes itself: one place for status codes and problem
+//! bodies (RFC 9457). The rate-limit headers are rendered in
+//! [`super::rate_limit_headers`].
 
+use super::rate_limit_headers::{rejection_headers, RuleOutcome};
 use super::Body;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use ratewarden_core::{Decision, Limit};
 
-/// A rule's decision for the headers.
-pub struct RuleOutcome<'a> {
-    /// The rule's name.
-    pub name: &'a str,
-    /// Its limit (for the policy's window).
-    pub limit: &'a Limit,
-    /// Its decision.
-    pub decision: Decision,
-}
-
-static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-/// Adds the rate-limit headers: the draft fields for every rule, the `X-RateLimit-*`
-/// trio for `speaker` (the most restrictive rule).
-pub fn add_rate_limit_headers(
-    headers: &mut HeaderMap,
-    outcomes: &[RuleOutcome<'_>],
-    speaker: usize,
-) {
-    if let Some(values) = RateLimitValues::of(outcomes, speaker) {
-        values.insert_into(headers);
-    }
-}
-
-/// The rate-limit headers' values.
-struct RateLimitValues {
-    /// `RateLimit-Policy`, one item per rule.
-    policy: HeaderValue,
-    /// `RateLimit`, one item per rule.
-    state: HeaderValue,
-    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` of the speaking rule, if any.
-    speaker: Option<[HeaderValue; 3]>,
-}
-
-impl RateLimitValues {
-    /// Written with `push_str` and `itoa` rather than `write!`: every response carries
-    /// these, and the formatting machinery cost more than the rest of a 429. `None`
-    /// when no rule applied.
-    fn of(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Option<RateLimitValues> {
-        if outcomes.is_empty() {
-            return None;
-        }
-        let mut digits = itoa::Buffer::new();
-        let mut policy = String::with_capacity(32 * outcomes.len());
-        let mut state = String::with_capacity(32 * outcomes.len());
-        for (i, o) in outcomes.iter().enumerate() {
-            for field in [&mut policy, &mut state] {
-                if i > 0 {
-                    field.push_str(", ");
-                }
-                field.push('"');
-                field.push_str(o.name);
-                field.push('"');
-            }
-            let window = o.limit.window().as_secs_ceil().max(1);
-            let mut parameter = |field: &mut String, key: &str, value: u64| {
-                field.push_str(key);
-                field.push_str(digits.format(value));
-            };
-            parameter(&mut policy, ";q=", u64::from(o.decision.limit));
-            parameter(&mut policy, ";w=", window);
-            parameter(&mut state, ";r=", u64::from(o.decision.remaining));
-            parameter(&mut state, ";t=", o.decision.reset_after.as_secs_ceil());
-        }
-        Some(RateLimitValues {
-            policy: owned_value(policy)?,
-            state: owned_value(state)?,
-            speaker: outcomes.get(speaker).map(|o| {
-                [
-                    number(u64::from(o.decision.limit)),
-                    number(u64::from(o.decision.remaining)),
-                    number(o.decision.reset_after.as_secs_ceil()),
-                ]
-            }),
-        })
-    }
-
-    /// Adds them to `headers` one by one (each name hashed on insertion).
-    fn insert_into(self, headers: &mut HeaderMap) {
-        headers.reserve(5);
-        headers.insert(RATELIMIT_POLICY.clone(), self.policy);
-        headers.insert(RATELIMIT.clone(), self.state);
-        if let Some([limit, remaining, reset]) = self.speaker {
-            headers.insert(X_LIMIT.clone(), limit);
-            headers.insert(X_REMAINING.clone(), remaining);
-            headers.insert(X_RESET.clone(), reset);
-        }
-    }
-}
-
-/// A number as a header value. The small ones (most limits, counts left and seconds)
-/// come from a table rendered once: a clone of a static value allocates nothing and
-/// touches no shared reference count.
-fn number(n: u64) -> HeaderValue {
-    const RENDERED: usize = 1024;
-    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
-    match usize::try_from(n) {
-        Ok(i) if i < RENDERED => SMALL.get_or_init(|| {
-            (0..RENDERED)
-                .map(|i| HeaderValue::from_static(String::leak(i.to_string())))
-                .collect()
-        })[i]
-            .clone(),
-        _ => HeaderValue::from(n),
-    }
-}
-
-/// `value` as a header value without copying it (the `String` becomes its bytes).
-/// Rule names are checked by the configuration, so this fails only on a bug.
-fn owned_value(value: String) -> Option<HeaderValue> {
-    let value = HeaderValue::from_maybe_shared(Bytes::from(value)).ok();
-    debug_assert!(value.is_some(), "a rule name the configuration let through");
-    value
-}
-
-/// The headers a 429 carries besides `Content-Type`, in the order its values are given
-/// to [`rejection_headers`].
-const REJECTION_HEADERS: [&HeaderName; 6] = [
-    &RETRY_AFTER,
-    &RATELIMIT_POLICY,
-    &RATELIMIT,
-    &X_LIMIT,
-    &X_REMAINING,
-    &X_RESET,
-];
-
-/// A 429's headers with `values` (for [`REJECTION_HEADERS`], in that order), cloned from
-/// a map built once per thread: a clone makes two allocations and copies a few words
-/// per header, where inserting hashes every name again (most of what a 429's headers
-/// cost). A clone lists its headers in its template's order, so each value's place is
-/// found once, when the template is built, by name.
-fn rejection_headers(values: [HeaderValue; 6]) -> HeaderMap {
-    struct Template {
-        headers: HeaderMap,
-        /// For each header as the map lists it, the index of its value, if it takes one.
-        slots: Vec<Option<usize>>,
-    }
-    thread_local! {
-        static TEMPLATE: Template = {
-            let mut headers = HeaderMap::with_capacity(7);
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-            for name in REJECTION_HEADERS {
-                // A placeholder no real value can be, so a test sees one left behind.
-                headers.insert(name.clone(), HeaderValue::from_static("unset"));
-            }
-            let slots = headers
-                .keys()
-                .map(|name| REJECTION_HEADERS.iter().position(|n| *n == name))
-                .collect();
-            Template { headers, slots }
-        };
-    }
-    TEMPLATE.with(|template| {
-        let mut headers = template.headers.clone();
-        let mut values = values.map(Some);
-        for (slot, (_, value)) in template.slots.iter().zip(headers.iter_mut()) {
-            if let Some(given) = slot.and_then(|i| values[i].take()) {
-                *value = given;
-            }
-        }
-        headers
-    })
-}
+/// The content type of every body the gateway writes itself (RFC 9457 problems).
+pub(super) const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 /// 429 with a problem body naming the violated rules.
 pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Response<Body> {
@@ -220,29 +52,7 @@ pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Respon
     body.push_str("]}");
     let mut response = Response::new(full(body));
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    let retry_after = number(retry_after);
-    match RateLimitValues::of(outcomes, speaker) {
-        Some(RateLimitValues {
-            policy,
-            state,
-            speaker: Some([limit, remaining, reset]),
-        }) => {
-            *response.headers_mut() =
-                rejection_headers([retry_after, policy, state, limit, remaining, reset]);
-        }
-        // No rule to speak for: the headers that apply, one by one.
-        values => {
-            let headers = response.headers_mut();
-            headers.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/problem+json"),
-            );
-            headers.insert(RETRY_AFTER, retry_after);
-            if let Some(values) = values {
-                values.insert_into(headers);
-            }
-        }
-    }
+    *response.headers_mut() = rejection_headers(outcomes, speaker, retry_after);
     response
 }
 
@@ -404,10 +214,7 @@ pub fn upstream_failure(status: StatusCode, detail: &str) -> Response<Body> {
 fn problem(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    response.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);
     response
 }
 
@@ -420,7 +227,8 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 #[cfg(test)]
 mod tests {
-    use super::{too_many_requests, RuleOutcome};
+    use super::too_many_requests;
+    use crate::gateway::rate_limit_headers::RuleOutcome;
     use http_body_util::BodyExt;
     use ratewarden_core::{Decision, Gcra, Limit, Nanos};
 
@@ -457,13 +265,6 @@ mod tests {
         let response = too_many_requests(&[], 0);
         assert_eq!(response.headers()["retry-after"], "1");
         assert_eq!(response.headers().len(), 2);
-    }
-
-    #[test]
-    fn numbers_render_in_decimal_from_the_table_and_beyond_it() {
-        for n in [0, 7, 1023, 1024, 86_400, u64::MAX] {
-            assert_eq!(super::number(n).to_str().unwrap(), n.to_string());
-        }
     }
 
     #[tokio::test]

@@ -1,0 +1,216 @@
+//! The rate-limit headers, rendered in one place: the fields of
+//! draft-ietf-httpapi-ratelimit-headers-11 (`RateLimit-Policy`, `RateLimit`, one list
+//! item per rule) and the common `X-RateLimit-*` trio, whose `Reset` is in seconds from
+//! now (like the draft's `t`), on every response a rule applied to; and the whole
+//! header set of a 429, which is built from a template (it is the hot path under
+//! attack).
+
+use super::responses::PROBLEM_JSON;
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use ratewarden_core::{Decision, Limit};
+
+/// A rule's decision for the headers.
+pub struct RuleOutcome<'a> {
+    /// The rule's name.
+    pub name: &'a str,
+    /// Its limit (for the policy's window).
+    pub limit: &'a Limit,
+    /// Its decision.
+    pub decision: Decision,
+}
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Adds the rate-limit headers: the draft fields for every rule, the `X-RateLimit-*`
+/// trio for `speaker` (the most restrictive rule).
+pub fn add_rate_limit_headers(
+    headers: &mut HeaderMap,
+    outcomes: &[RuleOutcome<'_>],
+    speaker: usize,
+) {
+    if let Some(values) = RateLimitValues::of(outcomes, speaker) {
+        values.insert_into(headers);
+    }
+}
+
+/// The rate-limit headers' values.
+struct RateLimitValues {
+    /// `RateLimit-Policy`, one item per rule.
+    policy: HeaderValue,
+    /// `RateLimit`, one item per rule.
+    state: HeaderValue,
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` of the speaking rule, if any.
+    speaker: Option<[HeaderValue; 3]>,
+}
+
+impl RateLimitValues {
+    /// Written with `push_str` and `itoa` rather than `write!`: every response carries
+    /// these, and the formatting machinery cost more than the rest of a 429. `None`
+    /// when no rule applied.
+    fn of(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Option<RateLimitValues> {
+        if outcomes.is_empty() {
+            return None;
+        }
+        let mut digits = itoa::Buffer::new();
+        let mut policy = String::with_capacity(32 * outcomes.len());
+        let mut state = String::with_capacity(32 * outcomes.len());
+        for (i, o) in outcomes.iter().enumerate() {
+            for field in [&mut policy, &mut state] {
+                if i > 0 {
+                    field.push_str(", ");
+                }
+                field.push('"');
+                field.push_str(o.name);
+                field.push('"');
+            }
+            let window = o.limit.window().as_secs_ceil().max(1);
+            let mut parameter = |field: &mut String, key: &str, value: u64| {
+                field.push_str(key);
+                field.push_str(digits.format(value));
+            };
+            parameter(&mut policy, ";q=", u64::from(o.decision.limit));
+            parameter(&mut policy, ";w=", window);
+            parameter(&mut state, ";r=", u64::from(o.decision.remaining));
+            parameter(&mut state, ";t=", o.decision.reset_after.as_secs_ceil());
+        }
+        Some(RateLimitValues {
+            policy: owned_value(policy)?,
+            state: owned_value(state)?,
+            speaker: outcomes.get(speaker).map(|o| {
+                [
+                    number(u64::from(o.decision.limit)),
+                    number(u64::from(o.decision.remaining)),
+                    number(o.decision.reset_after.as_secs_ceil()),
+                ]
+            }),
+        })
+    }
+
+    /// Adds them to `headers` one by one (each name hashed on insertion).
+    fn insert_into(self, headers: &mut HeaderMap) {
+        headers.reserve(5);
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy);
+        headers.insert(RATELIMIT.clone(), self.state);
+        if let Some([limit, remaining, reset]) = self.speaker {
+            headers.insert(X_LIMIT.clone(), limit);
+            headers.insert(X_REMAINING.clone(), remaining);
+            headers.insert(X_RESET.clone(), reset);
+        }
+    }
+}
+
+/// A number as a header value. The small ones (most limits, counts left and seconds)
+/// come from a table rendered once: a clone of a static value allocates nothing and
+/// touches no shared reference count.
+fn number(n: u64) -> HeaderValue {
+    const RENDERED: usize = 1024;
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    match usize::try_from(n) {
+        Ok(i) if i < RENDERED => SMALL.get_or_init(|| {
+            (0..RENDERED)
+                .map(|i| HeaderValue::from_static(String::leak(i.to_string())))
+                .collect()
+        })[i]
+            .clone(),
+        _ => HeaderValue::from(n),
+    }
+}
+
+/// `value` as a header value without copying it (the `String` becomes its bytes).
+/// Rule names are checked by the configuration, so this fails only on a bug.
+fn owned_value(value: String) -> Option<HeaderValue> {
+    let value = HeaderValue::from_maybe_shared(Bytes::from(value)).ok();
+    debug_assert!(value.is_some(), "a rule name the configuration let through");
+    value
+}
+
+/// The headers a 429 carries besides `Content-Type`, in the order its values are given
+/// to [`from_template`].
+const REJECTION_HEADERS: [&HeaderName; 6] = [
+    &RETRY_AFTER,
+    &RATELIMIT_POLICY,
+    &RATELIMIT,
+    &X_LIMIT,
+    &X_REMAINING,
+    &X_RESET,
+];
+
+/// A 429's headers with `values` (for [`REJECTION_HEADERS`], in that order), cloned from
+/// a map built once per thread: a clone makes two allocations and copies a few words
+/// per header, where inserting hashes every name again (most of what a 429's headers
+/// cost). A clone lists its headers in its template's order, so each value's place is
+/// found once, when the template is built, by name.
+fn from_template(values: [HeaderValue; 6]) -> HeaderMap {
+    struct Template {
+        headers: HeaderMap,
+        /// For each header as the map lists it, the index of its value, if it takes one.
+        slots: Vec<Option<usize>>,
+    }
+    thread_local! {
+        static TEMPLATE: Template = {
+            let mut headers = HeaderMap::with_capacity(7);
+            headers.insert(CONTENT_TYPE, PROBLEM_JSON);
+            for name in REJECTION_HEADERS {
+                // A placeholder no real value can be, so a test sees one left behind.
+                headers.insert(name.clone(), HeaderValue::from_static("unset"));
+            }
+            let slots = headers
+                .keys()
+                .map(|name| REJECTION_HEADERS.iter().position(|n| *n == name))
+                .collect();
+            Template { headers, slots }
+        };
+    }
+    TEMPLATE.with(|template| {
+        let mut headers = template.headers.clone();
+        let mut values = values.map(Some);
+        for (slot, (_, value)) in template.slots.iter().zip(headers.iter_mut()) {
+            if let Some(given) = slot.and_then(|i| values[i].take()) {
+                *value = given;
+            }
+        }
+        headers
+    })
+}
+
+/// The headers of a 429 problem response: `Content-Type`, `Retry-After` (seconds) and
+/// the rate-limit headers of `outcomes`.
+pub fn rejection_headers(
+    outcomes: &[RuleOutcome<'_>],
+    speaker: usize,
+    retry_after: u64,
+) -> HeaderMap {
+    let retry_after = number(retry_after);
+    match RateLimitValues::of(outcomes, speaker) {
+        Some(RateLimitValues {
+            policy,
+            state,
+            speaker: Some([limit, remaining, reset]),
+        }) => from_template([retry_after, policy, state, limit, remaining, reset]),
+        // No rule to speak for: the headers that apply, one by one.
+        values => {
+            let mut headers = HeaderMap::with_capacity(7);
+            headers.insert(CONTENT_TYPE, PROBLEM_JSON);
+            headers.insert(RETRY_AFTER, retry_after);
+            if let Some(values) = values {
+                values.insert_into(&mut headers);
+            }
+            headers
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbers_render_in_decimal_from_the_table_and_beyond_it() {
+        for n in [0, 7, 1023, 1024, 86_400, u64::MAX] {
+            assert_eq!(super::number(n).to_str().unwrap(), n.to_string());
+        }
+    }
+}
