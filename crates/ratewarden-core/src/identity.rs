@@ -33,19 +33,24 @@ impl DottedQuad {
             text: [0; 15],
             len: 0,
         };
-        let mut digits = itoa::Buffer::new();
         for (i, octet) in address.octets().into_iter().enumerate() {
             if i > 0 {
-                quad.push(b".");
+                quad.push(b'.');
             }
-            quad.push(digits.format(octet).as_bytes());
+            if octet >= 100 {
+                quad.push(b'0' + octet / 100);
+            }
+            if octet >= 10 {
+                quad.push(b'0' + octet / 10 % 10);
+            }
+            quad.push(b'0' + octet % 10);
         }
         quad
     }
 
-    fn push(&mut self, bytes: &[u8]) {
-        self.text[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
+    fn push(&mut self, byte: u8) {
+        self.text[self.len] = byte;
+        self.len += 1;
     }
 
     /// The text.

@@ -6,6 +6,7 @@ use super::responses::upstream_failure;
 use super::{Body, BodyError};
 use crate::metrics::{Metrics, UpstreamError};
 use bytes::Bytes;
+use futures_util::future::{self, Either, FutureExt};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
@@ -50,8 +51,21 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// The lengths of [`HOP_BY_HOP`]'s names, one bit each.
+const HOP_BY_HOP_LENGTHS: u32 = {
+    let mut lengths = 0;
+    let mut i = 0;
+    while i < HOP_BY_HOP.len() {
+        lengths |= 1 << HOP_BY_HOP[i].len();
+        i += 1;
+    }
+    lengths
+};
+
+/// Whether `name` (lower case, as `HeaderName`s are) is hop-by-hop. By length first:
+/// most names have none of these lengths, and every header of every message is checked.
 fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.contains(&name)
+    name.len() < 32 && HOP_BY_HOP_LENGTHS & (1 << name.len()) != 0 && HOP_BY_HOP.contains(&name)
 }
 
 /// A copy of `request` to send again if its connection fails, when sending it twice
@@ -124,33 +138,56 @@ impl Upstream {
     ///   response head came back.
     ///
     /// A request on a new connection is not sent twice: that upstream failed for real.
-    async fn exchange(
-        &self,
+    ///
+    /// On a pooled connection the request is handed to hyper at once, before the future
+    /// is polled. The future is made of combinators rather than an `async` block, which
+    /// would keep room for its values twice (as captured, then as awaited): it is moved
+    /// with every request, and each move copies all of it. Connecting and sending again
+    /// are boxed for the same reason: they are rare.
+    fn exchange<'a>(
+        &'a self,
         request: Request<ForwardBody>,
+        metrics: &'a Metrics,
+    ) -> impl Future<Output = Result<(Response<Incoming>, Lease), ExchangeError>> + 'a {
+        let Some(mut lease) = self.pool.take_ready() else {
+            return Either::Right(Box::pin(self.send_on_new_connection(request)));
+        };
+        let replay = replayable_copy(&request).map(Box::new);
+        let answer = lease.sender().try_send_request(request);
+        Either::Left(answer.then(move |answer| match answer {
+            Ok(response) => Either::Left(future::ready(Ok((response, lease)))),
+            Err(failure) => {
+                Either::Right(Box::pin(self.send_again(failure, replay, lease, metrics)))
+            }
+        }))
+    }
+
+    /// After `failure` on the pooled `lease`, the request once more on a new connection
+    /// when [`Upstream::exchange`] says that is safe; `replay` is its copy if one was made.
+    async fn send_again(
+        &self,
+        mut failure: hyper::client::conn::TrySendError<Request<ForwardBody>>,
+        replay: Option<Box<Request<ForwardBody>>>,
+        lease: Lease,
         metrics: &Metrics,
     ) -> Result<(Response<Incoming>, Lease), ExchangeError> {
-        let mut lease = self.pool.lease().await.map_err(ExchangeError::Connect)?;
-        let replay = if lease.reused {
-            replayable_copy(&request)
-        } else {
-            None
-        };
-        let mut failure = match lease.sender().try_send_request(request).await {
-            Ok(response) => return Ok((response, lease)),
-            Err(failure) => failure,
-        };
         let again = match (failure.take_message(), replay) {
-            (Some(unsent), _) => Some(unsent),
-            (None, Some(copy)) if lost_with_the_connection(failure.error()) => Some(copy),
-            _ => None,
-        };
-        let (Some(request), true) = (again, lease.reused) else {
-            return Err(ExchangeError::Exchange(failure.into_error()));
+            (Some(unsent), _) => unsent,
+            (None, Some(copy)) if lost_with_the_connection(failure.error()) => *copy,
+            _ => return Err(ExchangeError::Exchange(failure.into_error())),
         };
         tracing::debug!(error = %failure.error(), "pooled upstream connection failed; sending again on a new one");
         drop(lease);
-        let mut lease = self.pool.connect().await.map_err(ExchangeError::Connect)?;
         metrics.upstream_retries.inc();
+        self.send_on_new_connection(again).await
+    }
+
+    /// Sends `request` on a new connection, once.
+    async fn send_on_new_connection(
+        &self,
+        request: Request<ForwardBody>,
+    ) -> Result<(Response<Incoming>, Lease), ExchangeError> {
+        let mut lease = self.pool.connect().await?;
         match lease.sender().send_request(request).await {
             Ok(response) => Ok((response, lease)),
             Err(e) => Err(ExchangeError::Exchange(e)),
@@ -159,23 +196,64 @@ impl Upstream {
 
     /// Forwards `request` from `client_ip` (as identified) and returns the upstream's
     /// answer, or a 502/504 of our own.
-    pub async fn forward(
-        &self,
+    pub fn forward<'a>(
+        &'a self,
         request: Request<Incoming>,
         client_ip: IpAddr,
-        metrics: &Metrics,
-    ) -> Response<Body> {
+        metrics: &'a Metrics,
+    ) -> impl Future<Output = Response<Body>> + 'a {
         self.forward_body(request.map(ForwardBody::Streamed), client_ip, metrics)
-            .await
     }
 
     /// [`Upstream::forward`] for a request whose body was partly or wholly read.
-    pub async fn forward_body(
+    ///
+    /// The request is rewritten and sent before the future is first polled (see
+    /// [`Upstream::exchange`]).
+    pub fn forward_body<'a>(
+        &'a self,
+        request: Request<ForwardBody>,
+        client_ip: IpAddr,
+        metrics: &'a Metrics,
+    ) -> impl Future<Output = Response<Body>> + 'a {
+        let request = self.upstream_request(request, client_ip);
+        // Combinators, not `async`: see `exchange`.
+        tokio::time::timeout(self.timeout, self.exchange(request, metrics)).map(move |exchanged| {
+            match exchanged {
+                Ok(Ok((response, lease))) => {
+                    let (mut parts, body) = response.into_parts();
+                    strip_headers(&mut parts.headers, |_| false);
+                    let body = UpstreamBody::new(body, lease, self.timeout);
+                    Response::from_parts(parts, body.boxed())
+                }
+                Ok(Err(e)) => {
+                    metrics
+                        .upstream_errors
+                        .get_or_create(&UpstreamError { kind: "connect" })
+                        .inc();
+                    tracing::warn!(error = %e, "upstream request failed");
+                    upstream_failure(StatusCode::BAD_GATEWAY, "the upstream could not be reached")
+                }
+                Err(_) => {
+                    metrics
+                        .upstream_errors
+                        .get_or_create(&UpstreamError { kind: "timeout" })
+                        .inc();
+                    upstream_failure(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the upstream did not answer in time",
+                    )
+                }
+            }
+        })
+    }
+
+    /// The request as the upstream hears it: origin-form target, HTTP/1.1, hop-by-hop and
+    /// gateway-only headers removed, `X-Forwarded-For` (and the login challenge) set.
+    fn upstream_request(
         &self,
         request: Request<ForwardBody>,
         client_ip: IpAddr,
-        metrics: &Metrics,
-    ) -> Response<Body> {
+    ) -> Request<ForwardBody> {
         let (mut parts, body) = request.into_parts();
         let client_authority = parts.uri.authority().cloned();
         // The upstream is sent the origin form (`/path?query`), as a client sends a
@@ -218,33 +296,7 @@ impl Upstream {
                 }
             }
         }
-        let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(self.timeout, self.exchange(request, metrics)).await {
-            Ok(Ok((response, lease))) => {
-                let (mut parts, body) = response.into_parts();
-                strip_headers(&mut parts.headers, |_| false);
-                let body = UpstreamBody::new(body, lease, self.timeout);
-                Response::from_parts(parts, body.boxed())
-            }
-            Ok(Err(e)) => {
-                metrics
-                    .upstream_errors
-                    .get_or_create(&UpstreamError { kind: "connect" })
-                    .inc();
-                tracing::warn!(error = %e, "upstream request failed");
-                upstream_failure(StatusCode::BAD_GATEWAY, "the upstream could not be reached")
-            }
-            Err(_) => {
-                metrics
-                    .upstream_errors
-                    .get_or_create(&UpstreamError { kind: "timeout" })
-                    .inc();
-                upstream_failure(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the upstream did not answer in time",
-                )
-            }
-        }
+        Request::from_parts(parts, body)
     }
 }
 
@@ -437,41 +489,68 @@ impl hyper::body::Body for UpstreamBody {
 /// a dozen such removals (a custom name like `keep-alive`, parsed from `Connection`,
 /// also cost an allocation), about 4% of its instructions.
 fn strip_headers(headers: &mut HeaderMap, also: fn(&str) -> bool) {
-    let mut doomed: smallvec::SmallVec<[HeaderName; 4]> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name.as_str()) || also(name.as_str()))
-        .cloned()
-        .collect();
-    if doomed.contains(&CONNECTION) {
-        // The other names `Connection` lists, read once. Most list only `keep-alive`
-        // or `close`: hop-by-hop anyway, or no header at all.
-        let named: smallvec::SmallVec<[&str; 4]> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h))
-                    && !doomed.iter().any(|d| t.eq_ignore_ascii_case(d.as_str()))
-            })
-            .collect();
-        if !named.is_empty() {
-            // `Connection: host` must not take away the Host the rules matched on.
-            let more: smallvec::SmallVec<[HeaderName; 4]> = headers
-                .keys()
-                .filter(|name| {
-                    **name != http::header::HOST
-                        && named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
-                })
-                .cloned()
-                .collect();
-            doomed.extend(more);
+    let mut doomed: smallvec::SmallVec<[HeaderName; 4]> = smallvec::SmallVec::new();
+    let mut connection = false;
+    for name in headers.keys() {
+        if *name == CONNECTION {
+            connection = true;
+        } else if is_hop_by_hop(name.as_str()) || also(name.as_str()) {
+            doomed.push(name.clone());
         }
+    }
+    if connection {
+        names_listed_in_connection(headers, &mut doomed);
+        headers.remove(CONNECTION);
     }
     for name in doomed {
         headers.remove(name);
     }
+}
+
+/// Adds to `doomed` the headers present that `Connection` lists, besides the hop-by-hop
+/// ones and `Host`.
+fn names_listed_in_connection(
+    headers: &HeaderMap,
+    doomed: &mut smallvec::SmallVec<[HeaderName; 4]>,
+) {
+    let values = headers.get_all(CONNECTION);
+    // Most messages say only `keep-alive` or `close`: hop-by-hop anyway, nothing to parse.
+    if values
+        .iter()
+        .all(|v| is_hop_by_hop_token(v.as_bytes()) || v.as_bytes().eq_ignore_ascii_case(b"close"))
+    {
+        return;
+    }
+    let named: smallvec::SmallVec<[&str; 4]> = values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !is_hop_by_hop_token(t.as_bytes())
+                && !doomed.iter().any(|d| t.eq_ignore_ascii_case(d.as_str()))
+        })
+        .collect();
+    if named.is_empty() {
+        return;
+    }
+    // `Connection: host` must not take away the Host the rules matched on.
+    let more: smallvec::SmallVec<[HeaderName; 4]> = headers
+        .keys()
+        .filter(|name| {
+            **name != http::header::HOST
+                && named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+        })
+        .cloned()
+        .collect();
+    doomed.extend(more);
+}
+
+/// Whether `token`, in any case, names a hop-by-hop header.
+fn is_hop_by_hop_token(token: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| token.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 #[cfg(test)]
@@ -531,6 +610,39 @@ mod tests {
                 "x-ratewarden-challenge"
             ]
         );
+    }
+
+    #[test]
+    fn connection_saying_only_keep_alive_or_close_names_nothing_more() {
+        for value in ["keep-alive", "Keep-Alive", "close", "CLOSE"] {
+            let mut response = headers(&[
+                ("connection", value),
+                ("keep-alive", "timeout=5"),
+                ("x-kept", "yes"),
+            ]);
+            strip_headers(&mut response, |_| false);
+            assert_eq!(names(&response), ["x-kept"], "Connection: {value}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_told_by_length_and_text() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in [
+            "t",
+            "tf",
+            "tes",
+            "trailers",
+            "x-upgrade",
+            "connectio",
+            "proxy-connections",
+            "",
+            "x-very-long-header-name-indeed-over-32",
+        ] {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
     }
 
     #[test]

@@ -55,8 +55,6 @@ struct Idle {
 pub struct Lease {
     sender: SendRequest<ForwardBody>,
     pool: Arc<Pool>,
-    /// Was idle in the pool: the upstream may have closed it just as it was taken.
-    pub reused: bool,
 }
 
 /// Why no connection could be had.
@@ -85,20 +83,19 @@ impl Pool {
         }
     }
 
-    /// A connection ready for a request: the newest idle one still open, else a new one.
-    pub async fn lease(self: &Arc<Self>) -> Result<Lease, ConnectError> {
+    /// The newest idle connection still open, if any; else [`Pool::connect`] makes one.
+    pub fn take_ready(self: &Arc<Self>) -> Option<Lease> {
         while let Some(idle) = self.take_idle() {
             // Pooled only when ready: not ready now means closed or closing.
             if idle.since.elapsed() > self.keepalive.idle_timeout || !idle.sender.is_ready() {
                 continue;
             }
-            return Ok(Lease {
+            return Some(Lease {
                 sender: idle.sender,
                 pool: self.clone(),
-                reused: true,
             });
         }
-        self.connect().await
+        None
     }
 
     /// A new connection, bypassing the idle ones.
@@ -120,7 +117,6 @@ impl Pool {
         Ok(Lease {
             sender,
             pool: self.clone(),
-            reused: false,
         })
     }
 
@@ -179,9 +175,7 @@ impl Lease {
     /// finished sending the request body the upstream answered early; a connection that
     /// does not get there within the keep-alive timeout, or closes, is dropped.
     pub fn release(self) {
-        let Lease {
-            mut sender, pool, ..
-        } = self;
+        let Lease { mut sender, pool } = self;
         if pool.keeps_none() {
             return;
         }
