@@ -157,9 +157,14 @@ impl Pool {
     /// come back and by [`Pool::close_expired_forever`], so that none stays open long
     /// after traffic stops (an upstream without an idle timeout would keep them all).
     fn close_expired(&self, idle: &mut Vec<Idle>, now: Instant) {
-        // Oldest first: those idle too long are a prefix.
+        // Oldest first: those idle too long are a prefix, and when the oldest is not one
+        // (nearly every time a connection comes back) there is none.
         let timeout = self.keepalive.idle_timeout;
-        let expired = idle.partition_point(|i| now.duration_since(i.since) > timeout);
+        let expired = |i: &Idle| now.duration_since(i.since) > timeout;
+        if !idle.first().is_some_and(expired) {
+            return;
+        }
+        let expired = idle.partition_point(expired);
         idle.drain(..expired);
     }
 }
