@@ -10,6 +10,7 @@
 mod abuse;
 mod forward;
 mod handler;
+mod header_timer;
 mod limiter;
 mod login;
 mod pool;
@@ -174,7 +175,7 @@ impl Bound {
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
+            // The timer is each worker's own: see `accept_loop`.
             .header_read_timeout(s.header_timeout)
             .max_headers(s.max_headers)
             .max_buf_size(s.max_header_bytes.max(8192));
@@ -279,7 +280,7 @@ fn reuseport_listener(address: std::net::SocketAddr) -> std::io::Result<std::net
 async fn accept_loop(
     listener: std::net::TcpListener,
     gateway: Arc<Gateway>,
-    builder: Builder<TokioExecutor>,
+    mut builder: Builder<TokioExecutor>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
@@ -291,6 +292,9 @@ async fn accept_loop(
         gateway.upstream.keepalive,
     ));
     tokio::spawn(upstream.close_idle_forever());
+    let header_timer = header_timer::HeaderTimer::default();
+    tokio::spawn(header_timer.fire_due_forever());
+    builder.http1().timer(header_timer);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -1,0 +1,169 @@
+//! The timer behind HTTP/1's header-read deadline (`[server] header_timeout`).
+//!
+//! hyper arms that deadline for every request, from the moment a connection waits for
+//! the next head until the head has come, and almost never sees one expire. Through
+//! tokio's timer each one was a boxed sleep registered in the runtime's timer wheel and
+//! taken out again: about 1,100 instructions, 6% of a 429's. Here a deadline is a flag
+//! in a slot that its worker's list shares; every tick the list is swept, dropping the
+//! slots no one waits on any more and firing those due. A deadline fires up to one tick
+//! late, which a timeout of seconds does not notice.
+//!
+//! Each worker has its own timer, so its list is only ever locked by its own thread.
+
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// How often the list is swept: the most a deadline fires late.
+const TICK: Duration = Duration::from_millis(100);
+
+/// One worker's header-read timer, for hyper's HTTP/1 connections.
+#[derive(Clone, Default)]
+pub struct HeaderTimer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The deadlines armed since the last sweep or still pending, in no order.
+    armed: Mutex<Vec<Arc<Slot>>>,
+    /// Told when the list stops being empty, so an idle worker's sweeper sleeps.
+    armed_again: tokio::sync::Notify,
+}
+
+struct Slot {
+    deadline: Instant,
+    fired: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// A deadline as hyper waits on it; dropping it disarms it (the next sweep lets go of
+/// its slot).
+struct HeaderSleep {
+    slot: Arc<Slot>,
+}
+
+impl HeaderTimer {
+    /// Fires the deadlines as they come due, until the worker's runtime stops; to be
+    /// spawned on that runtime. Sleeps while no deadline is armed.
+    pub fn fire_due_forever(&self) -> impl Future<Output = ()> + 'static {
+        let shared = self.shared.clone();
+        async move {
+            let mut ticks = tokio::time::interval(TICK);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if shared.sweep(tokio::time::Instant::now().into_std()) {
+                    shared.armed_again.notified().await;
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Fires the deadlines due at `now` and forgets them and those no longer waited on;
+    /// whether none is left.
+    fn sweep(&self, now: Instant) -> bool {
+        let mut armed = self.armed.lock();
+        armed.retain(|slot| {
+            if Arc::strong_count(slot) == 1 {
+                return false;
+            }
+            if slot.deadline > now {
+                return true;
+            }
+            slot.fired.store(true, Ordering::Release);
+            slot.waker.wake();
+            false
+        });
+        armed.is_empty()
+    }
+}
+
+impl hyper::rt::Timer for HeaderTimer {
+    /// tokio's clock, as the sweeper reads it (and as tests can pause it).
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(self.now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let slot = Arc::new(Slot {
+            deadline,
+            fired: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        let mut armed = self.shared.armed.lock();
+        if armed.is_empty() {
+            self.shared.armed_again.notify_one();
+        }
+        armed.push(slot.clone());
+        Box::pin(HeaderSleep { slot })
+    }
+}
+
+impl Future for HeaderSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let slot = &self.slot;
+        if slot.fired.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        slot.waker.register(cx.waker());
+        // Fired between the check and the registration: its wake went to the old waker.
+        if slot.fired.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl hyper::rt::Sleep for HeaderSleep {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Timer;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_fires_within_a_tick_and_a_dropped_one_is_forgotten() {
+        let timer = HeaderTimer::default();
+        tokio::spawn(timer.fire_due_forever());
+        let started = tokio::time::Instant::now();
+        let kept = timer.sleep(Duration::from_secs(2));
+        let dropped = timer.sleep(Duration::from_secs(1));
+        drop(dropped);
+        kept.await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited <= Duration::from_secs(2) + TICK,
+            "{waited:?}"
+        );
+        assert!(timer.shared.armed.lock().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_wakes_again_when_a_deadline_is_armed_after_an_idle_spell() {
+        let timer = HeaderTimer::default();
+        tokio::spawn(timer.fire_due_forever());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let started = tokio::time::Instant::now();
+        timer.sleep(Duration::from_millis(300)).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited <= Duration::from_millis(300) + TICK,
+            "{waited:?}"
+        );
+    }
+}
