@@ -143,7 +143,8 @@ impl Upstream {
     /// is polled. The future is made of combinators rather than an `async` block, which
     /// would keep room for its values twice (as captured, then as awaited): it is moved
     /// with every request, and each move copies all of it. Connecting and sending again
-    /// are boxed for the same reason: they are rare.
+    /// are boxed for the same reason: they are rare while connections are kept (with
+    /// `upstream_keepalive = 0`, every request pays for the box).
     fn exchange<'a>(
         &'a self,
         request: Request<ForwardBody>,
@@ -178,8 +179,9 @@ impl Upstream {
         };
         tracing::debug!(error = %failure.error(), "pooled upstream connection failed; sending again on a new one");
         drop(lease);
+        let lease = self.pool.connect().await?;
         metrics.upstream_retries.inc();
-        self.send_on_new_connection(again).await
+        send_on(lease, again).await
     }
 
     /// Sends `request` on a new connection, once.
@@ -187,11 +189,7 @@ impl Upstream {
         &self,
         request: Request<ForwardBody>,
     ) -> Result<(Response<Incoming>, Lease), ExchangeError> {
-        let mut lease = self.pool.connect().await?;
-        match lease.sender().send_request(request).await {
-            Ok(response) => Ok((response, lease)),
-            Err(e) => Err(ExchangeError::Exchange(e)),
-        }
+        send_on(self.pool.connect().await?, request).await
     }
 
     /// Forwards `request` from `client_ip` (as identified) and returns the upstream's
@@ -207,8 +205,9 @@ impl Upstream {
 
     /// [`Upstream::forward`] for a request whose body was partly or wholly read.
     ///
-    /// The request is rewritten and sent before the future is first polled (see
-    /// [`Upstream::exchange`]).
+    /// The request is rewritten at once, and on a pooled connection sent at once (see
+    /// [`Upstream::exchange`]); the upstream timeout runs from the call. Await the
+    /// future straight away.
     pub fn forward_body<'a>(
         &'a self,
         request: Request<ForwardBody>,
@@ -297,6 +296,17 @@ impl Upstream {
             }
         }
         Request::from_parts(parts, body)
+    }
+}
+
+/// Sends `request` on `lease`, once.
+async fn send_on(
+    mut lease: Lease,
+    request: Request<ForwardBody>,
+) -> Result<(Response<Incoming>, Lease), ExchangeError> {
+    match lease.sender().send_request(request).await {
+        Ok(response) => Ok((response, lease)),
+        Err(e) => Err(ExchangeError::Exchange(e)),
     }
 }
 
@@ -514,7 +524,8 @@ fn names_listed_in_connection(
     doomed: &mut smallvec::SmallVec<[HeaderName; 4]>,
 ) {
     let values = headers.get_all(CONNECTION);
-    // Most messages say only `keep-alive` or `close`: hop-by-hop anyway, nothing to parse.
+    // Most messages say only `keep-alive` (hop-by-hop anyway) or `close` (an option, not
+    // a header to remove): nothing to parse.
     if values
         .iter()
         .all(|v| is_hop_by_hop_token(v.as_bytes()) || v.as_bytes().eq_ignore_ascii_case(b"close"))
@@ -634,6 +645,9 @@ mod tests {
             "t",
             "tf",
             "tes",
+            "upgradx",
+            "keep-alivf",
+            "trailes",
             "trailers",
             "x-upgrade",
             "connectio",

@@ -142,7 +142,8 @@ mod tests {
         tokio::spawn(timer.fire_due_forever());
         let started = tokio::time::Instant::now();
         let kept = timer.sleep(Duration::from_secs(2));
-        let dropped = timer.sleep(Duration::from_secs(1));
+        // Due long after the other: only its drop can take it off the list by then.
+        let dropped = timer.sleep(Duration::from_secs(60));
         drop(dropped);
         kept.await;
         let waited = started.elapsed();

@@ -327,9 +327,10 @@ async fn accept_loop(
                 });
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
                 tokio::spawn(async move {
-                    // hyper's header timeout starts with the first byte; a client that
-                    // connects and sends nothing would otherwise hold its connection
-                    // (and a place under the cap) forever.
+                    // Telling HTTP/1 from h2c waits for the first bytes with no deadline
+                    // (hyper's header timeout only applies after it): a client that
+                    // connects and sends nothing would otherwise hold its connection (and
+                    // a place under the cap) forever.
                     let mut probe = [0u8; 1];
                     let first_byte = tokio::time::timeout(header_timeout, stream.peek(&mut probe)).await;
                     if matches!(first_byte, Ok(Ok(n)) if n > 0) {

@@ -83,7 +83,8 @@ impl Pool {
         }
     }
 
-    /// The newest idle connection still open, if any; else [`Pool::connect`] makes one.
+    /// The newest idle connection still open; `None` if there is none (the caller then
+    /// uses [`Pool::connect`]).
     pub fn take_ready(self: &Arc<Self>) -> Option<Lease> {
         while let Some(idle) = self.take_idle() {
             // Pooled only when ready: not ready now means closed or closing.
