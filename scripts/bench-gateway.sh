@@ -14,6 +14,8 @@
 # Every limiter is started once; each round then loads each of them in turn, the first
 # one rotating between rounds, so that the machine's noisy moments fall on all alike.
 # One round's ratios move by ±20% on a noisy 2-vCPU machine: read the medians.
+# Each row also gives the CPU the limiter's processes spent per request (user and
+# kernel, from /proc), which moves less with the machine's noise than requests/s.
 # Installs nginx and wrk from Debian's packages if missing. Prints markdown tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +62,16 @@ CONF
   "$NGINX" -c "$WORK/nginx-$1.conf"
   wait_port "$2"
 }
+# The processes whose CPU a set-up's rows count, by port: nginx's master and workers,
+# or ratewarden.
+declare -A PROCESSES
+nginx_processes() { # name port
+  local master
+  master=$(cat "$WORK/nginx-$1.pid")
+  PROCESSES[$2]="$master $(pgrep -P "$master" | xargs)"
+}
 nginx_conf upstream "$UPSTREAM" 1 "server { listen 127.0.0.1:$UPSTREAM; location / { return 200 'ok'; } }"
+nginx_processes upstream "$UPSTREAM"
 
 nginx_limiter() { # name port rate burst (0: none)
   local burst="burst=$4 nodelay"
@@ -71,24 +82,39 @@ nginx_limiter() { # name port rate burst (0: none)
   limit_req_status 429;
   server { listen 127.0.0.1:$2;
     location / { limit_req zone=z $burst; proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+  nginx_processes "$1" "$2"
 }
 ratewarden_limiter() { # name port rate burst [binary]
   bench_ratewarden_toml "$WORK/$1.toml" "$2" "$UPSTREAM" "$3" "$4"
   RUST_LOG=warn TOKIO_WORKER_THREADS=2 "${5:-$RATEWARDEN}" serve --config "$WORK/$1.toml" >/dev/null 2>&1 &
   PIDS+=($!)
+  PROCESSES[$2]=$!
   wait_port "$2"
 }
 
-load() { # label port -> "rps p50 p99 non2xx"
+# Clock ticks (user + kernel) the processes listed for PORT have used so far.
+cpu_ticks() { # port
+  local total=0 p
+  for p in ${PROCESSES[$1]}; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+load() { # label port -> "rps p50 p99 non2xx cpu-us-per-request"
   wrk -t2 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$2/" >/dev/null 2>&1 || true   # warm-up
-  local out
+  local out before after
+  before=$(cpu_ticks "$2")
   out=$(wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency "http://127.0.0.1:$2/")
-  local rps p50 p99 non2xx
+  after=$(cpu_ticks "$2")
+  local rps p50 p99 non2xx requests cpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
-  echo "$1|$rps|$p50|$p99|${non2xx:-0}"
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu=$(python3 -c "print(f'{($after - $before) * 1e6 / $(getconf CLK_TCK) / $requests:.1f}')")
+  echo "$1|$rps|$p50|$p99|${non2xx:-0}|$cpu"
 }
 
 LIMITERS=(nginx ratewarden)
@@ -110,7 +136,7 @@ for load in allowed rejected; do
 done
 
 ROWS=()
-declare -A RPS
+declare -A RPS CPU
 for round in $(seq "$ROUNDS"); do
   for load in allowed rejected; do
     n=${#LIMITERS[@]}
@@ -119,6 +145,7 @@ for round in $(seq "$ROUNDS"); do
       row=$(load "$limiter, $load (round $round)" "${PORT[$limiter-$load]}")
       ROWS+=("$row")
       RPS[$limiter-$load-$round]=$(cut -d'|' -f2 <<<"$row")
+      CPU[$limiter-$load-$round]=$(cut -d'|' -f6 <<<"$row")
     done
   done
 done
@@ -128,17 +155,18 @@ ROWS+=("$C_DIRECT")
 echo "wrk -t2 -c$CONNECTIONS -d${SECONDS_PER_RUN}s over loopback, $ROUNDS round(s); $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $("$NGINX" -v 2>&1 | cut -d' ' -f3); $(date -u +%Y-%m-%d)"
 [ -n "$BEFORE" ] && echo "before: $BEFORE"
 echo
-echo "| set-up | requests/s | p50 | p99 | non-2xx |"
-echo "|---|---|---|---|---|"
+echo "| set-up | requests/s | p50 | p99 | non-2xx | CPU µs per request |"
+echo "|---|---|---|---|---|---|"
 for row in "${ROWS[@]}"; do
-  IFS='|' read -r label rps p50 p99 non <<<"$row"
-  echo "| $label | $rps | $p50 | $p99 | $non |"
+  IFS='|' read -r label rps p50 p99 non cpu <<<"$row"
+  echo "| $label | $rps | $p50 | $p99 | $non | $cpu |"
 done
-# ratios LIMITER LOAD -> "r1 r2 ... |median"
+# ratios LIMITER LOAD [RPS or CPU] -> "r1 r2 ... |median" (requests/s unless told)
 ratios() {
   local all=()
+  local -n figures=${3:-RPS}
   for round in $(seq "$ROUNDS"); do
-    all+=("$(python3 -c "print(f'{${RPS[$1-$2-$round]}/${RPS[nginx-$2-$round]}:.2f}')")")
+    all+=("$(python3 -c "print(f'{${figures[$1-$2-$round]}/${figures[nginx-$2-$round]}:.2f}')")")
   done
   echo "${all[*]}|$(printf '%s\n' "${all[@]}" | sort -n | python3 -c "import sys, statistics; print(f'{statistics.median(float(l) for l in sys.stdin):.2f}')")"
 }
@@ -148,6 +176,15 @@ echo "|---|---|---|"
 for limiter in "${LIMITERS[@]:1}"; do
   for load in allowed rejected; do
     IFS='|' read -r each median <<<"$(ratios "$limiter" "$load")"
+    echo "| $limiter, $load | $each | **$median** |"
+  done
+done
+echo
+echo "| CPU per request, ratio to nginx, same round | rounds | median |"
+echo "|---|---|---|"
+for limiter in "${LIMITERS[@]:1}"; do
+  for load in allowed rejected; do
+    IFS='|' read -r each median <<<"$(ratios "$limiter" "$load" CPU)"
     echo "| $limiter, $load | $each | **$median** |"
   done
 done
