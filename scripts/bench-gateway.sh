@@ -65,13 +65,19 @@ CONF
 # The processes whose CPU a set-up's rows count, by port: nginx's master and workers,
 # or ratewarden.
 declare -A PROCESSES
-nginx_processes() { # name port
-  local master
+nginx_processes() { # name port workers
+  local master workers=""
   master=$(cat "$WORK/nginx-$1.pid")
-  PROCESSES[$2]="$master $(pgrep -P "$master" | xargs)"
+  # The port opens before the workers are forked.
+  for _ in $(seq 100); do
+    workers=$(pgrep -P "$master" | xargs || true)
+    [ "$(wc -w <<<"$workers")" -ge "$3" ] && break
+    sleep 0.05
+  done
+  PROCESSES[$2]="$master $workers"
 }
 nginx_conf upstream "$UPSTREAM" 1 "server { listen 127.0.0.1:$UPSTREAM; location / { return 200 'ok'; } }"
-nginx_processes upstream "$UPSTREAM"
+nginx_processes upstream "$UPSTREAM" 1
 
 nginx_limiter() { # name port rate burst (0: none)
   local burst="burst=$4 nodelay"
@@ -82,7 +88,7 @@ nginx_limiter() { # name port rate burst (0: none)
   limit_req_status 429;
   server { listen 127.0.0.1:$2;
     location / { limit_req zone=z $burst; proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-  nginx_processes "$1" "$2"
+  nginx_processes "$1" "$2" 2
 }
 ratewarden_limiter() { # name port rate burst [binary]
   bench_ratewarden_toml "$WORK/$1.toml" "$2" "$UPSTREAM" "$3" "$4"
