@@ -167,30 +167,26 @@ for row in "${ROWS[@]}"; do
   IFS='|' read -r label rps p50 p99 non cpu <<<"$row"
   echo "| $label | $rps | $p50 | $p99 | $non | $cpu |"
 done
-# ratios LIMITER LOAD [RPS or CPU] -> "r1 r2 ... |median" (requests/s unless told)
+# ratios FIGURES LIMITER LOAD -> "r1 r2 ... |median", FIGURES being RPS or CPU
 ratios() {
+  local -n figures=$1
   local all=()
-  local -n figures=${3:-RPS}
   for round in $(seq "$ROUNDS"); do
-    all+=("$(python3 -c "print(f'{${figures[$1-$2-$round]}/${figures[nginx-$2-$round]}:.2f}')")")
+    all+=("$(python3 -c "print(f'{${figures[$2-$3-$round]}/${figures[nginx-$3-$round]}:.2f}')")")
   done
   echo "${all[*]}|$(printf '%s\n' "${all[@]}" | sort -n | python3 -c "import sys, statistics; print(f'{statistics.median(float(l) for l in sys.stdin):.2f}')")"
 }
-echo
-echo "| ratio to nginx, same round | rounds | median |"
-echo "|---|---|---|"
-for limiter in "${LIMITERS[@]:1}"; do
-  for load in allowed rejected; do
-    IFS='|' read -r each median <<<"$(ratios "$limiter" "$load")"
-    echo "| $limiter, $load | $each | **$median** |"
+# ratio_table FIGURES TITLE: each limiter's FIGURES over nginx's, round by round.
+ratio_table() {
+  echo
+  echo "| $2 | rounds | median |"
+  echo "|---|---|---|"
+  for limiter in "${LIMITERS[@]:1}"; do
+    for load in allowed rejected; do
+      IFS='|' read -r each median <<<"$(ratios "$1" "$limiter" "$load")"
+      echo "| $limiter, $load | $each | **$median** |"
+    done
   done
-done
-echo
-echo "| CPU per request, ratio to nginx, same round | rounds | median |"
-echo "|---|---|---|"
-for limiter in "${LIMITERS[@]:1}"; do
-  for load in allowed rejected; do
-    IFS='|' read -r each median <<<"$(ratios "$limiter" "$load" CPU)"
-    echo "| $limiter, $load | $each | **$median** |"
-  done
-done
+}
+ratio_table RPS "ratio to nginx, same round"
+ratio_table CPU "CPU per request, ratio to nginx, same round"
