@@ -1,12 +1,13 @@
 //! One request, start to finish: refuse what cannot be read, identify the client,
 //! evaluate the policy, ask the store once, then answer or forward.
 
-use super::forward::{Upstream, X_FORWARDED_FOR};
+use super::forward::X_FORWARDED_FOR;
 use super::limiter::Verdict;
 use super::login;
 use super::rate_limit_headers::{self, RuleOutcome};
 use super::responses;
 use super::threat::{client_label, stable_hash, Standing, Trigger};
+use super::worker::Worker;
 use super::{Body, Gateway};
 use crate::metrics::{Refusal, RuleDecision};
 use http::header::HOST;
@@ -27,11 +28,11 @@ type Few<T> = smallvec::SmallVec<[T; 4]>;
 
 /// Handles one request.
 pub async fn handle(
-    gateway: &Gateway,
-    upstream: &Upstream,
+    worker: &Worker,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let (gateway, upstream) = (&*worker.gateway, &*worker.upstream);
     let metrics = &gateway.metrics;
     let refuse = |reason: &'static str, detail: &str| {
         metrics.refused.get_or_create(&Refusal { reason }).inc();
@@ -48,7 +49,7 @@ pub async fn handle(
         Err(e) => return refuse("bad_path", &format!("unreadable path: {e}")),
     };
 
-    let policy = gateway.policy.load_full();
+    let policy = worker.policy();
     let clients = &policy.clients;
     let forwarding = clients.forwarding_header;
     let client = client_address(
@@ -194,7 +195,7 @@ pub async fn handle(
     let elapsed = gateway.clock.now().saturating_since(started);
     metrics
         .decision_seconds
-        .observe(elapsed.as_nanos() as f64 / 1e9);
+        .observe(worker.index, elapsed.as_nanos() as f64 / 1e9);
     // `delay` rules (nginx's limit_req without nodelay): an admitted request is held
     // until its turn at the steady rate; beyond the burst it was denied anyway.
     let wait = if decisions.allowed() {

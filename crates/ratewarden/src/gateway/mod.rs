@@ -18,10 +18,10 @@ pub mod rate_limit_headers;
 pub mod responses;
 mod status_cache;
 pub mod threat;
+mod worker;
 
 use crate::config::{self, Config};
 use crate::metrics::{Metrics, RuleDecision};
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::service::service_fn;
@@ -34,6 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use worker::{PolicyCell, Worker};
 
 /// Every body the gateway sends.
 pub type Body = BoxBody<Bytes, BodyError>;
@@ -52,7 +53,7 @@ struct UpstreamSettings {
 
 /// What every request handler shares.
 pub struct Gateway {
-    policy: ArcSwap<Policy>,
+    policy: PolicyCell,
     store: limiter::Limiter,
     abuse: Option<Arc<abuse::AbuseReporter>>,
     defence: Option<Arc<threat::Defence>>,
@@ -131,7 +132,7 @@ impl Bound {
             None => None,
         };
         let gateway = Arc::new(Gateway {
-            policy: ArcSwap::from_pointee(config.policy.clone()),
+            policy: PolicyCell::new(config.policy.clone()),
             store,
             abuse,
             defence: defence.clone(),
@@ -235,7 +236,7 @@ impl Bound {
                         let runtime = tokio::runtime::Builder::new_current_thread()
                             .enable_all()
                             .build()?;
-                        runtime.block_on(accept_loop(listener, gateway, builder, stopped))
+                        runtime.block_on(accept_loop(worker, listener, gateway, builder, stopped))
                     })?,
             );
         }
@@ -278,6 +279,7 @@ fn reuseport_listener(address: std::net::SocketAddr) -> std::io::Result<std::net
 
 /// One worker: accepts, serves, and on stop drains its connections (30 s at most).
 async fn accept_loop(
+    index: usize,
     listener: std::net::TcpListener,
     gateway: Arc<Gateway>,
     mut builder: Builder<TokioExecutor>,
@@ -292,6 +294,7 @@ async fn accept_loop(
         gateway.upstream.keepalive,
     ));
     tokio::spawn(upstream.close_idle_forever());
+    let worker = Arc::new(Worker::new(index, gateway.clone(), upstream));
     let header_timer = header_timer::HeaderTimer::default();
     tokio::spawn(header_timer.fire_due_forever());
     builder.http1().timer(header_timer);
@@ -318,11 +321,12 @@ async fn accept_loop(
                 let open = gateway.metrics.open_connections.clone();
                 open.inc();
                 let header_timeout = gateway.header_timeout;
-                let (gateway, upstream) = (gateway.clone(), upstream.clone());
+                let worker = worker.clone();
                 let service = service_fn(move |request| {
-                    let (gateway, upstream) = (gateway.clone(), upstream.clone());
+                    // This thread's own reference count, not one every worker writes.
+                    let worker = worker.clone();
                     async move {
-                        Ok::<_, std::convert::Infallible>(handler::handle(&gateway, &upstream, peer, request).await)
+                        Ok::<_, std::convert::Infallible>(handler::handle(&worker, peer, request).await)
                     }
                 });
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
@@ -451,7 +455,7 @@ async fn reload_on_sighup(path: PathBuf, gateway: Arc<Gateway>) {
                         ),
                         (None, None) => {}
                     }
-                    gateway.policy.store(Arc::new(config.policy));
+                    gateway.policy.replace(config.policy);
                     tracing::info!(file = %path.display(), rules, "configuration reloaded");
                     "applied"
                 }

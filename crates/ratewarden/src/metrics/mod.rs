@@ -8,8 +8,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
+
+mod per_worker_histogram;
+pub use per_worker_histogram::PerWorkerHistogram;
 
 /// Rule and what happened to a request under it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,8 +81,9 @@ pub struct Metrics {
     registry: Registry,
     /// Requests per rule and decision.
     pub requests: Family<RuleDecision, Counter>,
-    /// Time to decide a request (store round trip included), seconds.
-    pub decision_seconds: Histogram,
+    /// Time to decide a request (store round trip included), seconds; observed into
+    /// the deciding worker's copy.
+    pub decision_seconds: PerWorkerHistogram,
     /// Upstream failures.
     pub upstream_errors: Family<UpstreamError, Counter>,
     /// Requests sent again on a new upstream connection after the pooled one they went
@@ -132,7 +136,7 @@ impl Metrics {
             "Requests by rule and decision",
             requests.clone(),
         );
-        let decision_seconds = Histogram::new(exponential_buckets(0.000_002, 2.0, 18));
+        let decision_seconds = PerWorkerHistogram::new(exponential_buckets(0.000_002, 2.0, 18));
         registry.register(
             "decision_seconds",
             "Time to decide a request against its rules",

@@ -1,0 +1,190 @@
+//! A Prometheus histogram that each gateway worker observes into a copy of its own; a
+//! scrape sums the copies.
+//!
+//! `prometheus_client`'s `Histogram` keeps one mutex for every thread. Observed on every
+//! request, it would move its cache line between the workers' cores on each decision,
+//! and with many cores queue them behind one another, when the workers otherwise share
+//! nothing they write per request but the store. Envoy keeps its statistics per thread
+//! for this reason, and nginx's workers keep theirs per process.
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use std::sync::Arc;
+
+/// Copies kept: the most workers the gateway starts. Workers beyond share copies, which
+/// stays correct, only slower.
+const COPIES: usize = 64;
+
+/// A histogram with one copy per worker (cheap to clone: the copies are shared).
+#[derive(Clone, Debug)]
+pub struct PerWorkerHistogram {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Upper bounds of the buckets, ascending and finite; a last bucket takes the rest.
+    bounds: Box<[f64]>,
+    copies: Box<[WorkerCopy]>,
+}
+
+/// One worker's observations, on cache lines of its own.
+#[derive(Debug)]
+#[repr(align(128))]
+struct WorkerCopy(Mutex<Tally>);
+
+#[derive(Debug)]
+struct Tally {
+    sum: f64,
+    count: u64,
+    /// Observations per bucket (not cumulative), the last one above every bound.
+    buckets: Box<[u64]>,
+}
+
+impl PerWorkerHistogram {
+    /// A histogram with buckets up to each of `bounds` (non-finite ones are left out, as
+    /// `prometheus_client` does), and one above them all.
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> PerWorkerHistogram {
+        let mut bounds: Vec<f64> = bounds.into_iter().filter(|b| b.is_finite()).collect();
+        bounds.sort_by(f64::total_cmp);
+        bounds.dedup();
+        let copies = (0..COPIES)
+            .map(|_| {
+                WorkerCopy(Mutex::new(Tally {
+                    sum: 0.0,
+                    count: 0,
+                    buckets: vec![0; bounds.len() + 1].into_boxed_slice(),
+                }))
+            })
+            .collect();
+        PerWorkerHistogram {
+            inner: Arc::new(Inner {
+                bounds: bounds.into_boxed_slice(),
+                copies,
+            }),
+        }
+    }
+
+    /// Records `value` in worker `worker`'s copy. A value counts in the first bucket
+    /// whose bound it does not exceed (Prometheus's `le`); NaN in the last.
+    pub fn observe(&self, worker: usize, value: f64) {
+        let bucket = self.inner.bounds.partition_point(|bound| *bound < value);
+        let bucket = if value.is_nan() {
+            self.inner.bounds.len()
+        } else {
+            bucket
+        };
+        let mut tally = self.inner.copies[worker % COPIES].0.lock();
+        tally.sum += value;
+        tally.count += 1;
+        tally.buckets[bucket] += 1;
+    }
+
+    /// Sum, count and per-bucket counts (upper bound, observations) over all copies.
+    fn total(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let bounds = &self.inner.bounds;
+        let mut buckets: Vec<(f64, u64)> = bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .map(|bound| (bound, 0))
+            .collect();
+        let (mut sum, mut count) = (0.0, 0);
+        for copy in self.inner.copies.iter() {
+            let tally = copy.0.lock();
+            sum += tally.sum;
+            count += tally.count;
+            for (total, n) in buckets.iter_mut().zip(tally.buckets.iter()) {
+                total.1 += n;
+            }
+        }
+        (sum, count, buckets)
+    }
+}
+
+impl TypedMetric for PerWorkerHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for PerWorkerHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.total();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PerWorkerHistogram;
+    use prometheus_client::metrics::histogram::Histogram;
+    use prometheus_client::registry::Registry;
+
+    fn text(register: impl FnOnce(&mut Registry)) -> String {
+        let mut registry = Registry::default();
+        register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn copies_sum_to_what_one_shared_histogram_reports() {
+        let bounds = [0.001, 0.01, 0.1, 1.0];
+        let values = [
+            0.0,
+            0.0005,
+            0.001,
+            0.002,
+            0.01,
+            0.5,
+            1.0,
+            2.0,
+            1e9,
+            f64::NAN,
+        ];
+        let shared = Histogram::new(bounds);
+        let per_worker = PerWorkerHistogram::new(bounds);
+        for (i, v) in values.iter().enumerate() {
+            shared.observe(*v);
+            // Spread over copies, and past the number of copies, which then share.
+            per_worker.observe(i * 7, *v);
+        }
+        let expected = text(|r| r.register("decision_seconds", "help", shared));
+        let got = text(|r| r.register("decision_seconds", "help", per_worker));
+        // NaN makes both sums NaN; everything else must match line for line.
+        assert_eq!(got, expected);
+        assert!(got.contains("decision_seconds_count 10"), "{got}");
+        assert!(
+            got.contains("decision_seconds_bucket{le=\"0.001\"} 3"),
+            "{got}"
+        );
+        assert!(
+            got.contains("decision_seconds_bucket{le=\"+Inf\"} 10"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn workers_observing_at_once_lose_nothing() {
+        let histogram = PerWorkerHistogram::new([1.0]);
+        std::thread::scope(|s| {
+            for worker in 0..4 {
+                let histogram = histogram.clone();
+                s.spawn(move || {
+                    for i in 0..10_000 {
+                        histogram.observe(worker, f64::from(i % 2) * 2.0);
+                    }
+                });
+            }
+        });
+        let (sum, count, buckets) = histogram.total();
+        assert_eq!(count, 40_000);
+        assert_eq!(sum, 40_000.0);
+        assert_eq!(buckets, vec![(1.0, 20_000), (f64::INFINITY, 20_000)]);
+    }
+}
