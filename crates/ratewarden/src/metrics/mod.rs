@@ -11,8 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
-mod per_worker_histogram;
-pub use per_worker_histogram::PerWorkerHistogram;
+mod per_worker;
+pub use per_worker::{PerWorkerCounter, PerWorkerHistogram};
 
 /// Rule and what happened to a request under it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,8 +79,8 @@ pub struct LoginResult {
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
-    /// Requests per rule and decision.
-    pub requests: Family<RuleDecision, Counter>,
+    /// Requests per rule and decision, counted in the deciding worker's copy.
+    pub requests: Family<RuleDecision, PerWorkerCounter>,
     /// Time to decide a request (store round trip included), seconds; observed into
     /// the deciding worker's copy.
     pub decision_seconds: PerWorkerHistogram,
@@ -130,7 +130,7 @@ impl Metrics {
         if let Some(alerting) = alerting {
             alerting.register(&mut registry);
         }
-        let requests = Family::<RuleDecision, Counter>::default();
+        let requests = Family::<RuleDecision, PerWorkerCounter>::default();
         registry.register(
             "requests",
             "Requests by rule and decision",
