@@ -9,7 +9,7 @@ use super::responses;
 use super::threat::{client_label, stable_hash, Standing, Trigger};
 use super::worker::Worker;
 use super::Body;
-use crate::metrics::{PerWorkerCounter, Refusal, RuleDecision};
+use crate::metrics::Refusal;
 use http::header::HOST;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -150,7 +150,7 @@ pub async fn handle(
         );
     }
     if let Some(rule) = applicable.denied_by {
-        count(worker, rule, "denied_cidr");
+        worker.count(rule, "denied_cidr");
         return responses::forbidden(rule.name.as_str());
     }
 
@@ -181,13 +181,13 @@ pub async fn handle(
         Verdict::Decided(d) => d,
         Verdict::Unchecked => {
             for (rule, _) in &enforced {
-                count(worker, rule, "unchecked");
+                worker.count(rule, "unchecked");
             }
             return Box::pin(upstream.forward(request, client.ip, metrics)).await;
         }
         Verdict::Refused(retry_after) => {
             for (rule, _) in &enforced {
-                count(worker, rule, "refused_store_down");
+                worker.count(rule, "refused_store_down");
             }
             return responses::limiter_unavailable(retry_after);
         }
@@ -243,7 +243,7 @@ pub async fn handle(
             if !d.allowed() {
                 tracing::info!(rule = %rule.name, client = %client.ip, path = %path, "log_only rule would have limited this request");
             }
-            count(worker, rule, verdict);
+            worker.count(rule, verdict);
         }
     }
 
@@ -273,8 +273,7 @@ pub async fn handle(
     let speaker = decisions.most_restrictive().map_or(0, |(i, _)| i);
     if !decisions.allowed() {
         for ((rule, _), d) in enforced.iter().zip(decisions.as_slice()) {
-            count(
-                worker,
+            worker.count(
                 rule,
                 if d.allowed {
                     "allowed_but_not_charged"
@@ -336,7 +335,7 @@ pub async fn handle(
         return responses::too_many_requests(&outcomes, speaker);
     }
     for (rule, _) in &enforced {
-        count(worker, rule, if delayed { "delayed" } else { "allowed" });
+        worker.count(rule, if delayed { "delayed" } else { "allowed" });
     }
     let head = gateway
         .abuse
@@ -433,35 +432,6 @@ fn forwarding_header(header: ForwardingHeader) -> &'static http::HeaderName {
         ForwardingHeader::XForwardedFor => &X_FORWARDED_FOR,
         ForwardingHeader::Forwarded => &http::header::FORWARDED,
     }
-}
-
-fn count(worker: &Worker, rule: &Rule, decision: &'static str) {
-    thread_local! {
-        /// Counter handles per (rule, decision), so the request path neither allocates
-        /// a label set nor takes the metric family's lock. A list, not a map: it holds
-        /// a few dozen entries at most, and a scan of them costs less than hashing.
-        static COUNTERS: std::cell::RefCell<Vec<((u64, &'static str), PerWorkerCounter)>> =
-            const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let key = (rule.name.fingerprint(), decision);
-    COUNTERS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if let Some((_, counter)) = cache.iter().find(|(k, _)| *k == key) {
-            counter.inc(worker.index);
-            return;
-        }
-        let counter = worker
-            .gateway
-            .metrics
-            .requests
-            .get_or_create(&RuleDecision {
-                rule: rule.name.as_str().to_owned(),
-                decision,
-            })
-            .clone();
-        counter.inc(worker.index);
-        cache.push((key, counter));
-    });
 }
 
 /// The host a request is for, lower case, without port or trailing dot. HTTP/1.1 must

@@ -2,9 +2,9 @@
 //!
 //! One listener accepting HTTP/1.1 and h2c, each request run through [`handler`]: the
 //! client identified, the policy evaluated, the store asked once for all matching rules,
-//! and then either our own answer (429, 403, 400) or the upstream's. The policy lives
-//! behind an `ArcSwap`, so SIGHUP swaps in a new one atomically; counters stay in the
-//! store across reloads. SIGTERM (or Ctrl-C) stops accepting and drains in-flight
+//! and then either our own answer (429, 403, 400) or the upstream's. SIGHUP replaces
+//! the policy whole ([`worker::PolicyCell`]); each worker takes the new one up at its
+//! next request, and counters stay in the store across reloads. SIGTERM (or Ctrl-C) stops accepting and drains in-flight
 //! requests.
 
 mod abuse;
@@ -50,6 +50,9 @@ struct UpstreamSettings {
     timeout: Duration,
     keepalive: pool::Keepalive,
 }
+
+/// The most worker threads a gateway starts (one per core up to this).
+pub const MAX_WORKERS: usize = 64;
 
 /// What every request handler shares.
 pub struct Gateway {
@@ -219,11 +222,11 @@ impl Bound {
         let address = listener.local_addr()?;
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
-            .clamp(1, 64);
+            .clamp(1, MAX_WORKERS);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut threads = Vec::with_capacity(workers);
         let mut first = Some(listener);
-        for worker in 0..workers {
+        for index in 0..workers {
             let listener = match first.take() {
                 Some(l) => l.into_std()?,
                 None => reuseport_listener(address)?,
@@ -231,12 +234,12 @@ impl Bound {
             let (gateway, builder, stopped) = (gateway.clone(), builder.clone(), stopped.clone());
             threads.push(
                 std::thread::Builder::new()
-                    .name(format!("ratewarden-worker-{worker}"))
+                    .name(format!("ratewarden-worker-{index}"))
                     .spawn(move || -> anyhow::Result<()> {
                         let runtime = tokio::runtime::Builder::new_current_thread()
                             .enable_all()
                             .build()?;
-                        runtime.block_on(accept_loop(worker, listener, gateway, builder, stopped))
+                        runtime.block_on(accept_loop(index, listener, gateway, builder, stopped))
                     })?,
             );
         }

@@ -3,50 +3,44 @@
 //!
 //! `prometheus_client`'s counter is one atomic and its histogram one mutex, for every
 //! thread. Updated on every request, their cache lines would move between the workers'
-//! cores on each decision, and with many cores queue them behind one another, when the
-//! workers otherwise write nothing per request that another writes, but the store.
-//! Envoy keeps its statistics per thread for this reason, and nginx's workers keep
-//! theirs per process.
+//! cores on each decision, and with many cores queue them behind one another. Envoy
+//! keeps its statistics per thread for this reason, and nginx's workers keep theirs per
+//! process.
 
+use crate::gateway::MAX_WORKERS;
 use parking_lot::Mutex;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Histogram copies kept: the most workers the gateway starts. Workers beyond share
-/// copies, which stays correct, only slower.
-const COPIES: usize = 64;
-
-/// Counter copies kept: fewer than histogram copies, since a gateway has one counter
-/// per rule and decision (16 copies of a cache line each: 1 KiB).
-const COUNTER_COPIES: usize = 16;
+/// The most bucket bounds a [`PerWorkerHistogram`] takes: its buckets are kept inline,
+/// so that a worker's copy is one block of cache lines of its own.
+const MAX_BOUNDS: usize = 31;
 
 /// A counter with one copy per worker (cheap to clone: the copies are shared).
 #[derive(Clone, Debug)]
 pub struct PerWorkerCounter {
-    copies: Arc<[PaddedCount]>,
+    copies: Arc<[CounterCopy]>,
 }
 
 /// One worker's count, on a cache line of its own.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct PaddedCount(AtomicU64);
+struct CounterCopy(AtomicU64);
 
 impl Default for PerWorkerCounter {
     fn default() -> PerWorkerCounter {
         PerWorkerCounter {
-            copies: (0..COUNTER_COPIES)
-                .map(|_| PaddedCount::default())
-                .collect(),
+            copies: (0..MAX_WORKERS).map(|_| CounterCopy::default()).collect(),
         }
     }
 }
 
 impl PerWorkerCounter {
-    /// Adds one in worker `worker`'s copy.
-    pub fn inc(&self, worker: usize) {
-        self.copies[worker % COUNTER_COPIES]
+    /// Adds one in the copy of the worker numbered `worker_index`.
+    pub fn inc(&self, worker_index: usize) {
+        self.copies[worker_index % MAX_WORKERS]
             .0
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -77,63 +71,72 @@ impl EncodeMetric for PerWorkerCounter {
 /// A histogram with one copy per worker (cheap to clone: the copies are shared).
 #[derive(Clone, Debug)]
 pub struct PerWorkerHistogram {
-    inner: Arc<Inner>,
+    inner: Arc<HistogramCopies>,
 }
 
 #[derive(Debug)]
-struct Inner {
+struct HistogramCopies {
     /// Upper bounds of the buckets, ascending and finite; a last bucket takes the rest.
     bounds: Box<[f64]>,
-    copies: Box<[WorkerCopy]>,
+    copies: Box<[HistogramCopy]>,
 }
 
 /// One worker's observations, on cache lines of its own.
 #[derive(Debug)]
 #[repr(align(128))]
-struct WorkerCopy(Mutex<Tally>);
+struct HistogramCopy(Mutex<Tally>);
 
 #[derive(Debug)]
 struct Tally {
     sum: f64,
     count: u64,
-    /// Observations per bucket (not cumulative), the last one above every bound.
-    buckets: Box<[u64]>,
+    /// Observations per bucket (not cumulative); the one after the last bound takes
+    /// what is above every bound. Only the first `bounds.len() + 1` are used.
+    buckets: [u64; MAX_BOUNDS + 1],
 }
 
 impl PerWorkerHistogram {
-    /// A histogram with buckets up to each of `bounds` (non-finite ones are left out, as
-    /// `prometheus_client` does), and one above them all.
+    /// A histogram with buckets up to each of `bounds` (sorted here; non-finite ones are
+    /// left out, as `prometheus_client` does), and one above them all.
+    ///
+    /// # Panics
+    /// With more than 31 finite bounds: a programming error, since bounds are constants.
     pub fn new(bounds: impl IntoIterator<Item = f64>) -> PerWorkerHistogram {
         let mut bounds: Vec<f64> = bounds.into_iter().filter(|b| b.is_finite()).collect();
         bounds.sort_by(f64::total_cmp);
         bounds.dedup();
-        let copies = (0..COPIES)
+        assert!(
+            bounds.len() <= MAX_BOUNDS,
+            "a per-worker histogram takes at most {MAX_BOUNDS} bucket bounds"
+        );
+        let copies = (0..MAX_WORKERS)
             .map(|_| {
-                WorkerCopy(Mutex::new(Tally {
+                HistogramCopy(Mutex::new(Tally {
                     sum: 0.0,
                     count: 0,
-                    buckets: vec![0; bounds.len() + 1].into_boxed_slice(),
+                    buckets: [0; MAX_BOUNDS + 1],
                 }))
             })
             .collect();
         PerWorkerHistogram {
-            inner: Arc::new(Inner {
+            inner: Arc::new(HistogramCopies {
                 bounds: bounds.into_boxed_slice(),
                 copies,
             }),
         }
     }
 
-    /// Records `value` in worker `worker`'s copy. A value counts in the first bucket
-    /// whose bound it does not exceed (Prometheus's `le`); NaN in the last.
-    pub fn observe(&self, worker: usize, value: f64) {
-        let bucket = self.inner.bounds.partition_point(|bound| *bound < value);
+    /// Records `value` in the copy of the worker numbered `worker_index`. A value counts
+    /// in the first bucket whose bound it does not exceed (Prometheus's `le`); NaN in
+    /// the last.
+    pub fn observe(&self, worker_index: usize, value: f64) {
+        let bounds = &self.inner.bounds;
         let bucket = if value.is_nan() {
-            self.inner.bounds.len()
+            bounds.len()
         } else {
-            bucket
+            bounds.partition_point(|bound| *bound < value)
         };
-        let mut tally = self.inner.copies[worker % COPIES].0.lock();
+        let mut tally = self.inner.copies[worker_index % MAX_WORKERS].0.lock();
         tally.sum += value;
         tally.count += 1;
         tally.buckets[bucket] += 1;
@@ -178,7 +181,7 @@ impl EncodeMetric for PerWorkerHistogram {
 
 #[cfg(test)]
 mod tests {
-    use super::{PerWorkerCounter, PerWorkerHistogram};
+    use super::{PerWorkerCounter, PerWorkerHistogram, MAX_WORKERS};
     use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::histogram::Histogram;
     use prometheus_client::registry::Registry;
@@ -191,41 +194,66 @@ mod tests {
         out
     }
 
-    #[test]
-    fn copies_sum_to_what_one_shared_histogram_reports() {
-        let bounds = [0.001, 0.01, 0.1, 1.0];
-        let values = [
-            0.0,
-            0.0005,
-            0.001,
-            0.002,
-            0.01,
-            0.5,
-            1.0,
-            2.0,
-            1e9,
-            f64::NAN,
-        ];
+    /// The text of one shared histogram and of a per-worker one, given the same values,
+    /// spread over every copy and past the last one (where workers share copies).
+    fn both(values: &[f64]) -> (String, String) {
+        let bounds = [0.25, 0.5, 1.0, 4.0];
         let shared = Histogram::new(bounds);
         let per_worker = PerWorkerHistogram::new(bounds);
         for (i, v) in values.iter().enumerate() {
             shared.observe(*v);
-            // Spread over copies, and past the number of copies, which then share.
-            per_worker.observe(i * 7, *v);
+            per_worker.observe(i * 13, *v);
         }
-        let expected = text(|r| r.register("decision_seconds", "help", shared));
-        let got = text(|r| r.register("decision_seconds", "help", per_worker));
-        // NaN makes both sums NaN; everything else must match line for line.
+        assert!(values.len() * 13 > MAX_WORKERS, "reaches past the copies");
+        (
+            text(|r| r.register("decision_seconds", "help", per_worker)),
+            text(|r| r.register("decision_seconds", "help", shared)),
+        )
+    }
+
+    #[test]
+    fn copies_sum_to_what_one_shared_histogram_reports() {
+        // Exact in binary, so the sums agree whatever order they are added in; values
+        // on a bound count in its bucket.
+        let values = [0.0, 0.125, 0.25, 0.375, 0.5, 1.0, 2.0, 4.0, 8.0, -1.0];
+        let (got, expected) = both(&values);
         assert_eq!(got, expected);
+        assert!(got.contains("decision_seconds_sum 15.25"), "{got}");
         assert!(got.contains("decision_seconds_count 10"), "{got}");
         assert!(
-            got.contains("decision_seconds_bucket{le=\"0.001\"} 3"),
+            got.contains("decision_seconds_bucket{le=\"0.25\"} 4"),
+            "{got}"
+        );
+        assert!(
+            got.contains("decision_seconds_bucket{le=\"4.0\"} 9"),
             "{got}"
         );
         assert!(
             got.contains("decision_seconds_bucket{le=\"+Inf\"} 10"),
             "{got}"
         );
+    }
+
+    #[test]
+    fn nan_and_infinity_count_in_the_last_bucket_as_prometheus_client_counts_them() {
+        let (got, expected) = both(&[f64::NAN, f64::INFINITY, 0.5, 0.5, 0.5, 0.5]);
+        assert_eq!(got, expected);
+        assert!(
+            got.contains("decision_seconds_bucket{le=\"4.0\"} 4"),
+            "{got}"
+        );
+        assert!(
+            got.contains("decision_seconds_bucket{le=\"+Inf\"} 6"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn bounds_given_out_of_order_are_sorted() {
+        let histogram = PerWorkerHistogram::new([1.0, f64::INFINITY, 0.5, 1.0]);
+        histogram.observe(0, 0.75);
+        let (_, _, buckets) = histogram.total();
+        assert_eq!(buckets, vec![(0.5, 0), (1.0, 1), (f64::INFINITY, 0)]);
     }
 
     #[test]
@@ -251,20 +279,20 @@ mod tests {
     fn a_counter_reads_as_one_shared_counter_would() {
         let shared = Counter::<u64>::default();
         let per_worker = PerWorkerCounter::default();
-        for worker in 0..40 {
+        for worker in 0..(MAX_WORKERS + 6) {
             shared.inc();
             per_worker.inc(worker);
         }
         let expected = text(|r| r.register("requests", "help", shared));
         let got = text(|r| r.register("requests", "help", per_worker.clone()));
         assert_eq!(got, expected);
-        assert!(got.contains("requests_total 40"), "{got}");
+        assert!(got.contains("requests_total 70"), "{got}");
         std::thread::scope(|s| {
             for worker in 0..4 {
                 let counter = per_worker.clone();
                 s.spawn(move || (0..10_000).for_each(|_| counter.inc(worker)));
             }
         });
-        assert_eq!(per_worker.get(), 40_040);
+        assert_eq!(per_worker.get(), 40_070);
     }
 }
