@@ -4,8 +4,8 @@
 //! client identified, the policy evaluated, the store asked once for all matching rules,
 //! and then either our own answer (429, 403, 400) or the upstream's. SIGHUP replaces
 //! the policy whole ([`worker::PolicyCell`]); each worker takes the new one up at its
-//! next request, and counters stay in the store across reloads. SIGTERM (or Ctrl-C) stops accepting and drains in-flight
-//! requests.
+//! next request, and counters stay in the store across reloads. SIGTERM (or Ctrl-C)
+//! stops accepting and drains in-flight requests.
 
 mod abuse;
 mod forward;

@@ -1,6 +1,7 @@
 //! What one worker thread's requests share, held so that serving a request writes no
-//! cache line another worker writes too: the worker's handles on the gateway and on its
-//! upstream pool, and its own reference to the running policy.
+//! cache line another worker writes too: the worker's handles on the gateway, on its
+//! upstream pool and on the request counters, and its own reference to the running
+//! policy.
 //!
 //! Cloning an `Arc` writes its reference count. When every request took its own clone
 //! of the gateway and of the policy, every worker wrote those two counts on every
