@@ -4,10 +4,9 @@
 //! the next head until the head has come, and almost never sees one expire. Through
 //! tokio's timer each one was a boxed sleep registered in the runtime's timer wheel and
 //! taken out again; this way a 429 takes about 340 fewer instructions (2%). Here a
-//! deadline is a flag
-//! in a slot that its worker's list shares; every tick the list is swept, dropping the
-//! slots no one waits on any more and firing those due. A deadline fires up to one tick
-//! late, which a timeout of seconds does not notice.
+//! deadline is a flag in a slot that its worker's list shares; every tick the list is
+//! swept, dropping the slots no one waits on any more and firing those due. A deadline
+//! fires up to one tick late, which a timeout of seconds does not notice.
 //!
 //! Each worker has its own timer, so its list is only ever locked by its own thread.
 
