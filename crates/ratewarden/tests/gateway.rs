@@ -262,31 +262,43 @@ fn upstream_down_is_a_502_with_a_json_body() {
 fn a_slowloris_client_is_cut_off_while_others_are_served() {
     let (gw, _upstream) = start(AUTH_RULES);
     let slow = gw.slow_header("127.0.0.7", Duration::from_millis(400));
-    // And one that connects and never sends a byte.
-    let silent = {
-        let address = gw.address();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut s = std::net::TcpStream::connect(address).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
-            let started = std::time::Instant::now();
-            let mut buf = [0u8; 1];
-            let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
-            (closed, started.elapsed())
+    // And clients that connect and then stop before a request head: one that sends
+    // nothing, and two that stop partway through the HTTP/2 preface (while the
+    // gateway still waits to tell HTTP/1 from HTTP/2).
+    let stalled: Vec<_> = [&b""[..], b"P", b"PRI * HTTP/2.0\r\n"]
+        .into_iter()
+        .map(|sent| {
+            let address = gw.address();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(address).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                s.write_all(sent).expect("send");
+                let started = std::time::Instant::now();
+                let mut buf = [0u8; 1];
+                let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+                (
+                    String::from_utf8_lossy(sent).into_owned(),
+                    closed,
+                    started.elapsed(),
+                )
+            })
         })
-    };
+        .collect();
     assert_eq!(gw.get("127.0.0.8", "/api/v1/users", &[]).status, 200);
     let cut_after = slow.join().expect("slow client");
     assert!(
         cut_after < Duration::from_secs(4),
         "slow client held on for {cut_after:?}"
     );
-    let (closed, silent_for) = silent.join().expect("silent client");
-    assert!(
-        closed && silent_for < Duration::from_secs(4),
-        "silent client held on for {silent_for:?}"
-    );
+    for client in stalled {
+        let (sent, closed, held) = client.join().expect("stalled client");
+        assert!(
+            closed && held < Duration::from_secs(4),
+            "a client that sent {sent:?} was held for {held:?}"
+        );
+    }
 }
 
 #[test]

@@ -9,6 +9,9 @@
 //! fires up to one tick late, which a timeout of seconds does not notice.
 //!
 //! Each worker has its own timer, so its list is only ever locked by its own thread.
+//!
+//! The same timer holds each new connection to its first request head
+//! ([`FirstHeadWithin`]), which hyper's deadline does not cover.
 
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -108,6 +111,73 @@ impl hyper::rt::Timer for HeaderTimer {
         }
         armed.push(slot.clone());
         Box::pin(HeaderSleep { slot })
+    }
+}
+
+/// A client connection being served that must deliver its first request head within
+/// a timeout of being accepted; gives the connection's output, or `None` when no head
+/// came in time (the connection is then dropped, which closes it).
+///
+/// hyper's own header deadline starts only once it has told HTTP/1 from HTTP/2, and
+/// telling them apart waits without a deadline for the first bytes and for the whole
+/// 24-byte HTTP/2 preface: a client that connects and sends nothing, or `PRI *
+/// HTTP/2.0` and nothing more, would hold its place under the connection cap forever.
+/// The deadline is armed only while the connection waits for its first head, and
+/// never looked at again once the head has come, so requests pay nothing for it.
+pub struct FirstHeadWithin<C> {
+    connection: Pin<Box<C>>,
+    timer: HeaderTimer,
+    due: Instant,
+    /// Set by the connection's service when it is first called.
+    first_head: Arc<AtomicBool>,
+    deadline: Option<Pin<Box<dyn hyper::rt::Sleep>>>,
+    headed: bool,
+}
+
+impl<C: Future> FirstHeadWithin<C> {
+    /// `connection`, accepted at `accepted`, held to `timeout` by `timer`.
+    pub fn new(
+        connection: C,
+        timer: HeaderTimer,
+        accepted: Instant,
+        timeout: Duration,
+        first_head: Arc<AtomicBool>,
+    ) -> Self {
+        FirstHeadWithin {
+            connection: Box::pin(connection),
+            timer,
+            due: accepted + timeout,
+            first_head,
+            deadline: None,
+            headed: false,
+        }
+    }
+}
+
+impl<C: Future> Future for FirstHeadWithin<C> {
+    type Output = Option<C::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(output) = this.connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if this.headed {
+            return Poll::Pending;
+        }
+        if this.first_head.load(Ordering::Relaxed) {
+            this.headed = true;
+            this.deadline = None;
+            return Poll::Pending;
+        }
+        let (timer, due) = (&this.timer, this.due);
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| hyper::rt::Timer::sleep_until(timer, due));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use ratewarden_core::clock::SystemClock;
 use ratewarden_core::policy::Policy;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -298,9 +299,9 @@ async fn accept_loop(
     ));
     tokio::spawn(upstream.close_idle_forever());
     let worker = Arc::new(Worker::new(index, gateway.clone(), upstream));
-    let header_timer = header_timer::HeaderTimer::default();
-    tokio::spawn(header_timer.fire_due_forever());
-    builder.http1().timer(header_timer);
+    let timer = header_timer::HeaderTimer::default();
+    tokio::spawn(timer.fire_due_forever());
+    builder.http1().timer(timer.clone());
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -325,7 +326,13 @@ async fn accept_loop(
                 open.inc();
                 let header_timeout = gateway.header_timeout;
                 let worker = worker.clone();
+                // Whether a request head has come yet (see `FirstHeadWithin`).
+                let first_head = Arc::new(AtomicBool::new(false));
+                let head_seen = first_head.clone();
                 let service = service_fn(move |request| {
+                    if !head_seen.load(Ordering::Relaxed) {
+                        head_seen.store(true, Ordering::Relaxed);
+                    }
                     // This thread's own reference count, not one every worker writes.
                     let worker = worker.clone();
                     async move {
@@ -333,18 +340,14 @@ async fn accept_loop(
                     }
                 });
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let (timer, accepted) = (timer.clone(), hyper::rt::Timer::now(&timer));
                 tokio::spawn(async move {
-                    // Telling HTTP/1 from h2c waits for the first bytes with no deadline
-                    // (hyper's header timeout only applies after it): a client that
-                    // connects and sends nothing would otherwise hold its connection (and
-                    // a place under the cap) forever.
-                    let mut probe = [0u8; 1];
-                    let first_byte = tokio::time::timeout(header_timeout, stream.peek(&mut probe)).await;
-                    if matches!(first_byte, Ok(Ok(n)) if n > 0) {
-                        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Err(e) = watcher.watch(connection.into_owned()).await {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
-                        }
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let connection = watcher.watch(connection.into_owned());
+                    match header_timer::FirstHeadWithin::new(connection, timer, accepted, header_timeout, first_head).await {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
+                        None => tracing::debug!(%peer, "no request head within the header timeout; connection closed"),
                     }
                     open.dec();
                     drop(permit);
