@@ -352,6 +352,20 @@ fn host_ambiguity_is_refused() {
         b"GET /api/v1/users HTTP/1.1\r\nConnection: close\r\n\r\n",
     );
     assert!(none.starts_with("HTTP/1.1 400"), "{none}");
+    // A request that names no host would match no rule scoped to hosts, and the
+    // upstream would serve it as its default host.
+    for nameless in [
+        &b"GET /api/v1/users HTTP/1.0\r\n\r\n"[..],
+        b"GET /api/v1/users HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
+        b"GET /api/v1/users HTTP/1.1\r\nHost: :80\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = gw.raw("127.0.0.9", nameless);
+        assert!(
+            answer.starts_with("HTTP/1.0 400") || answer.starts_with("HTTP/1.1 400"),
+            "{}: {answer}",
+            String::from_utf8_lossy(nameless)
+        );
+    }
     let drop_host = gw.raw(
         "127.0.0.9",
         b"GET /api/v1/users HTTP/1.1\r\nHost: a.test\r\nConnection: close, host\r\n\r\n",
