@@ -73,17 +73,31 @@ impl Sanitiser {
         let mut out = printable(&self.path_parameters(path), MAX_TEXT);
         if let Some(query) = query {
             out.push('?');
-            let pairs: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
+            // Pairs are split at `;` as well as `&`: many servers read both as
+            // separators, so `?page=1;token=…` carries a token.
+            let mut masked = String::with_capacity(query.len());
+            let mut rest = query;
+            loop {
+                let end = rest.find(['&', ';']).unwrap_or(rest.len());
+                let (pair, after) = rest.split_at(end);
+                match pair.split_once('=') {
                     Some((name, _)) if self.is_secret(name) => {
-                        format!("{}=***", printable(name, 64))
+                        masked.push_str(&printable(name, 64));
+                        masked.push_str("=***");
                     }
-                    None if self.is_secret(pair) => "***".to_owned(),
-                    _ => printable(pair, MAX_TEXT),
-                })
-                .collect();
-            out.push_str(&printable(&pairs.join("&"), MAX_TEXT));
+                    None if self.is_secret(pair) => masked.push_str("***"),
+                    _ => masked.push_str(&printable(pair, MAX_TEXT)),
+                }
+                let mut separator = after.chars();
+                match separator.next() {
+                    Some(c) => {
+                        masked.push(c);
+                        rest = separator.as_str();
+                    }
+                    None => break,
+                }
+            }
+            out.push_str(&printable(&masked, MAX_TEXT));
         }
         out
     }
@@ -163,6 +177,10 @@ mod tests {
             "/login?user=bob&token=***&access_token=***&API_KEY=***&page=2&***"
         );
         assert_eq!(s.path_and_query("/a?%74oken=leak"), "/a?%74oken=***");
+        assert_eq!(
+            s.path_and_query("/a?page=1;token=CANARY&x=2;sig"),
+            "/a?page=1;token=***&x=2;***"
+        );
         assert_eq!(s.path_and_query("/plain"), "/plain");
         assert_eq!(
             s.path_and_query("/a;jsessionid=S3CR3T/b?Authorization=x&PHPSESSID=y&jwt=z"),
