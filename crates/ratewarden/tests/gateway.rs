@@ -479,6 +479,77 @@ action = "log_only"
 }
 
 #[test]
+fn a_full_delay_queue_answers_503_and_raises_no_violation() {
+    let (gw, _upstream) = start(
+        r#"max_delayed = 1
+
+[[rules]]
+name = "paced"
+match = { path_prefix = "/paced" }
+rate = "1/s"
+burst = 4
+action = "delay"
+
+[abuse]
+alert_after = 1
+[[alerts]]
+kind = "log"
+"#,
+    );
+    let gw = std::sync::Arc::new(gw);
+    // Within the burst: the first goes at once, the next ones would wait about 1 s, 2 s
+    // and 3 s; only one may wait at a time.
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let gw = gw.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50 * i));
+                gw.get("127.0.4.3", "/paced", &[])
+            })
+        })
+        .collect();
+    let answers: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .collect();
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        2,
+        "one at once, one held: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        2,
+        "no room to hold the others: {statuses:?}"
+    );
+    for refused in answers.iter().filter(|a| a.status == 503) {
+        assert!(
+            refused.header("retry-after").is_some(),
+            "{:?}",
+            refused.headers
+        );
+        assert!(
+            refused.body.contains("delay_queue_full"),
+            "{}",
+            refused.body
+        );
+    }
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(
+            r#"ratewarden_requests_total{rule="paced",decision="refused_delay_queue_full"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"ratewarden_abuse_violations_total{source="gateway"} "#)
+            || metrics.contains(r#"ratewarden_abuse_violations_total{source="gateway"} 0"#),
+        "a client within its limits is no violator: {metrics}"
+    );
+}
+
+#[test]
 fn a_slow_upstream_is_a_504_with_a_json_body() {
     let (gw, _upstream) = start(AUTH_RULES);
     let r = gw.get("127.0.0.6", "/slow/5000", &[]);

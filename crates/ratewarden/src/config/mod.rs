@@ -68,7 +68,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most header fields accepted (then 431).
     pub max_headers: usize,
-    /// Most requests held by `delay` rules at once; beyond, they are rejected.
+    /// Most requests held by `delay` rules at once; beyond, they are answered 503 (their
+    /// clients were within their limits).
     pub max_delayed: usize,
     /// Most client connections open at once; beyond, new ones are closed on accept.
     pub max_connections: usize,

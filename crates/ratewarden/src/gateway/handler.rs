@@ -177,7 +177,7 @@ pub async fn handle(
             Check::new(CounterKey::new(&rule.name, key), *limit, rule.cost).ok()
         })
         .collect();
-    let mut decisions = match gateway.store.decide(&checks, metrics).await {
+    let decisions = match gateway.store.decide(&checks, metrics).await {
         Verdict::Decided(d) => d,
         Verdict::Unchecked => {
             for (rule, _) in &enforced {
@@ -205,29 +205,19 @@ pub async fn handle(
     };
     let mut delayed = false;
     if !wait.is_zero() {
-        match gateway.delayed.try_acquire() {
-            Ok(_permit) => {
-                tokio::time::sleep(wait).await;
-                delayed = true;
+        let Ok(_permit) = gateway.delayed.try_acquire() else {
+            // Too many requests already held (`max_delayed`): refuse rather than queue
+            // without bound. The client was within its limits, so this is the gateway's
+            // capacity speaking: a 503, not a 429, and no violation. The store keeps
+            // the admission charged (it has no refund), which only makes the limit
+            // stricter.
+            for (rule, _) in &enforced {
+                worker.count(rule, "refused_delay_queue_full");
             }
-            Err(_) => {
-                // Too many requests already held: refuse rather than queue without bound.
-                // The admission stays charged, which only makes the limit stricter.
-                for (i, ((rule, _), d)) in enforced
-                    .iter()
-                    .zip(decisions.clone().as_slice())
-                    .enumerate()
-                {
-                    if rule.action == Action::Delay {
-                        let mut denied = *d;
-                        denied.allowed = false;
-                        denied.retry_after =
-                            ratewarden_core::Nanos::from(wait).max(ratewarden_core::Nanos(1));
-                        decisions.set(i, denied);
-                    }
-                }
-            }
-        }
+            return responses::delay_queue_full(wait);
+        };
+        tokio::time::sleep(wait).await;
+        delayed = true;
     }
     for (rule, key) in &shadow {
         if let Ok(check) = Check::new(CounterKey::new(&rule.name, key), rule.limit, rule.cost) {

@@ -178,13 +178,32 @@ pub fn bad_request(detail: &str) -> Response<Body> {
 /// 503 when the limiter cannot decide and the failure policy is to refuse: the client
 /// did nothing wrong, so this is never a 429.
 pub fn limiter_unavailable(retry_after: std::time::Duration) -> Response<Body> {
+    unavailable(
+        "limiter_unavailable",
+        "the rate limiter's store is unavailable and the gateway is configured to refuse requests meanwhile (store.on_error = \"deny\")",
+        retry_after,
+    )
+}
+
+/// 503 when a request admitted by a `delay` rule cannot be held: as many are already
+/// waiting as `[server] max_delayed` allows.
+pub fn delay_queue_full(retry_after: std::time::Duration) -> Response<Body> {
+    unavailable(
+        "delay_queue_full",
+        "the request was within its limits, but the gateway already holds as many delayed requests as it may",
+        retry_after,
+    )
+}
+
+/// 503 with `Retry-After` (whole seconds, rounded up).
+fn unavailable(error: &str, detail: &str, retry_after: std::time::Duration) -> Response<Body> {
     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     let body = serde_json::json!({
-        "type": "https://ratewarden.dev/problems/limiter_unavailable",
+        "type": format!("https://ratewarden.dev/problems/{error}"),
         "title": "Service Unavailable",
         "status": 503,
-        "detail": "the rate limiter's store is unavailable and the gateway is configured to refuse requests meanwhile (store.on_error = \"deny\")",
-        "error": "limiter_unavailable",
+        "detail": detail,
+        "error": error,
         "retry_after": seconds,
     });
     let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, &body);
