@@ -62,7 +62,7 @@ fn five_failures_from_different_addresses_lock_the_account() {
     let gw = Gateway::start(&config(
         &app,
         r#"per_account = { failures = 5, window = "1h", lockout = "1h" }"#,
-        "",
+        "[abuse]\nalert_after = 100\n[[alerts]]\nkind = \"log\"\n",
     ));
     for i in 1..=5 {
         let reply = gw.login(&format!("127.0.1.{i}"), "alice@example.com", "guess");
@@ -84,6 +84,21 @@ fn five_failures_from_different_addresses_lock_the_account() {
             r#"ratewarden_login_attempts_total{login="web_login",result="locked"}"#
         ),
         1.0
+    );
+    // The refusal is the client's violation, as a rule's 429 is; the 401s are not.
+    assert_eq!(
+        metric(
+            &gw,
+            r#"ratewarden_abuse_violations_total{source="gateway"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            r#"ratewarden_abuse_violations_total{source="upstream"}"#
+        ),
+        0.0
     );
 }
 

@@ -327,10 +327,13 @@ pub async fn handle(
     for (rule, _) in &enforced {
         worker.count(rule, if delayed { "delayed" } else { "allowed" });
     }
+    // What a violation report needs of the request, taken before it moves on: for the
+    // upstream's 429s when they count, and on login routes, whose guard refuses
+    // attempts itself.
     let head = gateway
         .abuse
         .as_ref()
-        .filter(|a| a.counts_upstream())
+        .filter(|a| a.counts_upstream() || login_route.is_some())
         .map(|a| a.head(&request));
     let trigger = defended.as_ref().map(|_| trigger(&request, client.ip));
     let (mut response, login) = match login_route.zip(gateway.logins.as_ref()) {
@@ -355,7 +358,16 @@ pub async fn handle(
         defence.observe(label.clone(), observation, trigger);
     }
     if let (Some(abuse), Some(head)) = (&gateway.abuse, head) {
-        if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
+        if login.refused {
+            let rules = || {
+                login_route
+                    .map(|route| vec![format!("login:{}", route.name)])
+                    .unwrap_or_default()
+            };
+            abuse.report(|| head, client.ip, network, rules, Source::Gateway);
+        } else if abuse.counts_upstream()
+            && response.status() == http::StatusCode::TOO_MANY_REQUESTS
+        {
             abuse.report(|| head, client.ip, network, Vec::new, Source::Upstream);
         }
     }

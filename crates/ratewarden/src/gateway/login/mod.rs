@@ -62,6 +62,9 @@ pub struct LoginGuard {
 pub struct AttemptNotes {
     /// The client tried more distinct accounts than the route allows (stuffing).
     pub stuffing: bool,
+    /// The guard refused the attempt itself (account locked, attempt throttled): a
+    /// violation by the client, as a rule's 429 is.
+    pub refused: bool,
 }
 
 impl LoginGuard {
@@ -167,6 +170,7 @@ pub async fn attempt(
             notes.stuffing = guard.tried(route, &address, &account, &trigger).await;
             let status =
                 StatusCode::from_u16(route.lockout_status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+            notes.refused = true;
             let response = responses::login_refused(
                 status,
                 "account_locked",
@@ -179,6 +183,7 @@ pub async fn attempt(
         Ok(Admission::Busy) => {
             guard.count(route, "throttled");
             notes.stuffing = guard.tried(route, &address, &account, &trigger).await;
+            notes.refused = true;
             let response = responses::login_refused(
                 StatusCode::TOO_MANY_REQUESTS,
                 "login_throttled",
@@ -240,6 +245,7 @@ pub async fn attempt(
             None => {
                 guard.count(route, "throttled");
                 in_flight.finish(Outcome::Inconclusive).await;
+                notes.refused = true;
                 let response = responses::login_refused(
                     StatusCode::TOO_MANY_REQUESTS,
                     "login_throttled",
