@@ -84,6 +84,9 @@ fn a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
                 &[
                     ("X-Forwarded-For", &fake),
                     ("Forwarded", &format!("for={fake}")),
+                    ("X-Real-IP", &fake),
+                    ("True-Client-IP", &fake),
+                    ("CF-Connecting-IP", &fake),
                 ],
             )
             .status,
@@ -91,6 +94,11 @@ fn a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
     }
     assert_eq!(statuses, [200, 200, 429, 429]);
     assert_eq!(upstream.last_forwarded_for().as_deref(), Some("127.0.0.3"));
+    assert!(
+        upstream.client_address_headers().is_empty(),
+        "the upstream heard a client address from the client: {:?}",
+        upstream.client_address_headers()
+    );
     let metrics = gw.metrics();
     assert!(
         metrics.contains("ratewarden_spoofed_forwarding_headers_total 4"),

@@ -97,12 +97,26 @@ fn lost_with_the_connection(error: &hyper::Error) -> bool {
         || std::error::Error::source(error).is_some_and(|e| e.is::<std::io::Error>())
 }
 
+/// Headers in which some upstreams and frameworks look for the client's address
+/// besides `X-Forwarded-For`. A client can write any address in them, and the gateway
+/// vouches for none: none passes, so an upstream that reads one finds nothing rather
+/// than a forged address.
+const CLIENT_ADDRESS_HEADERS: [&str; 6] = [
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+];
+
 /// Headers of a request that only the gateway may set: who the client is, and the
 /// login challenge.
 fn is_gateway_only(name: &str) -> bool {
     name == X_FORWARDED_FOR.as_str()
         || name == http::header::FORWARDED.as_str()
         || name == CHALLENGE.as_str()
+        || CLIENT_ADDRESS_HEADERS.contains(&name)
 }
 
 impl Upstream {
