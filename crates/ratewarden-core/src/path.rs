@@ -9,7 +9,8 @@
 //!
 //! What cannot be read unambiguously is refused, to be answered with 400: malformed or
 //! double percent-encoding (`%252F`), bytes that are not UTF-8 once decoded, control
-//! characters, `..` above the root, and paths longer than [`MAX_PATH_BYTES`].
+//! characters, `..` above the root, dot segments other servers may read differently
+//! (`‥`, `...`, `.. `), and paths longer than [`MAX_PATH_BYTES`].
 
 use std::fmt;
 use unicode_normalization::UnicodeNormalization;
@@ -41,6 +42,12 @@ pub enum PathError {
     /// decoding, so the path names no one resource.
     #[error("dot segments combined with encoded or non-standard separators")]
     AmbiguousSeparators,
+    /// A segment that is a dot segment to some servers and a name to others: spelled
+    /// with compatibility characters (`‥`, `．．`), which NFKC turns into `..`, or made
+    /// of dots and spaces only (`...`, `.. `), which servers that drop trailing dots and
+    /// spaces read as `.` or `..`.
+    #[error("dot segment spelled in a way servers read differently")]
+    AmbiguousDots,
     /// Longer than [`MAX_PATH_BYTES`].
     #[error("path longer than {MAX_PATH_BYTES} bytes")]
     TooLong,
@@ -104,6 +111,11 @@ fn canonicalize_fully(raw: &[u8]) -> Result<CanonicalPath, PathError> {
     }
     // Compatibility forms (fullwidth letters, ligatures) and case fold to one spelling.
     let folded: String = text.nfkc().collect::<String>().to_lowercase();
+    if dot_segments(&folded) > dot_segments(text) {
+        // `/api/private/x/‥/‥/public` is `/api/public` once folded, but a server that
+        // does not fold serves it from under `/api/private`.
+        return Err(PathError::AmbiguousDots);
+    }
     let plain_slashes = raw.iter().filter(|&&b| b == b'/').count();
     let separators = folded.chars().filter(|&c| c == '/' || c == '\\').count();
     let mut segments: Vec<&str> = Vec::new();
@@ -125,9 +137,11 @@ fn canonicalize_fully(raw: &[u8]) -> Result<CanonicalPath, PathError> {
             // Trailing dots and spaces are dropped by some servers (`login.` is `login`).
             other => {
                 let trimmed = other.trim_end_matches(['.', ' ']);
-                if !trimmed.is_empty() {
-                    segments.push(trimmed);
+                if trimmed.is_empty() {
+                    // `...` or `.. `: a name here, `..` to such a server.
+                    return Err(PathError::AmbiguousDots);
                 }
+                segments.push(trimmed);
             }
         }
     }
@@ -140,6 +154,14 @@ fn canonicalize_fully(raw: &[u8]) -> Result<CanonicalPath, PathError> {
         out.push('/');
     }
     Ok(CanonicalPath(out))
+}
+
+/// How many `.` and `..` segments `path` has (matrix parameters aside).
+fn dot_segments(path: &str) -> usize {
+    path.split(['/', '\\'])
+        .map(|segment| segment.split(';').next().unwrap_or(""))
+        .filter(|segment| *segment == "." || *segment == "..")
+        .count()
 }
 
 /// The common case, one allocation: lower-case ASCII letters, digits, `-`, `_`, `~` and
@@ -257,6 +279,21 @@ mod tests {
             assert_eq!(
                 canon(ambiguous),
                 Err(PathError::AmbiguousSeparators),
+                "{ambiguous}"
+            );
+        }
+        for ambiguous in [
+            "/api/private/x/\u{2025}/\u{2025}/public",
+            "/api/private/x/\u{ff0e}\u{ff0e}/public",
+            "/api/private/\u{2024}/x",
+            "/api/v1/x/.../auth",
+            "/api/v1/x/.. /auth",
+            "/api/v1/x/..%20/auth",
+            "/api/v1/x/%20/auth",
+        ] {
+            assert_eq!(
+                canon(ambiguous),
+                Err(PathError::AmbiguousDots),
                 "{ambiguous}"
             );
         }
