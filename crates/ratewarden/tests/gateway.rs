@@ -361,20 +361,6 @@ fn host_ambiguity_is_refused() {
         b"GET /api/v1/users HTTP/1.1\r\nConnection: close\r\n\r\n",
     );
     assert!(none.starts_with("HTTP/1.1 400"), "{none}");
-    // A request that names no host would match no rule scoped to hosts, and the
-    // upstream would serve it as its default host.
-    for nameless in [
-        &b"GET /api/v1/users HTTP/1.0\r\n\r\n"[..],
-        b"GET /api/v1/users HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
-        b"GET /api/v1/users HTTP/1.1\r\nHost: :80\r\nConnection: close\r\n\r\n",
-    ] {
-        let answer = gw.raw("127.0.0.9", nameless);
-        assert!(
-            answer.starts_with("HTTP/1.0 400") || answer.starts_with("HTTP/1.1 400"),
-            "{}: {answer}",
-            String::from_utf8_lossy(nameless)
-        );
-    }
     let drop_host = gw.raw(
         "127.0.0.9",
         b"GET /api/v1/users HTTP/1.1\r\nHost: a.test\r\nConnection: close, host\r\n\r\n",
@@ -385,6 +371,50 @@ fn host_ambiguity_is_refused() {
         1,
         "only the well-formed request reached the upstream"
     );
+}
+
+#[test]
+fn a_request_that_names_no_host_meets_every_hosts_rules() {
+    let (gw, _upstream) = start(
+        r#"
+[[rules]]
+name = "api_host"
+match = { path_prefix = "/", hosts = ["api.test"] }
+rate = "1/h"
+burst = 1
+"#,
+    );
+    let named = gw.raw(
+        "127.0.0.10",
+        b"GET /x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(named.starts_with("HTTP/1.1 200"), "{named}");
+    // The upstream serves a request without a host as its default host, which may be
+    // api.test: leaving the host out, or sending an empty one, must not escape its limit.
+    for nameless in [
+        &b"GET /x HTTP/1.0\r\n\r\n"[..],
+        b"GET /x HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: :80\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = gw.raw("127.0.0.10", nameless);
+        assert!(
+            answer.starts_with("HTTP/1.0 429") || answer.starts_with("HTTP/1.1 429"),
+            "{}: {answer}",
+            String::from_utf8_lossy(nameless)
+        );
+    }
+    // A health checker's HTTP/1.0 request without Host is served.
+    let check = gw.raw("127.0.0.11", b"GET /x HTTP/1.0\r\n\r\n");
+    assert!(
+        check.starts_with("HTTP/1.0 200") || check.starts_with("HTTP/1.1 200"),
+        "{check}"
+    );
+    // Another host's requests are not this rule's business.
+    let other = gw.raw(
+        "127.0.0.10",
+        b"GET /x HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
 }
 
 #[test]

@@ -86,7 +86,8 @@ pub struct Reputation {
 pub struct RequestFacts<'a> {
     /// The method, upper case as sent.
     pub method: &'a str,
-    /// The `Host` (or `:authority`) without port, lower case.
+    /// The `Host` (or `:authority`) without port, lower case; `None` when the request
+    /// names none (then every host's rules apply to it).
     pub host: Option<&'a str>,
     /// The canonical path.
     pub path: &'a CanonicalPath,

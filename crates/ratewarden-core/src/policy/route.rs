@@ -47,10 +47,10 @@ impl RouteMatch {
         if !self.methods.is_empty() && !self.methods.iter().any(method_fits) {
             return false;
         }
-        if !self.hosts.is_empty() {
-            let Some(host) = request.host else {
-                return false;
-            };
+        // A request that names no host (HTTP/1.0 without `Host`) is served by whichever
+        // host the upstream defaults to, which may be any of them: every host's rules
+        // apply to it, so it cannot escape a limit by leaving its host out.
+        if let (false, Some(host)) = (self.hosts.is_empty(), request.host) {
             if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
                 return false;
             }

@@ -135,7 +135,7 @@ pub async fn handle(
         };
         let facts = RequestFacts {
             method: request.method().as_str(),
-            host: Some(&host),
+            host: host.as_deref(),
             path: &path,
             client_ip: client.ip,
             client_network: network,
@@ -439,11 +439,12 @@ fn forwarding_header(header: ForwardingHeader) -> &'static http::HeaderName {
 /// The host a request is for, lower case, without port or trailing dot. HTTP/1.1 must
 /// carry exactly one `Host` (RFC 9112, section 3.2); HTTP/2 names it in `:authority`,
 /// and a `host` header, if any, must agree. Anything else is refused, since the
-/// upstream might pick the other value than the one the rules saw. So is a request that
-/// names no host (HTTP/1.0 without `Host`, HTTP/2 without `:authority`, an empty
-/// `Host`): no rule scoped to hosts would match it, and the upstream would serve it as
-/// its default host.
-fn request_host(request: &Request<Incoming>) -> Result<std::borrow::Cow<'_, str>, &'static str> {
+/// upstream might pick the other value than the one the rules saw. `None` when the
+/// request names no host (HTTP/1.0 without `Host`, as health checkers send, HTTP/2
+/// without `:authority`, an empty `Host`): every host's rules then apply to it.
+fn request_host(
+    request: &Request<Incoming>,
+) -> Result<Option<std::borrow::Cow<'_, str>>, &'static str> {
     let mut values = request.headers().get_all(HOST).iter();
     let header = values.next();
     if values.next().is_some() {
@@ -460,18 +461,21 @@ fn request_host(request: &Request<Incoming>) -> Result<std::borrow::Cow<'_, str>
         }
         (Some(h), _) => h,
         (None, Some(a)) => a,
-        (None, None) => return Err("missing Host header"),
+        (None, None) if request.version() == http::Version::HTTP_11 => {
+            return Err("missing Host header")
+        }
+        (None, None) => return Ok(None),
     };
     let host = strip_port(host).trim_end_matches('.');
     if host.is_empty() {
-        return Err("empty Host header");
+        return Ok(None);
     }
     // Most clients send it in lower case already: no copy then.
-    Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    Ok(Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(host.to_ascii_lowercase())
     } else {
         std::borrow::Cow::Borrowed(host)
-    })
+    }))
 }
 
 fn strip_port(host: &str) -> &str {
