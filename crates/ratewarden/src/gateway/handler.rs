@@ -211,7 +211,7 @@ pub async fn handle(
             // capacity speaking: a 503, not a 429, and no violation. The store keeps
             // the admission charged (it has no refund), which only makes the limit
             // stricter.
-            for (rule, _) in &enforced {
+            for (rule, _) in enforced.iter().filter(|(r, _)| r.action == Action::Delay) {
                 worker.count(rule, "refused_delay_queue_full");
             }
             return responses::delay_queue_full(wait);
@@ -358,16 +358,15 @@ pub async fn handle(
         defence.observe(label.clone(), observation, trigger);
     }
     if let (Some(abuse), Some(head)) = (&gateway.abuse, head) {
-        if login.refused {
+        let too_many = response.status() == http::StatusCode::TOO_MANY_REQUESTS;
+        if login.refused && too_many {
             let rules = || {
                 login_route
                     .map(|route| vec![format!("login:{}", route.name)])
                     .unwrap_or_default()
             };
             abuse.report(|| head, client.ip, network, rules, Source::Gateway);
-        } else if abuse.counts_upstream()
-            && response.status() == http::StatusCode::TOO_MANY_REQUESTS
-        {
+        } else if too_many && !login.refused && abuse.counts_upstream() {
             abuse.report(|| head, client.ip, network, Vec::new, Source::Upstream);
         }
     }

@@ -70,9 +70,9 @@ pub struct BlockOrigin {
 pub struct LoginResult {
     /// The `[[login]]` name.
     pub login: String,
-    /// success, failure, inconclusive, locked, throttled, delayed, refused_ambiguous,
-    /// unidentified, oversized, store_error; and for `login_attacks`: stuffing,
-    /// distributed.
+    /// success, failure, inconclusive, locked, throttled, delayed, delay_queue_full,
+    /// refused_ambiguous, unidentified, oversized, store_error; and for `login_attacks`:
+    /// stuffing, distributed.
     pub result: &'static str,
 }
 

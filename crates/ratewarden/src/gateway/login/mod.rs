@@ -62,8 +62,8 @@ pub struct LoginGuard {
 pub struct AttemptNotes {
     /// The client tried more distinct accounts than the route allows (stuffing).
     pub stuffing: bool,
-    /// The guard refused the attempt itself (account locked, attempt throttled): a
-    /// violation by the client, as a rule's 429 is.
+    /// The guard refused the attempt itself (account locked, attempt throttled): when
+    /// that is a 429, the gateway's own, and a violation as a rule's 429 is.
     pub refused: bool,
 }
 
@@ -233,16 +233,19 @@ pub async fn attempt(
         .map_or(Nanos::ZERO, |d| d.for_failures(attempt.failures))
         .saturating_sub(attempt.since_failure.unwrap_or(Nanos::MAX));
     if delay > Nanos::ZERO {
-        let held = match route.delay_mode {
-            DelayMode::Hold => delayed.try_acquire().ok(),
-            DelayMode::Reject => None,
-        };
-        match held {
-            Some(_permit) => {
+        match route.delay_mode {
+            DelayMode::Hold => {
+                let Ok(_permit) = delayed.try_acquire() else {
+                    // As many requests as `max_delayed` allows are already held: the
+                    // gateway's capacity speaks, not the client's conduct.
+                    guard.count(route, "delay_queue_full");
+                    in_flight.finish(Outcome::Inconclusive).await;
+                    return (responses::delay_queue_full(delay.to_duration()), notes);
+                };
                 guard.count(route, "delayed");
                 tokio::time::sleep(delay.to_duration()).await;
             }
-            None => {
+            DelayMode::Reject => {
                 guard.count(route, "throttled");
                 in_flight.finish(Outcome::Inconclusive).await;
                 notes.refused = true;
