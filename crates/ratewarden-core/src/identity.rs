@@ -114,6 +114,8 @@ pub struct ClientAddress {
     /// The request carried forwarding headers that were not believed: sent by a peer that
     /// is not a trusted proxy. A signal for abuse detection, never a reason to trust them.
     pub spoofed_forwarding: bool,
+    /// The request came through a trusted proxy (the socket peer is one).
+    pub via_trusted_proxy: bool,
 }
 
 /// The client's address for a request from `peer` whose forwarding header (as chosen by
@@ -130,6 +132,7 @@ pub fn client_address<'a>(
         return ClientAddress {
             ip: peer,
             spoofed_forwarding: values.peek().is_some(),
+            via_trusted_proxy: false,
         };
     }
     // Entries from all header lines, in order; walked from the right.
@@ -153,6 +156,7 @@ pub fn client_address<'a>(
     ClientAddress {
         ip: client,
         spoofed_forwarding: false,
+        via_trusted_proxy: true,
     }
 }
 

@@ -85,8 +85,11 @@ fn a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
                     ("X-Forwarded-For", &fake),
                     ("Forwarded", &format!("for={fake}")),
                     ("X-Real-IP", &fake),
+                    ("Client-IP", &fake),
                     ("True-Client-IP", &fake),
                     ("CF-Connecting-IP", &fake),
+                    ("X-Forwarded", &format!("for={fake}")),
+                    ("X-Original-Forwarded-For", &fake),
                 ],
             )
             .status,
@@ -94,11 +97,21 @@ fn a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
     }
     assert_eq!(statuses, [200, 200, 429, 429]);
     assert_eq!(upstream.last_forwarded_for().as_deref(), Some("127.0.0.3"));
-    assert!(
-        upstream.client_address_headers().is_empty(),
-        "the upstream heard a client address from the client: {:?}",
-        upstream.client_address_headers()
-    );
+    let heard = upstream.last_header_names();
+    for claimed in [
+        "forwarded",
+        "x-real-ip",
+        "client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-forwarded",
+        "x-original-forwarded-for",
+    ] {
+        assert!(
+            !heard.iter().any(|h| h == claimed),
+            "the upstream heard {claimed} from an untrusted peer: {heard:?}"
+        );
+    }
     let metrics = gw.metrics();
     assert!(
         metrics.contains("ratewarden_spoofed_forwarding_headers_total 4"),
@@ -119,7 +132,7 @@ fn a_trusted_proxy_chain_is_honoured() {
                 gw.get(
                     "127.0.0.4",
                     "/api/v1/auth/x",
-                    &[("X-Forwarded-For", &chain)],
+                    &[("X-Forwarded-For", &chain), ("CF-Connecting-IP", client)],
                 )
                 .status
             })
@@ -129,6 +142,15 @@ fn a_trusted_proxy_chain_is_honoured() {
     assert_eq!(
         upstream.last_forwarded_for().as_deref(),
         Some("203.0.113.2")
+    );
+    // A trusted proxy (a CDN) is trusted with the other client address headers too.
+    assert!(
+        upstream
+            .last_header_names()
+            .iter()
+            .any(|h| h == "cf-connecting-ip"),
+        "{:?}",
+        upstream.last_header_names()
     );
 }
 

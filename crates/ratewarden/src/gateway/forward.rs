@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::body::Incoming;
-use ratewarden_core::identity::DottedQuad;
+use ratewarden_core::identity::{ClientAddress, DottedQuad};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -98,17 +98,34 @@ fn lost_with_the_connection(error: &hyper::Error) -> bool {
 }
 
 /// Headers in which some upstreams and frameworks look for the client's address
-/// besides `X-Forwarded-For`. A client can write any address in them, and the gateway
-/// vouches for none: none passes, so an upstream that reads one finds nothing rather
-/// than a forged address.
-const CLIENT_ADDRESS_HEADERS: [&str; 6] = [
+/// besides `X-Forwarded-For`. A client can write any address in them: from a peer that
+/// is not a trusted proxy none passes, so an upstream that reads one finds nothing
+/// rather than a forged address. A trusted proxy (a CDN setting `CF-Connecting-IP`) is
+/// trusted with them as with `X-Forwarded-For`.
+const CLIENT_ADDRESS_HEADERS: [&str; 11] = [
     "x-real-ip",
-    "true-client-ip",
+    "client-ip",
     "x-client-ip",
+    "true-client-ip",
     "cf-connecting-ip",
-    "x-cluster-client-ip",
     "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded",
+    "forwarded-for",
+    "x-original-forwarded-for",
+    "x-envoy-external-address",
 ];
+
+/// The lengths of [`CLIENT_ADDRESS_HEADERS`]' names, one bit each.
+const CLIENT_ADDRESS_LENGTHS: u32 = {
+    let mut lengths = 0;
+    let mut i = 0;
+    while i < CLIENT_ADDRESS_HEADERS.len() {
+        lengths |= 1 << CLIENT_ADDRESS_HEADERS[i].len();
+        i += 1;
+    }
+    lengths
+};
 
 /// Headers of a request that only the gateway may set: who the client is, and the
 /// login challenge.
@@ -116,7 +133,15 @@ fn is_gateway_only(name: &str) -> bool {
     name == X_FORWARDED_FOR.as_str()
         || name == http::header::FORWARDED.as_str()
         || name == CHALLENGE.as_str()
-        || CLIENT_ADDRESS_HEADERS.contains(&name)
+}
+
+/// [`is_gateway_only`], and the headers of [`CLIENT_ADDRESS_HEADERS`]: for a request
+/// from a peer that is not a trusted proxy. By length first, like [`is_hop_by_hop`].
+fn is_gateway_only_or_client_address(name: &str) -> bool {
+    is_gateway_only(name)
+        || (name.len() < 32
+            && CLIENT_ADDRESS_LENGTHS & (1 << name.len()) != 0
+            && CLIENT_ADDRESS_HEADERS.contains(&name))
 }
 
 impl Upstream {
@@ -206,15 +231,15 @@ impl Upstream {
         send_on(self.pool.connect().await?, request).await
     }
 
-    /// Forwards `request` from `client_ip` (as identified) and returns the upstream's
+    /// Forwards `request` from `client` (as identified) and returns the upstream's
     /// answer, or a 502/504 of our own.
     pub fn forward<'a>(
         &'a self,
         request: Request<Incoming>,
-        client_ip: IpAddr,
+        client: ClientAddress,
         metrics: &'a Metrics,
     ) -> impl Future<Output = Response<Body>> + 'a {
-        self.forward_body(request.map(ForwardBody::Streamed), client_ip, metrics)
+        self.forward_body(request.map(ForwardBody::Streamed), client, metrics)
     }
 
     /// [`Upstream::forward`] for a request whose body was partly or wholly read.
@@ -225,10 +250,10 @@ impl Upstream {
     pub fn forward_body<'a>(
         &'a self,
         request: Request<ForwardBody>,
-        client_ip: IpAddr,
+        client: ClientAddress,
         metrics: &'a Metrics,
     ) -> impl Future<Output = Response<Body>> + 'a {
-        let request = self.upstream_request(request, client_ip);
+        let request = self.upstream_request(request, client);
         // Combinators, not `async`: see `exchange`.
         tokio::time::timeout(self.timeout, self.exchange(request, metrics)).map(move |exchanged| {
             match exchanged {
@@ -265,7 +290,7 @@ impl Upstream {
     fn upstream_request(
         &self,
         request: Request<ForwardBody>,
-        client_ip: IpAddr,
+        client: ClientAddress,
     ) -> Request<ForwardBody> {
         let (mut parts, body) = request.into_parts();
         let client_authority = parts.uri.authority().cloned();
@@ -283,12 +308,17 @@ impl Upstream {
         // The upstream hears who the client is from us alone; what the client claimed
         // was already weighed (and, from an untrusted peer, ignored). Only the gateway
         // may ask the upstream for a challenge (login protection).
-        strip_headers(&mut parts.headers, is_gateway_only);
-        let client = match client_ip {
+        let gateway_only = if client.via_trusted_proxy {
+            is_gateway_only
+        } else {
+            is_gateway_only_or_client_address
+        };
+        strip_headers(&mut parts.headers, gateway_only);
+        let address = match client.ip {
             IpAddr::V4(v4) => HeaderValue::from_str(DottedQuad::new(v4).as_str()),
             IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()),
         };
-        if let Ok(v) = client {
+        if let Ok(v) = address {
             parts.headers.insert(&X_FORWARDED_FOR, v);
         }
         if let Some(challenge) = parts.extensions.remove::<Challenge>() {
@@ -619,6 +649,33 @@ mod tests {
         let mut request = headers(MESSAGE);
         strip_headers(&mut request, is_gateway_only);
         assert_eq!(names(&request), ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn client_address_headers_go_unless_a_trusted_proxy_sent_them() {
+        let mut message: Vec<(&str, &str)> = MESSAGE.to_vec();
+        message.extend(
+            CLIENT_ADDRESS_HEADERS
+                .iter()
+                .map(|name| (*name, "198.51.100.7")),
+        );
+        // Names of the same lengths that must stay.
+        message.extend([
+            ("x-real-iq", "1"),
+            ("forwarded-fox", "1"),
+            ("x-kept-too", "1"),
+        ]);
+        let mut untrusted = headers(&message);
+        strip_headers(&mut untrusted, is_gateway_only_or_client_address);
+        assert_eq!(
+            names(&untrusted),
+            ["forwarded-fox", "host", "x-kept", "x-kept-too", "x-real-iq"]
+        );
+        let mut trusted = headers(&message);
+        strip_headers(&mut trusted, is_gateway_only);
+        for name in CLIENT_ADDRESS_HEADERS {
+            assert!(trusted.contains_key(name), "{name}");
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub async fn handle(
     };
     if allow_listed {
         metrics.allow_listed.inc();
-        return Box::pin(upstream.forward(request, client.ip, metrics)).await;
+        return Box::pin(upstream.forward(request, client, metrics)).await;
     }
     let network = client_network(client.ip, clients.ipv6_prefix);
     // Adaptive defence: a blocked client gets nothing more; a suspicious one gets its
@@ -183,7 +183,7 @@ pub async fn handle(
             for (rule, _) in &enforced {
                 worker.count(rule, "unchecked");
             }
-            return Box::pin(upstream.forward(request, client.ip, metrics)).await;
+            return Box::pin(upstream.forward(request, client, metrics)).await;
         }
         Verdict::Refused(retry_after) => {
             for (rule, _) in &enforced {
@@ -341,12 +341,12 @@ pub async fn handle(
             let address = client_label(client.ip, network);
             let delayed = &gateway.delayed;
             Box::pin(login::attempt(
-                guard, upstream, route, request, client.ip, &address, delayed,
+                guard, upstream, route, request, client, &address, delayed,
             ))
             .await
         }
         None => (
-            Box::pin(upstream.forward(request, client.ip, metrics)).await,
+            Box::pin(upstream.forward(request, client, metrics)).await,
             login::AttemptNotes::default(),
         ),
     };

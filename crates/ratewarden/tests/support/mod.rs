@@ -94,7 +94,7 @@ pub struct Upstream {
 pub struct Seen {
     pub path: String,
     pub forwarded_for: Option<String>,
-    pub client_address_headers: Vec<String>,
+    pub header_names: Vec<String>,
     pub content_length: bool,
     pub chunked: bool,
 }
@@ -166,18 +166,7 @@ impl Upstream {
                     .get("x-forwarded-for")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
-                client_address_headers: [
-                    "x-real-ip",
-                    "true-client-ip",
-                    "x-client-ip",
-                    "cf-connecting-ip",
-                    "x-cluster-client-ip",
-                    "fastly-client-ip",
-                ]
-                .into_iter()
-                .filter(|name| h.contains_key(*name))
-                .map(str::to_owned)
-                .collect(),
+                header_names: h.keys().map(|name| name.as_str().to_owned()).collect(),
                 content_length: h.contains_key("content-length"),
                 chunked: h
                     .get("transfer-encoding")
@@ -233,16 +222,12 @@ impl Upstream {
             .and_then(|s| s.last().and_then(|r| r.forwarded_for.clone()))
     }
 
-    /// The headers naming a client address besides `X-Forwarded-For` that any request
-    /// came with.
-    pub fn client_address_headers(&self) -> Vec<String> {
+    /// The header names of the last request.
+    pub fn last_header_names(&self) -> Vec<String> {
         self.seen
             .lock()
-            .map(|s| {
-                s.iter()
-                    .flat_map(|r| r.client_address_headers.clone())
-                    .collect()
-            })
+            .ok()
+            .and_then(|s| s.last().map(|r| r.header_names.clone()))
             .unwrap_or_default()
     }
 

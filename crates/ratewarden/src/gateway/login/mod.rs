@@ -25,12 +25,12 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 use ratewarden_core::clock::{Clock, SystemClock};
+use ratewarden_core::identity::ClientAddress;
 use ratewarden_core::login::{DelayMode, LoginRoute, Named, Outcome};
 use ratewarden_core::{Nanos, Timestamp};
 use ratewarden_detect::{LoginContext, Pseudonymiser, Sanitiser, Severity};
 use ratewarden_store::login::{AccountRules, Admission, Finished, LoginStore};
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,14 +118,14 @@ impl LoginGuard {
     }
 }
 
-/// Runs one login attempt from `client_ip` (`address`: its label) through protection
+/// Runs one login attempt from `client` (`address`: its label) through protection
 /// and the upstream.
 pub async fn attempt(
     guard: &Arc<LoginGuard>,
     upstream: &Upstream,
     route: &LoginRoute,
     request: Request<Incoming>,
-    client_ip: IpAddr,
+    client: ClientAddress,
     address: &str,
     delayed: &tokio::sync::Semaphore,
 ) -> (Response<Body>, AttemptNotes) {
@@ -149,9 +149,7 @@ pub async fn attempt(
             // Nothing to count against an account; the per-address limit still applies.
             guard.count(route, "unidentified");
             return (
-                upstream
-                    .forward_body(request, client_ip, &guard.metrics)
-                    .await,
+                upstream.forward_body(request, client, &guard.metrics).await,
                 notes,
             );
         }
@@ -162,7 +160,7 @@ pub async fn attempt(
     let address = guard.pseudonyms.pseudonym("address", address);
     let rules = guard.rules(route);
     let admission = guard.store.begin(&account, &address, &rules).await;
-    let trigger = trigger(&request, client_ip);
+    let trigger = trigger(&request, client.ip);
     let attempt = match admission {
         Ok(Admission::Admitted(attempt)) => attempt,
         Ok(Admission::Locked(remaining)) => {
@@ -199,9 +197,7 @@ pub async fn attempt(
             guard.count(route, "store_error");
             tracing::warn!(login = %route.name, error = %e, "login store unavailable; attempt forwarded unprotected");
             return (
-                upstream
-                    .forward_body(request, client_ip, &guard.metrics)
-                    .await,
+                upstream.forward_body(request, client, &guard.metrics).await,
                 notes,
             );
         }
@@ -268,9 +264,7 @@ pub async fn attempt(
             .extensions_mut()
             .insert(Challenge(HeaderValue::from_static("required")));
     }
-    let response = upstream
-        .forward_body(request, client_ip, &guard.metrics)
-        .await;
+    let response = upstream.forward_body(request, client, &guard.metrics).await;
     let outcome = route.outcome(response.status().as_u16());
     guard.count(
         route,
