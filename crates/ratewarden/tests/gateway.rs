@@ -178,6 +178,7 @@ fn every_spelling_of_a_limited_path_is_limited() {
         );
     }
     for refused in [
+        "/api/v1/%252e%252e/auth",
         "/api/v1/x/%E2%80%A5/auth",
         "/api/v1/x/.../auth",
         "/api/%ff/auth",

@@ -225,6 +225,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_first_head_is_dropped_at_its_deadline_and_one_with_it_is_not() {
+        let timer = HeaderTimer::default();
+        tokio::spawn(timer.fire_due_forever());
+        let timeout = Duration::from_secs(2);
+        // A connection that never ends and never delivers a head.
+        let silent = FirstHeadWithin::new(
+            std::future::pending::<()>(),
+            timer.clone(),
+            timer.now(),
+            timeout,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let started = tokio::time::Instant::now();
+        assert_eq!(silent.await, None);
+        let waited = started.elapsed();
+        assert!(waited >= timeout && waited <= timeout + TICK, "{waited:?}");
+        // One whose first head came: it runs on past the deadline, to its own end.
+        let first_head = Arc::new(AtomicBool::new(false));
+        let seen = first_head.clone();
+        let served = FirstHeadWithin::new(
+            async move {
+                seen.store(true, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                "served"
+            },
+            timer.clone(),
+            timer.now(),
+            timeout,
+            first_head,
+        );
+        assert_eq!(served.await, Some("served"));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_sweeper_wakes_again_when_a_deadline_is_armed_after_an_idle_spell() {
         let timer = HeaderTimer::default();
         tokio::spawn(timer.fire_due_forever());
