@@ -29,24 +29,36 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port, keeping nothing on disk.
     pub fn start() -> RedisServer {
-        RedisServer::start_with(free_port(), &[])
+        RedisServer::start_with(free_port, &[])
     }
 
-    fn start_with(port: u16, extra: &[&str]) -> RedisServer {
-        let dir =
-            std::env::temp_dir().join(format!("ratewarden-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = RedisServer {
-            port,
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        server.spawn();
-        server
+    /// Starts a server on a port from `choose_port`. A port free when chosen can be
+    /// taken before the server binds it (another test's connection gets it as its
+    /// ephemeral port): the server then exits at once, and another port is tried.
+    fn start_with(choose_port: impl Fn() -> u16, extra: &[&str]) -> RedisServer {
+        let mut tried = Vec::new();
+        for _ in 0..5 {
+            let port = choose_port();
+            let dir = std::env::temp_dir()
+                .join(format!("ratewarden-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut server = RedisServer {
+                port,
+                dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            };
+            if server.spawn() {
+                return server;
+            }
+            tried.push(port);
+        }
+        panic!("redis-server exited at once on each of the ports {tried:?}");
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process and waits until it answers; `false` if it exited first
+    /// (its port was taken).
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
@@ -56,9 +68,13 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server ({e}). {HOW_TO_GET_REDIS}"));
-        self.child = Some(child);
+        let child = self.child.insert(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while command(self.port, &["PING"]).as_deref() != Some("+PONG") {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server on port {} did not answer PING",
@@ -66,6 +82,7 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// Its URL.
@@ -89,7 +106,11 @@ impl RedisServer {
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "redis-server could not start again on port {}: it was taken meanwhile",
+            self.port
+        );
     }
 
     /// Sends one command (arguments without spaces) and returns the first reply line.
@@ -117,7 +138,7 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 // The cluster bus listens on port + 10000; that one must be free too.
-                let port = loop {
+                let port = || loop {
                     let p = free_port();
                     if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
                         break p;
@@ -129,7 +150,7 @@ impl RedisCluster {
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
-                        &format!("nodes-{port}.conf"),
+                        "nodes.conf",
                         "--cluster-node-timeout",
                         "5000",
                     ],

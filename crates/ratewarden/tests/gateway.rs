@@ -729,6 +729,47 @@ fn h2c_clients_are_limited_like_http1_clients() {
 }
 
 #[test]
+fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
+    let (gw, _upstream) = start(AUTH_RULES);
+    let addr = gw.address();
+    gw.block_on(async move {
+        let connect = || async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .expect("h2 prior knowledge");
+            (sender, tokio::spawn(connection))
+        };
+        let get = |sender: &mut hyper::client::conn::http2::SendRequest<_>| {
+            let request = http::Request::builder()
+                .uri(format!("http://{addr}/other"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            sender.send_request(request)
+        };
+        // header_timeout is 1 s: the idle connection goes within two of them.
+        let (mut idle, idle_connection) = connect().await;
+        assert_eq!(get(&mut idle).await.expect("response").status(), 200);
+        let (mut busy, busy_connection) = connect().await;
+        for _ in 0..12 {
+            assert_eq!(get(&mut busy).await.expect("response").status(), 200);
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        assert!(
+            idle_connection.is_finished(),
+            "an idle HTTP/2 connection was still open after 3 s"
+        );
+        assert!(
+            !busy_connection.is_finished(),
+            "a busy HTTP/2 connection was closed"
+        );
+    });
+}
+
+#[test]
 fn connections_past_the_cap_are_closed_at_once() {
     let upstream = Upstream::start();
     // A long header timeout, so the held connections outlast a slow, loaded test run.

@@ -36,11 +36,36 @@ enum ExchangeError {
     Exchange(#[from] hyper::Error),
 }
 
+/// Header names matched on their text, by length first: most names have none of the
+/// listed lengths, and every header of every message is checked. Cheaper than
+/// comparing `HeaderName`s one by one.
+struct NameList {
+    /// Lower case, as `HeaderName`s are, and shorter than 32 bytes.
+    names: &'static [&'static str],
+    /// The names' lengths, one bit each.
+    lengths: u32,
+}
+
+impl NameList {
+    const fn new(names: &'static [&'static str]) -> NameList {
+        let mut lengths = 0;
+        let mut i = 0;
+        while i < names.len() {
+            // A name of 32 bytes or more overflows here: a compile-time error.
+            lengths |= 1 << names[i].len();
+            i += 1;
+        }
+        NameList { names, lengths }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        name.len() < 32 && self.lengths & (1 << name.len()) != 0 && self.names.contains(&name)
+    }
+}
+
 /// Headers that belong to one connection, never forwarded: those of RFC 9110 section
 /// 7.6.1, and the proxy ones of RFC 2616 section 13.5.1.
-/// Matched on the name's text: a handful of length checks, cheaper than comparing
-/// `HeaderName`s one by one for every header of every message.
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: NameList = NameList::new(&[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -49,23 +74,11 @@ const HOP_BY_HOP: [&str; 8] = [
     "te",
     "trailer",
     "upgrade",
-];
+]);
 
-/// The lengths of [`HOP_BY_HOP`]'s names, one bit each.
-const HOP_BY_HOP_LENGTHS: u32 = {
-    let mut lengths = 0;
-    let mut i = 0;
-    while i < HOP_BY_HOP.len() {
-        lengths |= 1 << HOP_BY_HOP[i].len();
-        i += 1;
-    }
-    lengths
-};
-
-/// Whether `name` (lower case, as `HeaderName`s are) is hop-by-hop. By length first:
-/// most names have none of these lengths, and every header of every message is checked.
+/// Whether `name` (lower case, as `HeaderName`s are) is hop-by-hop.
 fn is_hop_by_hop(name: &str) -> bool {
-    name.len() < 32 && HOP_BY_HOP_LENGTHS & (1 << name.len()) != 0 && HOP_BY_HOP.contains(&name)
+    HOP_BY_HOP.contains(name)
 }
 
 /// A copy of `request` to send again if its connection fails, when sending it twice
@@ -102,7 +115,7 @@ fn lost_with_the_connection(error: &hyper::Error) -> bool {
 /// is not a trusted proxy none passes, so an upstream that reads one finds nothing
 /// rather than a forged address. A trusted proxy (a CDN setting `CF-Connecting-IP`) is
 /// trusted with them as with `X-Forwarded-For`.
-const CLIENT_ADDRESS_HEADERS: [&str; 11] = [
+const CLIENT_ADDRESS_HEADERS: NameList = NameList::new(&[
     "x-real-ip",
     "client-ip",
     "x-client-ip",
@@ -114,18 +127,7 @@ const CLIENT_ADDRESS_HEADERS: [&str; 11] = [
     "forwarded-for",
     "x-original-forwarded-for",
     "x-envoy-external-address",
-];
-
-/// The lengths of [`CLIENT_ADDRESS_HEADERS`]' names, one bit each.
-const CLIENT_ADDRESS_LENGTHS: u32 = {
-    let mut lengths = 0;
-    let mut i = 0;
-    while i < CLIENT_ADDRESS_HEADERS.len() {
-        lengths |= 1 << CLIENT_ADDRESS_HEADERS[i].len();
-        i += 1;
-    }
-    lengths
-};
+]);
 
 /// Headers of a request that only the gateway may set: who the client is, and the
 /// login challenge.
@@ -136,12 +138,9 @@ fn is_gateway_only(name: &str) -> bool {
 }
 
 /// [`is_gateway_only`], and the headers of [`CLIENT_ADDRESS_HEADERS`]: for a request
-/// from a peer that is not a trusted proxy. By length first, like [`is_hop_by_hop`].
+/// from a peer that is not a trusted proxy.
 fn is_gateway_only_or_client_address(name: &str) -> bool {
-    is_gateway_only(name)
-        || (name.len() < 32
-            && CLIENT_ADDRESS_LENGTHS & (1 << name.len()) != 0
-            && CLIENT_ADDRESS_HEADERS.contains(&name))
+    is_gateway_only(name) || CLIENT_ADDRESS_HEADERS.contains(name)
 }
 
 impl Upstream {
@@ -604,6 +603,7 @@ fn names_listed_in_connection(
 /// Whether `token`, in any case, names a hop-by-hop header.
 fn is_hop_by_hop_token(token: &[u8]) -> bool {
     HOP_BY_HOP
+        .names
         .iter()
         .any(|h| token.eq_ignore_ascii_case(h.as_bytes()))
 }
@@ -656,6 +656,7 @@ mod tests {
         let mut message: Vec<(&str, &str)> = MESSAGE.to_vec();
         message.extend(
             CLIENT_ADDRESS_HEADERS
+                .names
                 .iter()
                 .map(|name| (*name, "198.51.100.7")),
         );
@@ -673,8 +674,8 @@ mod tests {
         );
         let mut trusted = headers(&message);
         strip_headers(&mut trusted, is_gateway_only);
-        for name in CLIENT_ADDRESS_HEADERS {
-            assert!(trusted.contains_key(name), "{name}");
+        for name in CLIENT_ADDRESS_HEADERS.names {
+            assert!(trusted.contains_key(*name), "{name}");
         }
     }
 
@@ -709,7 +710,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_names_are_told_by_length_and_text() {
-        for name in HOP_BY_HOP {
+        for name in HOP_BY_HOP.names {
             assert!(is_hop_by_hop(name), "{name}");
         }
         for name in [

@@ -10,8 +10,8 @@
 //!
 //! Each worker has its own timer, so its list is only ever locked by its own thread.
 //!
-//! The same timer holds each new connection to its first request head
-//! ([`FirstHeadWithin`]), which hyper's deadline does not cover.
+//! The same timer gives each connection its own deadlines ([`Deadline`]: see
+//! `connection.rs`), which hyper's does not cover.
 
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -100,6 +100,23 @@ impl hyper::rt::Timer for HeaderTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeaderSleep {
+            slot: self.arm(deadline),
+        })
+    }
+}
+
+impl HeaderTimer {
+    /// A [`Deadline`] at `at`.
+    pub fn deadline(&self, at: Instant) -> Deadline {
+        Deadline {
+            slot: self.arm(at),
+            registered: false,
+        }
+    }
+
+    /// A slot that fires at `deadline`, on the list.
+    fn arm(&self, deadline: Instant) -> Arc<Slot> {
         let slot = Arc::new(Slot {
             deadline,
             fired: AtomicBool::new(false),
@@ -110,74 +127,27 @@ impl hyper::rt::Timer for HeaderTimer {
             self.shared.armed_again.notify_one();
         }
         armed.push(slot.clone());
-        Box::pin(HeaderSleep { slot })
+        slot
     }
 }
 
-/// A client connection being served that must deliver its first request head within
-/// a timeout of being accepted; gives the connection's output, or `None` when no head
-/// came in time (the connection is then dropped, which closes it).
-///
-/// hyper's own header deadline starts only once it has told HTTP/1 from HTTP/2, and
-/// telling them apart waits without a deadline for the first bytes and for the whole
-/// 24-byte HTTP/2 preface: a client that connects and sends nothing, or `PRI *
-/// HTTP/2.0` and nothing more, would hold its place under the connection cap forever.
-/// The deadline is armed only while the connection waits for its first head, and
-/// never looked at again once the head has come, so requests pay nothing for it.
-pub struct FirstHeadWithin<C> {
-    connection: Pin<Box<C>>,
-    timer: HeaderTimer,
-    due: Instant,
-    /// Set by the connection's service when it is first called.
-    first_head: Arc<AtomicBool>,
-    deadline: Option<Pin<Box<dyn hyper::rt::Sleep>>>,
-    headed: bool,
+/// A deadline that a future looks at on each of its polls: its task is woken when the
+/// deadline comes, and looking costs one load. Dropping it disarms it.
+pub struct Deadline {
+    slot: Arc<Slot>,
+    registered: bool,
 }
 
-impl<C: Future> FirstHeadWithin<C> {
-    /// `connection`, accepted at `accepted`, held to `timeout` by `timer`.
-    pub fn new(
-        connection: C,
-        timer: HeaderTimer,
-        accepted: Instant,
-        timeout: Duration,
-        first_head: Arc<AtomicBool>,
-    ) -> Self {
-        FirstHeadWithin {
-            connection: Box::pin(connection),
-            timer,
-            due: accepted + timeout,
-            first_head,
-            deadline: None,
-            headed: false,
+impl Deadline {
+    /// Whether the deadline has come. The first call registers `cx`'s waker, and later
+    /// calls do not: a deadline belongs to the one task that polls its owner, whose
+    /// waker stays the same.
+    pub fn poll_due(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.registered {
+            self.slot.waker.register(cx.waker());
+            self.registered = true;
         }
-    }
-}
-
-impl<C: Future> Future for FirstHeadWithin<C> {
-    type Output = Option<C::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if let Poll::Ready(output) = this.connection.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        if this.headed {
-            return Poll::Pending;
-        }
-        if this.first_head.load(Ordering::Relaxed) {
-            this.headed = true;
-            this.deadline = None;
-            return Poll::Pending;
-        }
-        let (timer, due) = (&this.timer, this.due);
-        let deadline = this
-            .deadline
-            .get_or_insert_with(|| hyper::rt::Timer::sleep_until(timer, due));
-        match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        self.slot.fired.load(Ordering::Acquire)
     }
 }
 
@@ -225,37 +195,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_connection_without_a_first_head_is_dropped_at_its_deadline_and_one_with_it_is_not() {
+    async fn a_deadline_wakes_its_task_once_due_and_says_so() {
         let timer = HeaderTimer::default();
         tokio::spawn(timer.fire_due_forever());
-        let timeout = Duration::from_secs(2);
-        // A connection that never ends and never delivers a head.
-        let silent = FirstHeadWithin::new(
-            std::future::pending::<()>(),
-            timer.clone(),
-            timer.now(),
-            timeout,
-            Arc::new(AtomicBool::new(false)),
-        );
         let started = tokio::time::Instant::now();
-        assert_eq!(silent.await, None);
+        let mut deadline = timer.deadline(timer.now() + Duration::from_secs(2));
+        std::future::poll_fn(|cx| {
+            if deadline.poll_due(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
         let waited = started.elapsed();
-        assert!(waited >= timeout && waited <= timeout + TICK, "{waited:?}");
-        // One whose first head came: it runs on past the deadline, to its own end.
-        let first_head = Arc::new(AtomicBool::new(false));
-        let seen = first_head.clone();
-        let served = FirstHeadWithin::new(
-            async move {
-                seen.store(true, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                "served"
-            },
-            timer.clone(),
-            timer.now(),
-            timeout,
-            first_head,
+        assert!(
+            waited >= Duration::from_secs(2) && waited <= Duration::from_secs(2) + TICK,
+            "{waited:?}"
         );
-        assert_eq!(served.await, Some("served"));
     }
 
     #[tokio::test(start_paused = true)]

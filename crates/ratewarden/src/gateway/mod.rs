@@ -8,6 +8,7 @@
 //! stops accepting and drains in-flight requests.
 
 mod abuse;
+mod connection;
 mod forward;
 mod handler;
 mod header_timer;
@@ -27,14 +28,14 @@ use http_body_util::combinators::BoxBody;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use ratewarden_core::clock::SystemClock;
 use ratewarden_core::policy::Policy;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use worker::{PolicyCell, Worker};
 
 /// Every body the gateway sends.
@@ -302,7 +303,9 @@ async fn accept_loop(
     let timer = header_timer::HeaderTimer::default();
     tokio::spawn(timer.fire_due_forever());
     builder.http1().timer(timer.clone());
-    let graceful = GracefulShutdown::new();
+    // Told to every connection when the worker stops; the tracker waits for them.
+    let stopping = CancellationToken::new();
+    let connections = TaskTracker::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -326,25 +329,35 @@ async fn accept_loop(
                 open.inc();
                 let header_timeout = gateway.header_timeout;
                 let worker = worker.clone();
-                // Whether a request head has come yet (see `FirstHeadWithin`).
-                let first_head = Arc::new(AtomicBool::new(false));
-                let head_seen = first_head.clone();
-                let service = service_fn(move |request| {
-                    if !head_seen.load(Ordering::Relaxed) {
-                        head_seen.store(true, Ordering::Relaxed);
-                    }
+                let activity = Arc::new(connection::Activity::default());
+                let reports = activity.clone();
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let waiting = reports.started(request.version());
                     // This thread's own reference count, not one every worker writes.
                     let worker = worker.clone();
                     async move {
-                        Ok::<_, std::convert::Infallible>(handler::handle(&worker, peer, request).await)
+                        let response = handler::handle(&worker, peer, request).await;
+                        drop(waiting);
+                        Ok::<_, std::convert::Infallible>(response)
                     }
                 });
-                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let builder = builder.clone();
                 let (timer, accepted) = (timer.clone(), hyper::rt::Timer::now(&timer));
-                tokio::spawn(async move {
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let connection = watcher.watch(connection.into_owned());
-                    match header_timer::FirstHeadWithin::new(connection, timer, accepted, header_timeout, first_head).await {
+                let stopping = stopping.clone().cancelled_owned();
+                connections.spawn(async move {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let served = connection::Served::new(
+                        connection,
+                        |connection| connection.graceful_shutdown(),
+                        stopping,
+                        activity,
+                        timer,
+                        accepted,
+                        header_timeout,
+                    );
+                    match served.await {
                         Some(Ok(())) => {}
                         Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
                         None => tracing::debug!(%peer, "no request head within the header timeout; connection closed"),
@@ -357,8 +370,10 @@ async fn accept_loop(
         }
     }
     drop(listener);
+    stopping.cancel();
+    connections.close();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = connections.wait() => {}
         () = tokio::time::sleep(Duration::from_secs(30)) => tracing::warn!("drain timed out after 30 s"),
     }
     Ok(())
