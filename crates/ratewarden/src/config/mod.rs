@@ -51,7 +51,9 @@ pub struct ServerConfig {
     pub upstream: http::Uri,
     /// Where `/healthz` and `/metrics` are served, if anywhere.
     pub admin_listen: Option<SocketAddr>,
-    /// A client must finish sending its request head within this time.
+    /// A client must send its first request head within this time of connecting, and
+    /// each next one within this time of waiting on HTTP/1.1; an HTTP/2 connection
+    /// that starts no request for this long is shut down (GOAWAY).
     pub header_timeout: Duration,
     /// Connecting to the upstream may take this long (then 502).
     pub upstream_connect_timeout: Duration,
