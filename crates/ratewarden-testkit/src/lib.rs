@@ -82,6 +82,13 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The answer may have come from another test's server on this port, just before
+        // ours found the port taken and exited.
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(Some(_)) = child.try_wait() {
+            self.child = None;
+            return false;
+        }
         true
     }
 

@@ -730,7 +730,21 @@ fn h2c_clients_are_limited_like_http1_clients() {
 
 #[test]
 fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
-    let (gw, _upstream) = start(AUTH_RULES);
+    let upstream = Upstream::start();
+    // header_timeout 1 s; the upstream may take 3.5 s to answer.
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:{}"
+upstream = "http://127.0.0.1:{}"
+admin_listen = "127.0.0.1:{}"
+header_timeout = "1s"
+upstream_timeout = "10s"
+"#,
+        free_port(),
+        upstream.port,
+        free_port()
+    ));
     let addr = gw.address();
     gw.block_on(async move {
         let connect = || async move {
@@ -743,21 +757,36 @@ fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
             .expect("h2 prior knowledge");
             (sender, tokio::spawn(connection))
         };
-        let get = |sender: &mut hyper::client::conn::http2::SendRequest<_>| {
+        let get = |sender: &mut hyper::client::conn::http2::SendRequest<_>, path: &str| {
             let request = http::Request::builder()
-                .uri(format!("http://{addr}/other"))
+                .uri(format!("http://{addr}{path}"))
                 .body(http_body_util::Empty::<bytes::Bytes>::new())
                 .expect("request");
             sender.send_request(request)
         };
-        // header_timeout is 1 s: the idle connection goes within two of them.
+        // The idle connection goes within two header timeouts.
         let (mut idle, idle_connection) = connect().await;
-        assert_eq!(get(&mut idle).await.expect("response").status(), 200);
+        assert_eq!(
+            get(&mut idle, "/other").await.expect("response").status(),
+            200
+        );
+        // A request still waiting for its answer keeps its connection open.
+        let (mut slow, _slow_connection) = connect().await;
         let (mut busy, busy_connection) = connect().await;
-        for _ in 0..12 {
-            assert_eq!(get(&mut busy).await.expect("response").status(), 200);
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
+        let busy_requests = async {
+            for _ in 0..12 {
+                assert_eq!(
+                    get(&mut busy, "/other").await.expect("response").status(),
+                    200
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        };
+        let (slow_answer, ()) = tokio::join!(get(&mut slow, "/slow/3500"), busy_requests);
+        assert_eq!(
+            slow_answer.expect("the slow request was cut off").status(),
+            200
+        );
         assert!(
             idle_connection.is_finished(),
             "an idle HTTP/2 connection was still open after 3 s"

@@ -53,7 +53,8 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     /// A client must send its first request head within this time of connecting, and
     /// each next one within this time of waiting on HTTP/1.1; an HTTP/2 connection
-    /// that starts no request for this long is shut down (GOAWAY).
+    /// with no request started or being answered for this long (up to twice) is shut
+    /// down (GOAWAY).
     pub header_timeout: Duration,
     /// Connecting to the upstream may take this long (then 502).
     pub upstream_connect_timeout: Duration,

@@ -7,20 +7,26 @@
 //!   for the whole 24-byte HTTP/2 preface: a client that connects and sends nothing, or
 //!   `PRI * HTTP/2.0` and nothing more, would hold its place under the connection cap
 //!   forever.
-//! - An HTTP/2 connection that starts no request for `header_timeout`, with none
-//!   waiting for its response head, is shut down gracefully (GOAWAY; streams still
-//!   sending finish). hyper keeps an idle HTTP/2 connection open as long as its client
-//!   answers pings, so a client could hold places under the cap with one cheap request
-//!   each. An idle HTTP/1.1 keep-alive connection is already closed by hyper's header
-//!   deadline.
+//! - An HTTP/2 connection that starts no request for `header_timeout`, with no
+//!   response still being sent, is shut down gracefully (GOAWAY), within one to two
+//!   `header_timeout`s of its last request. hyper keeps an idle HTTP/2 connection open
+//!   as long as its client answers pings, so a client could hold places under the
+//!   connection cap with one cheap request each. An idle HTTP/1.1 keep-alive connection
+//!   is already closed by hyper's header deadline.
 //! - When the gateway stops, every connection is asked to finish (GOAWAY, or close
 //!   after the response in flight).
+//! - An HTTP/2 connection asked to finish that is still open `header_timeout` later,
+//!   with no response being sent, is dropped: h2's graceful shutdown waits for the
+//!   client to acknowledge a ping, which a client can simply not do.
 //!
-//! The deadlines are looked at on the connection's own polls: one load each, and the
-//! service counts requests with plain loads and stores (one thread serves a
-//! connection).
+//! A connection's deadline is looked at with one load per poll; the stop signal is a
+//! cancellation future polled as often (as hyper-util's graceful watcher was). The
+//! service counts requests with plain loads and stores: every request of a connection
+//! is served on its worker's one thread.
 
 use super::header_timer::{Deadline, HeaderTimer};
+use super::{Body, BodyError};
+use http::Response;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,42 +40,83 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 pub struct Activity {
     /// Requests whose head has come.
     started: AtomicU64,
-    /// Requests waiting for their response head.
-    waiting: AtomicU64,
+    /// Requests not yet answered: waiting for their response head, or, on HTTP/2,
+    /// still sending its body.
+    open: AtomicU64,
     /// The connection speaks HTTP/2.
     http2: AtomicBool,
 }
 
 impl Activity {
-    /// A request's head has come; the returned guard counts it as waiting for its
-    /// response head until dropped.
-    pub fn started(self: &Arc<Self>, version: http::Version) -> Waiting {
-        // Only the connection's own thread writes these: no read-modify-write needed.
+    /// A request's head has come; the returned guard counts it as open until it is
+    /// dropped or handed its response ([`Open::until_sent`]).
+    pub fn started(self: &Arc<Self>, version: http::Version) -> Open {
+        // Only the worker's thread writes these: no read-modify-write needed.
         self.started
             .store(self.started.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        self.waiting
-            .store(self.waiting.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        if version == http::Version::HTTP_2 && !self.http2.load(Ordering::Relaxed) {
+        self.open
+            .store(self.open.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let http2 = version == http::Version::HTTP_2;
+        if http2 && !self.http2.load(Ordering::Relaxed) {
             self.http2.store(true, Ordering::Relaxed);
         }
-        Waiting {
+        Open {
             activity: self.clone(),
+            http2,
         }
     }
 }
 
-/// A request counted as waiting for its response head.
-pub struct Waiting {
+/// A request counted as open.
+pub struct Open {
     activity: Arc<Activity>,
+    http2: bool,
 }
 
-impl Drop for Waiting {
+impl Open {
+    /// `response`, its request counted as open until its body has been sent, on
+    /// HTTP/2 (where the idle deadline needs it); on HTTP/1 the count ends here.
+    pub fn until_sent(self, response: Response<Body>) -> Response<Body> {
+        if !self.http2 {
+            return response;
+        }
+        response.map(|body| Body::new(Sending { body, _open: self }))
+    }
+}
+
+impl Drop for Open {
     fn drop(&mut self) {
-        let waiting = &self.activity.waiting;
-        waiting.store(
-            waiting.load(Ordering::Relaxed).saturating_sub(1),
+        let open = &self.activity.open;
+        open.store(
+            open.load(Ordering::Relaxed).saturating_sub(1),
             Ordering::Relaxed,
         );
+    }
+}
+
+/// A response body that keeps its request counted as open until it ends or is dropped.
+struct Sending {
+    body: Body,
+    _open: Open,
+}
+
+impl hyper::body::Body for Sending {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -117,9 +164,23 @@ impl<C: Future, F: FnMut(Pin<&mut C>) + Unpin> Served<C, F> {
         }
     }
 
+    /// Starts the graceful shutdown. An HTTP/2 connection is held to a deadline from
+    /// here (see the module's doc); an HTTP/1 one finishes its response in flight, in
+    /// the time the drain allows.
     fn close(&mut self) {
         (self.shut_down)(self.connection.as_mut());
         self.closing = true;
+        if self.activity.http2.load(Ordering::Relaxed) {
+            self.rearm();
+        } else {
+            self.deadline = None;
+        }
+    }
+
+    /// The next look at the connection, `timeout` from now.
+    fn rearm(&mut self) {
+        let now = hyper::rt::Timer::now(&self.timer);
+        self.deadline = Some(self.timer.deadline(now + self.timeout));
     }
 }
 
@@ -132,10 +193,7 @@ impl<C: Future, F: FnMut(Pin<&mut C>) + Unpin> Future for Served<C, F> {
             if let Poll::Ready(output) = this.connection.as_mut().poll(cx) {
                 return Poll::Ready(Some(output));
             }
-            if this.closing {
-                return Poll::Pending;
-            }
-            if this.stopping.as_mut().poll(cx).is_ready() {
+            if !this.closing && this.stopping.as_mut().poll(cx).is_ready() {
                 this.close();
                 continue;
             }
@@ -147,6 +205,15 @@ impl<C: Future, F: FnMut(Pin<&mut C>) + Unpin> Future for Served<C, F> {
             }
             let activity = &this.activity;
             let started = activity.started.load(Ordering::Relaxed);
+            let open = activity.open.load(Ordering::Relaxed);
+            if this.closing {
+                if open == 0 {
+                    // Asked to finish a while ago, nothing left to send, still open.
+                    return Poll::Ready(None);
+                }
+                this.rearm();
+                continue;
+            }
             if started == 0 {
                 // No request head within the timeout.
                 return Poll::Ready(None);
@@ -155,13 +222,12 @@ impl<C: Future, F: FnMut(Pin<&mut C>) + Unpin> Future for Served<C, F> {
                 this.deadline = None;
                 return Poll::Pending;
             }
-            if started == this.seen && activity.waiting.load(Ordering::Relaxed) == 0 {
+            if started == this.seen && open == 0 {
                 this.close();
                 continue;
             }
             this.seen = started;
-            let now = hyper::rt::Timer::now(&this.timer);
-            this.deadline = Some(this.timer.deadline(now + this.timeout));
+            this.rearm();
         }
     }
 }

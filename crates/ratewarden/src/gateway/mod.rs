@@ -332,13 +332,12 @@ async fn accept_loop(
                 let activity = Arc::new(connection::Activity::default());
                 let reports = activity.clone();
                 let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let waiting = reports.started(request.version());
+                    let open = reports.started(request.version());
                     // This thread's own reference count, not one every worker writes.
                     let worker = worker.clone();
                     async move {
                         let response = handler::handle(&worker, peer, request).await;
-                        drop(waiting);
-                        Ok::<_, std::convert::Infallible>(response)
+                        Ok::<_, std::convert::Infallible>(open.until_sent(response))
                     }
                 });
                 let builder = builder.clone();
