@@ -121,7 +121,8 @@ impl hyper::body::Body for Sending {
 }
 
 /// A connection being served, under the deadlines above. Its output is the
-/// connection's, or `None` when it was dropped for sending no request head in time.
+/// connection's, or `None` when it was dropped: no request head in time, or an HTTP/2
+/// connection asked to finish that did not.
 pub struct Served<C, F> {
     connection: Pin<Box<C>>,
     /// Starts the connection's graceful shutdown.

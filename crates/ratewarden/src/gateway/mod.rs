@@ -359,7 +359,7 @@ async fn accept_loop(
                     match served.await {
                         Some(Ok(())) => {}
                         Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
-                        None => tracing::debug!(%peer, "no request head within the header timeout; connection closed"),
+                        None => tracing::debug!(%peer, "connection dropped: no request head within the header timeout, or asked to finish and did not"),
                     }
                     open.dec();
                     drop(permit);
