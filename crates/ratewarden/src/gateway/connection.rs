@@ -40,46 +40,43 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 pub struct Activity {
     /// Requests whose head has come.
     started: AtomicU64,
-    /// Requests not yet answered: waiting for their response head, or, on HTTP/2,
-    /// still sending its body.
+    /// HTTP/2 requests not yet answered: waiting for their response head, or still
+    /// sending its body. (Only HTTP/2's deadlines need it.)
     open: AtomicU64,
     /// The connection speaks HTTP/2.
     http2: AtomicBool,
 }
 
 impl Activity {
-    /// A request's head has come; the returned guard counts it as open until it is
-    /// dropped or handed its response ([`Open::until_sent`]).
-    pub fn started(self: &Arc<Self>, version: http::Version) -> Open {
+    /// A request's head has come. On HTTP/2, the returned guard counts it as open until
+    /// it is dropped or its response has been sent ([`Open::until_sent`]); HTTP/1
+    /// requests are only counted as started, with no reference count written.
+    pub fn started(self: &Arc<Self>, version: http::Version) -> Option<Open> {
         // Only the worker's thread writes these: no read-modify-write needed.
         self.started
             .store(self.started.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        self.open
-            .store(self.open.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        let http2 = version == http::Version::HTTP_2;
-        if http2 && !self.http2.load(Ordering::Relaxed) {
+        if version != http::Version::HTTP_2 {
+            return None;
+        }
+        if !self.http2.load(Ordering::Relaxed) {
             self.http2.store(true, Ordering::Relaxed);
         }
-        Open {
+        self.open
+            .store(self.open.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Some(Open {
             activity: self.clone(),
-            http2,
-        }
+        })
     }
 }
 
-/// A request counted as open.
+/// An HTTP/2 request counted as open.
 pub struct Open {
     activity: Arc<Activity>,
-    http2: bool,
 }
 
 impl Open {
-    /// `response`, its request counted as open until its body has been sent, on
-    /// HTTP/2 (where the idle deadline needs it); on HTTP/1 the count ends here.
+    /// `response`, its request counted as open until its body has been sent.
     pub fn until_sent(self, response: Response<Body>) -> Response<Body> {
-        if !self.http2 {
-            return response;
-        }
         response.map(|body| Body::new(Sending { body, _open: self }))
     }
 }

@@ -337,7 +337,11 @@ async fn accept_loop(
                     let worker = worker.clone();
                     async move {
                         let response = handler::handle(&worker, peer, request).await;
-                        Ok::<_, std::convert::Infallible>(open.until_sent(response))
+                        let response = match open {
+                            Some(open) => open.until_sent(response),
+                            None => response,
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
                     }
                 });
                 let builder = builder.clone();
