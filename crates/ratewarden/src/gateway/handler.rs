@@ -366,7 +366,7 @@ pub async fn handle(
                     .unwrap_or_default()
             };
             abuse.report(|| head, client.ip, network, rules, Source::Gateway);
-        } else if too_many && !login.refused && abuse.counts_upstream() {
+        } else if too_many && abuse.counts_upstream() {
             abuse.report(|| head, client.ip, network, Vec::new, Source::Upstream);
         }
     }
