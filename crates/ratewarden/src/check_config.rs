@@ -32,6 +32,15 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
             s.upstream_keepalive, s.upstream_keepalive_timeout
         );
     }
+    if s.upgrades.is_empty() {
+        println!("protocol upgrades: none (Upgrade is removed)");
+    } else {
+        println!(
+            "protocol upgrades: {} (tunnelled after the handshake is admitted; idle for {:?}: closed)",
+            s.upgrades.join(", "),
+            s.upstream_timeout
+        );
+    }
     if let Some(admin) = s.admin_listen {
         println!("admin  {admin} (/healthz, /metrics)");
     }

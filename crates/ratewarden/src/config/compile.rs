@@ -183,6 +183,7 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         10_000,
         1_000_000,
     );
+    let upgrades = upgrades(raw.upgrades.as_deref(), errors);
     Some(ServerConfig {
         listen: listen?,
         upstream: upstream?,
@@ -196,7 +197,46 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         max_headers: max_headers?,
         max_delayed: max_delayed?,
         max_connections: max_connections?,
+        upgrades: upgrades?,
     })
+}
+
+/// `server.upgrades`: protocol names (RFC 9110 tokens, with an optional `/version`),
+/// `websocket` when not given. `h2c` is refused: a connection switched to HTTP/2 behind
+/// the gateway would carry every later request past the rules (h2c smuggling).
+fn upgrades(raw: Option<&[String]>, errors: &mut Errors) -> Option<Vec<String>> {
+    let Some(raw) = raw else {
+        return Some(vec!["websocket".to_owned()]);
+    };
+    let mut valid = Vec::with_capacity(raw.len());
+    for (i, protocol) in raw.iter().enumerate() {
+        let field = format!("server.upgrades[{i}]");
+        let is_token = |t: &str| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        let (name, version) = match protocol.split_once('/') {
+            Some((name, version)) => (name, Some(version)),
+            None => (protocol.as_str(), None),
+        };
+        if !is_token(name) || version.is_some_and(|v| !is_token(v)) {
+            errors.add(
+                &field,
+                format!("{protocol:?} is not a protocol name (a token such as \"websocket\")"),
+            );
+        } else if name.eq_ignore_ascii_case("h2c") || name.eq_ignore_ascii_case("http") {
+            errors.add(
+                &field,
+                format!(
+                    "{protocol:?} cannot be allowed: a connection switched to HTTP behind the gateway would carry later requests past every rule; clients may speak h2c to the gateway directly"
+                ),
+            );
+        } else {
+            valid.push(protocol.to_ascii_lowercase());
+        }
+    }
+    (valid.len() == raw.len()).then_some(valid)
 }
 
 /// The longest `store.timeout`: a decision waits at most this for Redis.

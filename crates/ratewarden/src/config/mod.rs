@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub max_delayed: usize,
     /// Most client connections open at once; beyond, new ones are closed on accept.
     pub max_connections: usize,
+    /// Protocols an HTTP/1.1 client may switch to through the gateway (`Upgrade`), lower
+    /// case; empty: none, and `Upgrade` is removed like any hop-by-hop header.
+    pub upgrades: Vec<String>,
 }
 
 /// `[store]`.

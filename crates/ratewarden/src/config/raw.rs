@@ -256,6 +256,7 @@ pub struct RawServer {
     pub max_headers: Option<u64>,
     pub max_delayed: Option<u64>,
     pub max_connections: Option<u64>,
+    pub upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -25,6 +25,7 @@
 //! is served on its worker's one thread.
 
 use super::header_timer::{Deadline, HeaderTimer};
+use super::tunnel::Tunnel;
 use super::{Body, BodyError};
 use http::Response;
 use std::future::Future;
@@ -45,6 +46,8 @@ pub struct Activity {
     open: AtomicU64,
     /// The connection speaks HTTP/2.
     http2: AtomicBool,
+    /// The tunnel the connection becomes once its 101 is sent.
+    tunnel: parking_lot::Mutex<Option<Tunnel>>,
 }
 
 impl Activity {
@@ -66,6 +69,20 @@ impl Activity {
         Some(Open {
             activity: self.clone(),
         })
+    }
+}
+
+impl Activity {
+    /// Keeps `tunnel` for the connection to run after its last response.
+    pub fn adopt(&self, tunnel: Option<Tunnel>) {
+        if tunnel.is_some() {
+            *self.tunnel.lock() = tunnel;
+        }
+    }
+
+    /// The tunnel adopted, if any.
+    pub fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel.lock().take()
     }
 }
 

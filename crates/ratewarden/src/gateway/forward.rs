@@ -3,6 +3,7 @@
 
 use super::pool::{ConnectError, Keepalive, Lease, Pool};
 use super::responses::upstream_failure;
+use super::tunnel::{self, Offer, Upgrades};
 use super::{Body, BodyError};
 use crate::metrics::{Metrics, UpstreamError};
 use bytes::Bytes;
@@ -25,6 +26,7 @@ pub struct Upstream {
     pool: Arc<Pool>,
     base: Uri,
     timeout: Duration,
+    upgrades: Upgrades,
 }
 
 /// Why the upstream gave no response.
@@ -144,17 +146,20 @@ fn is_gateway_only_or_client_address(name: &str) -> bool {
 }
 
 impl Upstream {
-    /// A client for `base` (scheme and authority).
+    /// A client for `base` (scheme and authority) that lets clients switch to the
+    /// `upgrades` protocols.
     pub fn new(
         base: Uri,
         connect_timeout: Duration,
         timeout: Duration,
         keepalive: Keepalive,
+        upgrades: Upgrades,
     ) -> Upstream {
         Upstream {
             pool: Arc::new(Pool::new(base.clone(), connect_timeout, keepalive)),
             base,
             timeout,
+            upgrades,
         }
     }
 
@@ -252,10 +257,16 @@ impl Upstream {
         client: ClientAddress,
         metrics: &'a Metrics,
     ) -> impl Future<Output = Response<Body>> + 'a {
-        let request = self.upstream_request(request, client);
+        let (request, offer) = self.upstream_request(request, client);
         // Combinators, not `async`: see `exchange`.
         tokio::time::timeout(self.timeout, self.exchange(request, metrics)).map(move |exchanged| {
             match exchanged {
+                Ok(Ok((response, _lease)))
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    // The upstream connection is the tunnel's now, never pooled again.
+                    tunnel::switched(offer, response, self.timeout, metrics)
+                }
                 Ok(Ok((response, lease))) => {
                     let (mut parts, body) = response.into_parts();
                     strip_headers(&mut parts.headers, |_| false);
@@ -285,13 +296,16 @@ impl Upstream {
     }
 
     /// The request as the upstream hears it: origin-form target, HTTP/1.1, hop-by-hop and
-    /// gateway-only headers removed, `X-Forwarded-For` (and the login challenge) set.
+    /// gateway-only headers removed, `X-Forwarded-For` (and the login challenge) set;
+    /// and the client's wish to switch protocols, when it asks for an allowed one (its
+    /// `Upgrade` then goes on, restricted to those).
     fn upstream_request(
         &self,
         request: Request<ForwardBody>,
         client: ClientAddress,
-    ) -> Request<ForwardBody> {
+    ) -> (Request<ForwardBody>, Option<Box<Offer>>) {
         let (mut parts, body) = request.into_parts();
+        let offer = self.upgrades.offer(&mut parts);
         let client_authority = parts.uri.authority().cloned();
         // The upstream is sent the origin form (`/path?query`), as a client sends a
         // server. A clone shares the bytes hyper parsed: no copy, no second validation.
@@ -329,6 +343,9 @@ impl Upstream {
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
+        if let Some(offer) = &offer {
+            offer.apply(&mut parts.headers);
+        }
         if !parts.headers.contains_key(http::header::HOST) {
             // HTTP/2 names the host in :authority: the upstream hears the same host the
             // rules saw (the handler refused requests without one).
@@ -338,7 +355,7 @@ impl Upstream {
                 }
             }
         }
-        Request::from_parts(parts, body)
+        (Request::from_parts(parts, body), offer)
     }
 }
 
@@ -541,7 +558,7 @@ impl hyper::body::Body for UpstreamBody {
 /// an absent name still hashes it and probes the map, and a proxied request went through
 /// a dozen such removals (a custom name like `keep-alive`, parsed from `Connection`,
 /// also cost an allocation), about 4% of its instructions.
-fn strip_headers(headers: &mut HeaderMap, also: fn(&str) -> bool) {
+pub(super) fn strip_headers(headers: &mut HeaderMap, also: fn(&str) -> bool) {
     let mut doomed: smallvec::SmallVec<[HeaderName; 4]> = smallvec::SmallVec::new();
     let mut connection = false;
     for name in headers.keys() {

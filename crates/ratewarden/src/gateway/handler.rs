@@ -43,6 +43,16 @@ pub async fn handle(
     // Transfer-Encoding and Content-Length come, it drops the length, reads the chunked
     // body and closes the connection after answering (RFC 9112, section 6.3), so no
     // second request can hide in the first one's body.
+    if request.method() == http::Method::CONNECT {
+        // The gateway fronts one API; it is no forward proxy to open tunnels with.
+        metrics
+            .refused
+            .get_or_create(&Refusal {
+                reason: "connect_method",
+            })
+            .inc();
+        return responses::connect_refused();
+    }
     let headers = request.headers();
     let path = match CanonicalPath::parse(request.uri().path()) {
         Ok(p) => p,

@@ -19,6 +19,7 @@ pub mod rate_limit_headers;
 pub mod responses;
 mod status_cache;
 pub mod threat;
+mod tunnel;
 mod worker;
 
 use crate::config::{self, Config};
@@ -51,6 +52,7 @@ struct UpstreamSettings {
     connect_timeout: Duration,
     timeout: Duration,
     keepalive: pool::Keepalive,
+    upgrades: tunnel::Upgrades,
 }
 
 /// The most worker threads a gateway starts (one per core up to this).
@@ -150,6 +152,7 @@ impl Bound {
                     max_idle: s.upstream_keepalive,
                     idle_timeout: s.upstream_keepalive_timeout,
                 },
+                upgrades: tunnel::Upgrades::new(&s.upgrades),
             },
             metrics: metrics.clone(),
             clock: SystemClock::new(),
@@ -297,6 +300,7 @@ async fn accept_loop(
         gateway.upstream.connect_timeout,
         gateway.upstream.timeout,
         gateway.upstream.keepalive,
+        gateway.upstream.upgrades.clone(),
     ));
     tokio::spawn(upstream.close_idle_forever());
     let worker = Arc::new(Worker::new(index, gateway.clone(), upstream));
@@ -333,10 +337,16 @@ async fn accept_loop(
                 let reports = activity.clone();
                 let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                     let open = reports.started(request.version());
+                    // Only a request that may switch protocols takes a handle on its
+                    // connection, to give it the tunnel.
+                    let switching = tunnel::may_switch(&request).then(|| reports.clone());
                     // This thread's own reference count, not one every worker writes.
                     let worker = worker.clone();
                     async move {
-                        let response = handler::handle(&worker, peer, request).await;
+                        let mut response = handler::handle(&worker, peer, request).await;
+                        if let Some(connection) = switching {
+                            connection.adopt(tunnel::Tunnel::take_from(&mut response));
+                        }
                         let response = match open {
                             Some(open) => open.until_sent(response),
                             None => response,
@@ -346,6 +356,7 @@ async fn accept_loop(
                 });
                 let builder = builder.clone();
                 let (timer, accepted) = (timer.clone(), hyper::rt::Timer::now(&timer));
+                let tunnel_stop = stopping.clone();
                 let stopping = stopping.clone().cancelled_owned();
                 connections.spawn(async move {
                     let connection = builder
@@ -355,7 +366,7 @@ async fn accept_loop(
                         connection,
                         |connection| connection.graceful_shutdown(),
                         stopping,
-                        activity,
+                        activity.clone(),
                         timer,
                         accepted,
                         header_timeout,
@@ -364,6 +375,11 @@ async fn accept_loop(
                         Some(Ok(())) => {}
                         Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
                         None => tracing::debug!(%peer, "connection dropped: no request head within the header timeout, or asked to finish and did not"),
+                    }
+                    // A connection that switched protocols lives on as a tunnel, in its
+                    // place under the connection cap.
+                    if let Some(tunnel) = activity.take_tunnel() {
+                        tunnel.run(tunnel_stop).await;
                     }
                     open.dec();
                     drop(permit);

@@ -109,9 +109,10 @@ impl Pool {
             .map_err(|e| ConnectError::Connect(e.into()))?;
         let (sender, connection) = http1::Builder::new().handshake(stream).await?;
         // The connection runs on this worker's runtime, beside the requests it serves;
-        // it ends when the upstream closes it or when its last sender is dropped.
+        // it ends when the upstream closes it, when its last sender is dropped, or when
+        // it switches protocols (a WebSocket handshake) and is handed to a tunnel.
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });

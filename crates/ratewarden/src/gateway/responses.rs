@@ -175,6 +175,22 @@ pub fn bad_request(detail: &str) -> Response<Body> {
     response
 }
 
+/// 501 for `CONNECT`: the gateway is no forward proxy.
+pub fn connect_refused() -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "https://ratewarden.dev/problems/not-implemented",
+        "title": "Not Implemented",
+        "status": 501,
+        "detail": "CONNECT is not proxied: the gateway fronts one API and opens no tunnels on request",
+        "error": "method_not_supported",
+    });
+    let mut response = problem(StatusCode::NOT_IMPLEMENTED, &body);
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// 503 when the limiter cannot decide and the failure policy is to refuse: the client
 /// did nothing wrong, so this is never a 429.
 pub fn limiter_unavailable(retry_after: std::time::Duration) -> Response<Body> {

@@ -98,6 +98,10 @@ pub struct Metrics {
     pub reloads: Family<RuleDecision, Counter>,
     /// Client connections open now.
     pub open_connections: Gauge,
+    /// Connections switched to another protocol (WebSocket) and tunnelled.
+    pub tunnels: Counter,
+    /// Tunnels open now.
+    pub tunnels_open: Gauge,
     /// Requests from `[reputation] allow` addresses, forwarded without limits.
     pub allow_listed: Counter,
     /// Store failures.
@@ -178,6 +182,18 @@ impl Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
+        let tunnels = Counter::default();
+        registry.register(
+            "tunnels",
+            "Connections switched to another protocol (WebSocket) by the upstream and tunnelled",
+            tunnels.clone(),
+        );
+        let tunnels_open = Gauge::default();
+        registry.register(
+            "tunnels_open",
+            "Tunnels open now (each also counts as an open connection)",
+            tunnels_open.clone(),
+        );
         let store_errors = Family::<StoreFailure, Counter>::default();
         registry.register(
             "store_errors",
@@ -253,6 +269,8 @@ impl Metrics {
             store_errors,
             store_fallbacks,
             open_connections,
+            tunnels,
+            tunnels_open,
             registry,
             requests,
             decision_seconds,

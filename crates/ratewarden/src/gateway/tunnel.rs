@@ -1,0 +1,310 @@
+//! HTTP/1.1 protocol upgrades through the gateway (WebSocket).
+//!
+//! The client's handshake is a request like any other: identified, limited, forwarded.
+//! When the upstream answers `101 Switching Protocols`, the client's connection and the
+//! upstream's are joined, and bytes are copied both ways until either side closes, the
+//! tunnel carries nothing either way for `upstream_timeout` (nginx's
+//! `proxy_read_timeout` on a WebSocket), or the gateway stops. As with nginx and
+//! Envoy, each handshake is limited and what travels inside the tunnel is not.
+//!
+//! Only the protocols of `[server] upgrades` pass (`websocket` by default); any other
+//! `Upgrade` is removed like a hop-by-hop header and the request goes on as plain HTTP.
+//! HTTP itself (`h2c`) is never allowed: a connection switched to HTTP/2 behind the
+//! gateway would carry every later request past the rules (h2c smuggling). An upstream
+//! that switches to a protocol it was not offered gets its client a 502.
+//!
+//! A tunnel keeps its client connection's place under `max_connections` until it
+//! closes: the connection's own task runs it once hyper has handed the socket over
+//! (see `super::connection`).
+
+use super::forward::strip_headers;
+use super::responses::upstream_failure;
+use super::Body;
+use crate::metrics::{Metrics, UpstreamError};
+use http::header::{HeaderMap, HeaderValue, CONNECTION, UPGRADE};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The protocols clients may switch to (`[server] upgrades`), lower case.
+#[derive(Clone, Debug, Default)]
+pub struct Upgrades(Arc<[String]>);
+
+/// A client's wish to switch protocols, as it goes to the upstream.
+pub struct Offer {
+    /// The client's connection, once hyper has sent it our 101.
+    client: OnUpgrade,
+    /// The protocols offered to the upstream: those the client asked for that are
+    /// allowed, in the client's order.
+    protocols: HeaderValue,
+}
+
+impl Upgrades {
+    /// The allowed protocols, lower case (as the config compiles them).
+    pub fn new(protocols: &[String]) -> Upgrades {
+        Upgrades(protocols.iter().map(|p| p.to_ascii_lowercase()).collect())
+    }
+
+    /// Takes the client's pending upgrade out of a request and, when the request asks
+    /// for a protocol allowed here, returns what to offer the upstream.
+    ///
+    /// hyper puts a pending upgrade in the extensions of an HTTP/1.1 request with an
+    /// `Upgrade` header only, so for every other request this is one look at an empty
+    /// map. A request whose `Connection` does not list `upgrade` asks for nothing (RFC
+    /// 9110, section 7.8: an intermediary may have passed on an `Upgrade` meant for it).
+    /// The offer is boxed: requests that carry none (nearly all) keep a pointer's room
+    /// for it in the forwarding future, which moves with every request.
+    pub fn offer(&self, parts: &mut http::request::Parts) -> Option<Box<Offer>> {
+        let client = parts.extensions.remove::<OnUpgrade>()?;
+        if self.0.is_empty() || !lists_token(parts.headers.get_all(CONNECTION), "upgrade") {
+            return None;
+        }
+        let offered: Vec<&str> = tokens(parts.headers.get_all(UPGRADE))
+            .filter(|p| self.allows(p))
+            .collect();
+        if offered.is_empty() {
+            return None;
+        }
+        let protocols = HeaderValue::from_str(&offered.join(", ")).ok()?;
+        Some(Box::new(Offer { client, protocols }))
+    }
+
+    /// `websocket` allows `websocket` in any version; `name/version` only that version.
+    fn allows(&self, protocol: &str) -> bool {
+        let name = protocol.split_once('/').map_or(protocol, |(name, _)| name);
+        self.0.iter().any(|allowed| {
+            allowed.eq_ignore_ascii_case(protocol) || allowed.eq_ignore_ascii_case(name)
+        })
+    }
+}
+
+impl Offer {
+    /// Puts the offer on the upstream request, whose hop-by-hop headers were removed.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(UPGRADE, self.protocols.clone());
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+
+    /// Whether the upstream's `Upgrade` names one protocol, and one offered.
+    fn includes(&self, chosen: &HeaderValue) -> bool {
+        let (Ok(chosen), Ok(offered)) = (chosen.to_str(), self.protocols.to_str()) else {
+            return false;
+        };
+        let chosen = chosen.trim();
+        offered
+            .split(',')
+            .any(|o| o.trim().eq_ignore_ascii_case(chosen))
+    }
+}
+
+/// Whether hyper holds `request`'s connection ready to switch protocols (an HTTP/1.1
+/// request with `Upgrade`); one look at an extension map that is empty otherwise.
+pub fn may_switch<B>(request: &http::Request<B>) -> bool {
+    request.extensions().get::<OnUpgrade>().is_some()
+}
+
+/// The elements of a comma-separated list header, trimmed, empty ones skipped.
+fn tokens<'a>(values: http::header::GetAll<'a, HeaderValue>) -> impl Iterator<Item = &'a str> {
+    values
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the list header holds `token`, in any case.
+fn lists_token(values: http::header::GetAll<'_, HeaderValue>, token: &str) -> bool {
+    tokens(values).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The client's answer when the upstream switched protocols: our own 101 with the
+/// upstream's headers and a tunnel handed to the connection (taken with
+/// [`Tunnel::take_from`]), or a 502 when the switch was not one the client asked for
+/// and the gateway allows. The upstream connection belongs to the tunnel from here.
+pub fn switched(
+    offer: Option<Box<Offer>>,
+    mut response: Response<Incoming>,
+    idle: Duration,
+    metrics: &Metrics,
+) -> Response<Body> {
+    let refuse = |detail: &str| {
+        metrics
+            .upstream_errors
+            .get_or_create(&UpstreamError { kind: "bad_switch" })
+            .inc();
+        tracing::warn!(detail, "upstream switched protocols wrongly");
+        upstream_failure(StatusCode::BAD_GATEWAY, detail)
+    };
+    let Some(offer) = offer else {
+        return refuse("the upstream switched protocols for a request that did not ask to");
+    };
+    let chosen = response.headers().get(UPGRADE).cloned();
+    let Some(chosen) = chosen.filter(|c| offer.includes(c)) else {
+        return refuse("the upstream switched to a protocol that was not offered");
+    };
+    let upstream = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    strip_headers(&mut parts.headers, |_| false);
+    parts.headers.insert(UPGRADE, chosen);
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    let tunnel = Tunnel {
+        client: offer.client,
+        upstream,
+        idle,
+        open: metrics.tunnels_open.clone(),
+    };
+    metrics.tunnels.inc();
+    parts
+        .extensions
+        .insert(Handoff(Arc::new(parking_lot::Mutex::new(Some(tunnel)))));
+    Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
+}
+
+/// A tunnel on its way from the response to its connection's task (response extensions
+/// must be `Clone`).
+#[derive(Clone)]
+struct Handoff(Arc<parking_lot::Mutex<Option<Tunnel>>>);
+
+/// Two connections to join once both have switched protocols.
+pub struct Tunnel {
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    /// Closed after carrying nothing either way for this long.
+    idle: Duration,
+    open: Gauge,
+}
+
+/// Why a tunnel ended.
+#[derive(Debug)]
+enum Ended {
+    /// One side closed, and then the other (or either failed).
+    Closed(io::Result<(u64, u64)>),
+    /// Nothing either way for the idle timeout.
+    Idle,
+    /// The gateway is stopping.
+    Stopped,
+}
+
+impl Tunnel {
+    /// The tunnel a 101 of [`switched`] carries, taken out of it.
+    pub fn take_from(response: &mut Response<Body>) -> Option<Tunnel> {
+        response
+            .extensions_mut()
+            .remove::<Handoff>()
+            .and_then(|handoff| handoff.0.lock().take())
+    }
+
+    /// Copies both ways until either side closes, the tunnel idles, or `stop` is
+    /// cancelled. Run after the client's connection has sent the 101.
+    pub async fn run(self, stop: CancellationToken) {
+        let (client, upstream) =
+            match futures_util::future::try_join(self.client, self.upstream).await {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::debug!(error = %e, "protocol switch did not complete");
+                    return;
+                }
+            };
+        self.open.inc();
+        let started = Instant::now();
+        let last = AtomicU64::new(0);
+        let mut client = Stamped::new(TokioIo::new(client), started, &last);
+        let mut upstream = Stamped::new(TokioIo::new(upstream), started, &last);
+        let ended = {
+            let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+            tokio::pin!(copy);
+            loop {
+                let quiet_until =
+                    started + Duration::from_millis(last.load(Ordering::Relaxed)) + self.idle;
+                tokio::select! {
+                    copied = &mut copy => break Ended::Closed(copied),
+                    () = stop.cancelled() => break Ended::Stopped,
+                    () = tokio::time::sleep_until(quiet_until) => {
+                        let last = started + Duration::from_millis(last.load(Ordering::Relaxed));
+                        if Instant::now() >= last + self.idle {
+                            break Ended::Idle;
+                        }
+                    }
+                }
+            }
+        };
+        self.open.dec();
+        match ended {
+            Ended::Closed(Ok((up, down))) => tracing::debug!(
+                bytes_to_upstream = up,
+                bytes_to_client = down,
+                "tunnel closed"
+            ),
+            Ended::Closed(Err(e)) => tracing::debug!(error = %e, "tunnel failed"),
+            Ended::Idle => tracing::debug!(idle = ?self.idle, "tunnel closed: nothing either way"),
+            Ended::Stopped => tracing::debug!("tunnel closed: the gateway is stopping"),
+        }
+        // Dropping both sockets closes them.
+    }
+}
+
+/// A connection that notes when bytes last moved, in milliseconds since `started`.
+struct Stamped<'a, T> {
+    io: T,
+    started: Instant,
+    last: &'a AtomicU64,
+}
+
+impl<'a, T> Stamped<'a, T> {
+    fn new(io: T, started: Instant, last: &'a AtomicU64) -> Self {
+        Stamped { io, started, last }
+    }
+
+    fn stamp(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Stamped<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.stamp();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
