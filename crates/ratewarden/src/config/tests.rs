@@ -184,6 +184,7 @@ fn defaults_are_sensible() {
     assert_eq!(config.policy.clients.ipv6_prefix, 64);
     assert_eq!(config.server.header_timeout, Duration::from_secs(10));
     assert_eq!(config.server.upstream_keepalive, 256);
+    assert_eq!(config.server.upgrades, ["websocket"]);
     assert_eq!(
         config.server.upstream_keepalive_timeout,
         Duration::from_secs(60)
@@ -698,4 +699,45 @@ progressive_delay = {{ base = "10s", max = "1s" }}
         errs,
         ["login[0].progressive_delay.max: must be at least progressive_delay.base"]
     );
+}
+
+#[test]
+fn upgrades_name_protocols_and_never_http() {
+    let found = errors(
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:8000"
+upgrades = ["WebSocket", "h2c", "HTTP/2.0", "web socket", "", "irc/"]
+"#,
+    );
+    for (i, reason) in [
+        (1, "cannot be allowed"),
+        (2, "cannot be allowed"),
+        (3, "is not a protocol name"),
+        (4, "is not a protocol name"),
+        (5, "is not a protocol name"),
+    ] {
+        let field = format!("server.upgrades[{i}]: ");
+        assert!(
+            found
+                .iter()
+                .any(|e| e.starts_with(&field) && e.contains(reason)),
+            "{field}{reason} in {found:#?}"
+        );
+    }
+    assert!(
+        !found.iter().any(|e| e.starts_with("server.upgrades[0]")),
+        "{found:#?}"
+    );
+    let config = parse(&format!(
+        "{MINIMAL}\nupgrades = [\"WebSocket\", \"irc/6.9\"]\n[[rules]]\nname = \"a\"\nrate = \"10/s\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(config.server.upgrades, ["websocket", "irc/6.9"]);
+    let none = parse(&format!(
+        "{MINIMAL}\nupgrades = []\n[[rules]]\nname = \"a\"\nrate = \"10/s\"\n"
+    ))
+    .expect("valid");
+    assert!(none.server.upgrades.is_empty());
 }

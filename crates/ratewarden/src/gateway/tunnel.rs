@@ -96,17 +96,17 @@ impl Offer {
         headers.insert(UPGRADE, self.protocols.clone());
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
 
-    /// Whether the upstream's `Upgrade` names one protocol, and one offered.
-    fn includes(&self, chosen: &HeaderValue) -> bool {
-        let (Ok(chosen), Ok(offered)) = (chosen.to_str(), self.protocols.to_str()) else {
-            return false;
-        };
-        let chosen = chosen.trim();
-        offered
-            .split(',')
-            .any(|o| o.trim().eq_ignore_ascii_case(chosen))
-    }
+/// Whether the upstream's `Upgrade` (`chosen`) names one protocol, and one `offered`.
+fn is_one_of(chosen: &HeaderValue, offered: &HeaderValue) -> bool {
+    let (Ok(chosen), Ok(offered)) = (chosen.to_str(), offered.to_str()) else {
+        return false;
+    };
+    let chosen = chosen.trim();
+    offered
+        .split(',')
+        .any(|o| o.trim().eq_ignore_ascii_case(chosen))
 }
 
 /// Whether hyper holds `request`'s connection ready to switch protocols (an HTTP/1.1
@@ -152,7 +152,7 @@ pub fn switched(
         return refuse("the upstream switched protocols for a request that did not ask to");
     };
     let chosen = response.headers().get(UPGRADE).cloned();
-    let Some(chosen) = chosen.filter(|c| offer.includes(c)) else {
+    let Some(chosen) = chosen.filter(|c| is_one_of(c, &offer.protocols)) else {
         return refuse("the upstream switched to a protocol that was not offered");
     };
     let upstream = hyper::upgrade::on(&mut response);
@@ -306,5 +306,49 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<'_, T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(values: &[&str]) -> HeaderMap {
+        values
+            .iter()
+            .map(|v| (UPGRADE, HeaderValue::from_str(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_protocol_is_allowed_by_name_in_any_version_or_by_exact_version() {
+        let upgrades = Upgrades::new(&["websocket".into(), "irc/6.9".into()]);
+        for yes in ["websocket", "WebSocket", "websocket/13", "IRC/6.9"] {
+            assert!(upgrades.allows(yes), "{yes}");
+        }
+        for no in ["h2c", "irc", "irc/7", "websockets", "http/2.0", ""] {
+            assert!(!upgrades.allows(no), "{no}");
+        }
+        assert!(!Upgrades::new(&[]).allows("websocket"));
+    }
+
+    #[test]
+    fn list_headers_are_read_across_values_and_commas() {
+        let headers = list(&["h2c , WebSocket", "", "irc/6.9,,"]);
+        let found: Vec<&str> = tokens(headers.get_all(UPGRADE)).collect();
+        assert_eq!(found, ["h2c", "WebSocket", "irc/6.9"]);
+        assert!(lists_token(headers.get_all(UPGRADE), "websocket"));
+        assert!(!lists_token(headers.get_all(UPGRADE), "irc"));
+    }
+
+    #[test]
+    fn the_upstream_must_choose_one_protocol_offered() {
+        let offered = HeaderValue::from_static("websocket, irc/6.9");
+        for yes in ["websocket", "WEBSOCKET", " irc/6.9 "] {
+            assert!(is_one_of(&HeaderValue::from_static(yes), &offered), "{yes}");
+        }
+        for no in ["h2c", "websocket, h2c", "irc", ""] {
+            assert!(!is_one_of(&HeaderValue::from_static(no), &offered), "{no}");
+        }
     }
 }

@@ -1,0 +1,415 @@
+//! WebSocket (HTTP/1.1 `Upgrade`) through the real binary: the handshake is limited like
+//! any request, an admitted one becomes a tunnel that carries bytes both ways, and only
+//! the allowed protocols pass.
+//!
+//! The upstream here speaks just enough of the handshake: it answers `101` to
+//! `Upgrade: websocket` (or switches to what `/switch/NAME` says) and then echoes every
+//! read back with an `echo:` prefix. Past the 101 the gateway copies bytes without
+//! reading them, so no framing is needed to prove the tunnel.
+#![allow(clippy::disallowed_methods)] // tests measure wall time with Instant
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{config, eventually, free_port, Gateway};
+
+/// The handshake requests the upstream received, as header blocks (lower-case names).
+type Heads = Arc<Mutex<Vec<String>>>;
+
+/// An upstream that switches to WebSocket and echoes; returns its port and what it saw.
+fn echo_upstream() -> (u16, Heads) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let heads: Heads = Arc::default();
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || serve_one(stream, &seen));
+        }
+    });
+    (port, heads)
+}
+
+fn serve_one(mut stream: TcpStream, seen: &Heads) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+    loop {
+        let Some((head, rest)) = read_head(&mut stream) else {
+            return;
+        };
+        let lower = head.to_ascii_lowercase();
+        seen.lock().expect("heads").push(lower.clone());
+        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        let switch_to = match path.strip_prefix("/switch/") {
+            Some(name) => Some(name.to_owned()),
+            None if lower.contains("\r\nupgrade: websocket") => Some("websocket".to_owned()),
+            None => None,
+        };
+        let Some(protocol) = switch_to else {
+            let body = format!("plain {path}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            continue;
+        };
+        let _ = write!(
+            stream,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+        if !rest.is_empty() && stream.write_all(&[b"echo:", &rest[..]].concat()).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if stream.write_all(&[b"echo:", &buf[..n]].concat()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads one message head; returns it and whatever bytes came after it.
+fn read_head(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = data.split_off(end + 4);
+            return Some((String::from_utf8_lossy(&data).into_owned(), rest));
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+const RULES: &str = r#"
+[[rules]]
+name = "chat"
+match = { path_prefix = "/chat" }
+rate = "1/h"
+burst = 2
+"#;
+
+fn start(extra: &str) -> (Gateway, Heads) {
+    let (port, heads) = echo_upstream();
+    let gateway = Gateway::start(&config(free_port(), port, free_port(), extra));
+    (gateway, heads)
+}
+
+fn connect(gw: &Gateway) -> TcpStream {
+    let stream = TcpStream::connect(gw.address()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+}
+
+/// Sends a handshake for `path` with these extra header lines; returns the response
+/// head, and the stream for what follows.
+fn handshake(gw: &Gateway, path: &str, extra: &str) -> (String, TcpStream) {
+    let mut stream = connect(gw);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: api.test\r\n{extra}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .expect("write");
+    let (head, rest) = read_head(&mut stream).unwrap_or_default();
+    assert!(
+        rest.is_empty() || !head.starts_with("HTTP/1.1 101"),
+        "{rest:?}"
+    );
+    (head, stream)
+}
+
+const WEBSOCKET: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+
+fn status(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends `message` into the tunnel and reads the echo.
+fn echo(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+    stream.write_all(message).expect("write");
+    let want = message.len() + 5;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < want {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+fn metric(gw: &Gateway, line_start: &str) -> Option<u64> {
+    gw.metrics()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn an_admitted_handshake_becomes_a_tunnel_that_carries_bytes_both_ways() {
+    let (gw, heads) = start(RULES);
+    let (head, mut stream) = handshake(&gw, "/chat", WEBSOCKET);
+    let lower = head.to_ascii_lowercase();
+    assert_eq!(status(&head), 101, "{head}");
+    assert!(lower.contains("\r\nupgrade: websocket"), "{head}");
+    assert!(lower.contains("\r\nconnection: upgrade"), "{head}");
+    assert!(
+        lower.contains("\r\nsec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "the upstream's handshake answer passes: {head}"
+    );
+    assert!(
+        lower.contains("\r\nratelimit: \"chat\";r=1;"),
+        "the handshake was counted: {head}"
+    );
+    assert_eq!(echo(&mut stream, b"hello"), b"echo:hello");
+    assert_eq!(echo(&mut stream, &[0x81, 0x00, 0xff]), b"echo:\x81\x00\xff");
+    let big = vec![b'x'; 200_000];
+    assert_eq!(
+        echo_long(&mut stream, &big),
+        big,
+        "a large message comes back whole"
+    );
+
+    let upstream_saw = heads.lock().expect("heads")[0].clone();
+    for line in [
+        "\r\nupgrade: websocket",
+        "\r\nconnection: upgrade",
+        "\r\nsec-websocket-key: dghlihnhbxbszsbub25jzq==",
+        "\r\nx-forwarded-for: 127.0.0.1",
+    ] {
+        assert!(upstream_saw.contains(line), "{line:?} in {upstream_saw}");
+    }
+    assert_eq!(metric(&gw, "ratewarden_tunnels_total"), Some(1));
+    assert_eq!(metric(&gw, "ratewarden_tunnels_open"), Some(1));
+    // The tunnel holds its place under the connection cap.
+    assert_eq!(metric(&gw, "ratewarden_open_connections"), Some(1));
+    drop(stream);
+    eventually("the tunnel did not close", Duration::from_secs(5), || {
+        metric(&gw, "ratewarden_tunnels_open") == Some(0)
+            && metric(&gw, "ratewarden_open_connections") == Some(0)
+    });
+}
+
+/// Sends a message of `x`s and reads its echo, which the upstream may split over
+/// several reads (each with its own `echo:` prefix); returns it without the prefixes.
+fn echo_long(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+    assert!(message.iter().all(|b| *b == b'x'));
+    let writer = {
+        let mut stream = stream.try_clone().expect("clone");
+        let message = message.to_vec();
+        std::thread::spawn(move || stream.write_all(&message).expect("write"))
+    };
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while got.iter().filter(|b| **b == b'x').count() < message.len() {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    writer.join().expect("writer");
+    String::from_utf8_lossy(&got)
+        .replace("echo:", "")
+        .into_bytes()
+}
+
+#[test]
+fn handshakes_are_rate_limited_and_a_refused_one_never_reaches_the_upstream() {
+    let (gw, heads) = start(RULES);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (head, stream) = handshake(&gw, "/chat", WEBSOCKET);
+        assert_eq!(status(&head), 101, "{head}");
+        open.push(stream);
+    }
+    let (head, _) = handshake(&gw, "/chat", WEBSOCKET);
+    assert_eq!(status(&head), 429, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nretry-after: "),
+        "{head}"
+    );
+    assert_eq!(heads.lock().expect("heads").len(), 2);
+    assert_eq!(metric(&gw, "ratewarden_tunnels_total"), Some(2));
+}
+
+#[test]
+fn only_allowed_upgrades_pass_and_h2c_never_does() {
+    let (gw, heads) = start(RULES.replace("burst = 2", "burst = 50").as_str());
+    let cases = [
+        // Asks to switch to HTTP/2 behind the gateway: removed, served as HTTP/1.1.
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+        // An Upgrade the client did not name in Connection (RFC 9110, section 7.8).
+        "Upgrade: websocket\r\n",
+        // Not allowed by default.
+        "Connection: Upgrade\r\nUpgrade: IRC/6.9\r\n",
+        "Connection: Upgrade\r\nUpgrade: HTTP/2.0\r\n",
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        let (head, _) = handshake(&gw, &format!("/chat/{i}"), extra);
+        assert_eq!(status(&head), 200, "{extra}: {head}");
+        let seen = heads
+            .lock()
+            .expect("heads")
+            .last()
+            .cloned()
+            .unwrap_or_default();
+        for gone in [
+            "\r\nupgrade:",
+            "\r\nhttp2-settings:",
+            "\r\nconnection: upgrade",
+        ] {
+            assert!(
+                !seen.contains(gone),
+                "{extra}: {gone:?} reached the upstream: {seen}"
+            );
+        }
+    }
+    // Offered among others, only the allowed protocol goes on.
+    let (head, _) = handshake(
+        &gw,
+        "/chat/mixed",
+        "Connection: Upgrade\r\nUpgrade: h2c, websocket\r\n",
+    );
+    assert_eq!(status(&head), 101, "{head}");
+    let seen = heads
+        .lock()
+        .expect("heads")
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    assert!(seen.contains("\r\nupgrade: websocket\r\n"), "{seen}");
+    assert_eq!(metric(&gw, "ratewarden_tunnels_total"), Some(1));
+}
+
+#[test]
+fn an_upstream_that_switches_to_a_protocol_not_offered_gets_its_client_a_502() {
+    let (gw, _) = start(RULES);
+    let (head, mut stream) = handshake(&gw, "/switch/h2c", WEBSOCKET);
+    assert_eq!(status(&head), 502, "{head}");
+    // Nothing of the upstream's other protocol reaches the client.
+    let mut rest = String::new();
+    let _ = stream.read_to_string(&mut rest);
+    assert!(!rest.contains("echo:"), "{rest}");
+    assert_eq!(metric(&gw, "ratewarden_tunnels_total"), Some(0));
+    assert!(gw
+        .metrics()
+        .contains(r#"ratewarden_upstream_errors_total{kind="bad_switch"} 1"#));
+}
+
+#[test]
+fn upgrades_can_be_turned_off() {
+    let (gw, heads) = start(&format!("upgrades = []\n{RULES}"));
+    let (head, _) = handshake(&gw, "/chat", WEBSOCKET);
+    assert_eq!(status(&head), 200, "{head}");
+    let seen = heads
+        .lock()
+        .expect("heads")
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!seen.contains("\r\nupgrade:"), "{seen}");
+}
+
+#[test]
+fn a_tunnel_that_carries_nothing_for_the_upstream_timeout_is_closed() {
+    // The harness's upstream_timeout is 2 s.
+    let (gw, _) = start(RULES);
+    let (head, mut stream) = handshake(&gw, "/chat", WEBSOCKET);
+    assert_eq!(status(&head), 101, "{head}");
+    // Traffic keeps it open past the timeout.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        assert_eq!(echo(&mut stream, b"ping"), b"echo:ping");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Then silence closes it.
+    let quiet = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = stream.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0)),
+        "the gateway closed the idle tunnel: {read:?}"
+    );
+    let waited = quiet.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8),
+        "closed after {waited:?} of silence (timeout 2 s)"
+    );
+    eventually(
+        "the tunnel was not counted closed",
+        Duration::from_secs(5),
+        || metric(&gw, "ratewarden_tunnels_open") == Some(0),
+    );
+}
+
+#[test]
+fn tunnels_count_under_the_connection_cap() {
+    let (gw, _) = start(&format!("max_connections = 2\n{RULES}"));
+    eventually("probes still open", Duration::from_secs(5), || {
+        metric(&gw, "ratewarden_open_connections") == Some(0)
+    });
+    let (first, mut a) = handshake(&gw, "/chat", WEBSOCKET);
+    let (second, _b) = handshake(&gw, "/chat", WEBSOCKET);
+    assert_eq!((status(&first), status(&second)), (101, 101));
+    assert_eq!(echo(&mut a, b"still here"), b"echo:still here");
+    let third = gw.get("127.0.6.1", "/other", &[]);
+    assert_eq!(third.status, 0, "a third connection is closed at once");
+    drop(a);
+    eventually(
+        "a closed tunnel's place was not freed",
+        Duration::from_secs(5),
+        || gw.get("127.0.6.2", "/other", &[]).status == 200,
+    );
+}
+
+#[test]
+fn stopping_the_gateway_closes_its_tunnels_without_waiting_for_them() {
+    let (mut gw, _) = start(RULES);
+    let (head, mut stream) = handshake(&gw, "/chat", WEBSOCKET);
+    assert_eq!(status(&head), 101, "{head}");
+    let started = Instant::now();
+    // The drain waits up to 30 s for requests; a tunnel is closed at once.
+    assert_eq!(gw.terminate(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut buf = [0u8; 16];
+    assert!(matches!(stream.read(&mut buf), Ok(0) | Err(_)));
+}
+
+#[test]
+fn connect_is_refused_and_never_reaches_the_upstream() {
+    let (gw, heads) = start(RULES);
+    let reply = gw.raw(
+        "127.0.0.1",
+        b"CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 501 "), "{reply}");
+    assert!(
+        reply.contains("\"error\":\"method_not_supported\""),
+        "{reply}"
+    );
+    assert!(heads.lock().expect("heads").is_empty());
+}
