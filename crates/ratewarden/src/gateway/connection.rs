@@ -19,13 +19,15 @@
 //!   with no response being sent, is dropped: h2's graceful shutdown waits for the
 //!   client to acknowledge a ping, which a client can simply not do.
 //!
+//! The client's socket ([`Socket`]) holds the connection's place under the connection
+//! cap, so that the place goes with it when the connection becomes a tunnel.
+//!
 //! A connection's deadline is looked at with one load per poll; the stop signal is a
 //! cancellation future polled as often (as hyper-util's graceful watcher was). The
 //! service counts requests with plain loads and stores: every request of a connection
 //! is served on its worker's one thread.
 
 use super::header_timer::{Deadline, HeaderTimer};
-use super::tunnel::Tunnel;
 use super::{Body, BodyError};
 use http::Response;
 use std::future::Future;
@@ -46,8 +48,6 @@ pub struct Activity {
     open: AtomicU64,
     /// The connection speaks HTTP/2.
     http2: AtomicBool,
-    /// The tunnel the connection becomes once its 101 is sent.
-    tunnel: parking_lot::Mutex<Option<Tunnel>>,
 }
 
 impl Activity {
@@ -69,20 +69,6 @@ impl Activity {
         Some(Open {
             activity: self.clone(),
         })
-    }
-}
-
-impl Activity {
-    /// Keeps `tunnel` for the connection to run after its last response.
-    pub fn adopt(&self, tunnel: Option<Tunnel>) {
-        if tunnel.is_some() {
-            *self.tunnel.lock() = tunnel;
-        }
-    }
-
-    /// The tunnel adopted, if any.
-    pub fn take_tunnel(&self) -> Option<Tunnel> {
-        self.tunnel.lock().take()
     }
 }
 
@@ -244,5 +230,83 @@ impl<C: Future, F: FnMut(Pin<&mut C>) + Unpin> Future for Served<C, F> {
             this.seen = started;
             this.rearm();
         }
+    }
+}
+
+/// A client's socket, holding the connection's place under `max_connections` (and in
+/// `open_connections`) for as long as it is open. hyper hands the socket to a tunnel
+/// when the connection switches protocols (WebSocket), and the place goes with it: a
+/// tunnel counts as the connection it was.
+pub struct Socket {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Socket {
+    /// `stream`, holding `permit`, counted in `open` until dropped.
+    pub fn new(
+        stream: tokio::net::TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        open: &prometheus_client::metrics::gauge::Gauge,
+    ) -> Socket {
+        open.inc();
+        Socket {
+            stream,
+            _permit: permit,
+            open: open.clone(),
+        }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl tokio::io::AsyncRead for Socket {
+    #[inline]
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Socket {
+    #[inline]
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

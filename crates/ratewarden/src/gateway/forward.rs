@@ -3,7 +3,7 @@
 
 use super::pool::{ConnectError, Keepalive, Lease, Pool};
 use super::responses::upstream_failure;
-use super::tunnel::{self, Offer, Upgrades};
+use super::tunnel::{self, Offer, Tunnels};
 use super::{Body, BodyError};
 use crate::metrics::{Metrics, UpstreamError};
 use bytes::Bytes;
@@ -26,7 +26,7 @@ pub struct Upstream {
     pool: Arc<Pool>,
     base: Uri,
     timeout: Duration,
-    upgrades: Upgrades,
+    tunnels: Tunnels,
 }
 
 /// Why the upstream gave no response.
@@ -146,20 +146,20 @@ fn is_gateway_only_or_client_address(name: &str) -> bool {
 }
 
 impl Upstream {
-    /// A client for `base` (scheme and authority) that lets clients switch to the
-    /// `upgrades` protocols.
+    /// A client for `base` (scheme and authority) whose clients may switch protocols
+    /// as `tunnels` allows.
     pub fn new(
         base: Uri,
         connect_timeout: Duration,
         timeout: Duration,
         keepalive: Keepalive,
-        upgrades: Upgrades,
+        tunnels: Tunnels,
     ) -> Upstream {
         Upstream {
             pool: Arc::new(Pool::new(base.clone(), connect_timeout, keepalive)),
             base,
             timeout,
-            upgrades,
+            tunnels,
         }
     }
 
@@ -265,7 +265,7 @@ impl Upstream {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
                 {
                     // The upstream connection is the tunnel's now, never pooled again.
-                    tunnel::switched(offer, response, self.timeout, metrics)
+                    tunnel::switched(&self.tunnels, offer, response, self.timeout, metrics)
                 }
                 Ok(Ok((response, lease))) => {
                     let (mut parts, body) = response.into_parts();
@@ -305,7 +305,7 @@ impl Upstream {
         client: ClientAddress,
     ) -> (Request<ForwardBody>, Option<Box<Offer>>) {
         let (mut parts, body) = request.into_parts();
-        let offer = self.upgrades.offer(&mut parts);
+        let offer = self.tunnels.upgrades.offer(&mut parts);
         let client_authority = parts.uri.authority().cloned();
         // The upstream is sent the origin form (`/path?query`), as a client sends a
         // server. A clone shares the bytes hyper parsed: no copy, no second validation.

@@ -45,13 +45,7 @@ pub async fn handle(
     // second request can hide in the first one's body.
     if request.method() == http::Method::CONNECT {
         // The gateway fronts one API; it is no forward proxy to open tunnels with.
-        metrics
-            .refused
-            .get_or_create(&Refusal {
-                reason: "connect_method",
-            })
-            .inc();
-        return responses::connect_refused();
+        return responses::connect_refused(metrics);
     }
     let headers = request.headers();
     let path = match CanonicalPath::parse(request.uri().path()) {

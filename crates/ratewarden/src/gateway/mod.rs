@@ -295,21 +295,22 @@ async fn accept_loop(
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
+    // Told to every connection (and tunnel) when the worker stops; the tracker waits
+    // for the connections.
+    let stopping = CancellationToken::new();
+    let connections = TaskTracker::new();
     let upstream = Arc::new(forward::Upstream::new(
         gateway.upstream.base.clone(),
         gateway.upstream.connect_timeout,
         gateway.upstream.timeout,
         gateway.upstream.keepalive,
-        gateway.upstream.upgrades.clone(),
+        tunnel::Tunnels::new(gateway.upstream.upgrades.clone(), stopping.clone()),
     ));
     tokio::spawn(upstream.close_idle_forever());
     let worker = Arc::new(Worker::new(index, gateway.clone(), upstream));
     let timer = header_timer::HeaderTimer::default();
     tokio::spawn(timer.fire_due_forever());
     builder.http1().timer(timer.clone());
-    // Told to every connection when the worker stops; the tracker waits for them.
-    let stopping = CancellationToken::new();
-    let connections = TaskTracker::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -329,24 +330,19 @@ async fn accept_loop(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let open = gateway.metrics.open_connections.clone();
-                open.inc();
+                // The socket carries the connection's place: hyper hands it to a tunnel
+                // when the connection switches protocols, and the place goes with it.
+                let stream = connection::Socket::new(stream, permit, &gateway.metrics.open_connections);
                 let header_timeout = gateway.header_timeout;
                 let worker = worker.clone();
                 let activity = Arc::new(connection::Activity::default());
                 let reports = activity.clone();
                 let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                     let open = reports.started(request.version());
-                    // Only a request that may switch protocols takes a handle on its
-                    // connection, to give it the tunnel.
-                    let switching = tunnel::may_switch(&request).then(|| reports.clone());
                     // This thread's own reference count, not one every worker writes.
                     let worker = worker.clone();
                     async move {
-                        let mut response = handler::handle(&worker, peer, request).await;
-                        if let Some(connection) = switching {
-                            connection.adopt(tunnel::Tunnel::take_from(&mut response));
-                        }
+                        let response = handler::handle(&worker, peer, request).await;
                         let response = match open {
                             Some(open) => open.until_sent(response),
                             None => response,
@@ -356,7 +352,6 @@ async fn accept_loop(
                 });
                 let builder = builder.clone();
                 let (timer, accepted) = (timer.clone(), hyper::rt::Timer::now(&timer));
-                let tunnel_stop = stopping.clone();
                 let stopping = stopping.clone().cancelled_owned();
                 connections.spawn(async move {
                     let connection = builder
@@ -366,7 +361,7 @@ async fn accept_loop(
                         connection,
                         |connection| connection.graceful_shutdown(),
                         stopping,
-                        activity.clone(),
+                        activity,
                         timer,
                         accepted,
                         header_timeout,
@@ -376,13 +371,6 @@ async fn accept_loop(
                         Some(Err(e)) => tracing::debug!(error = %e, %peer, "connection ended with an error"),
                         None => tracing::debug!(%peer, "connection dropped: no request head within the header timeout, or asked to finish and did not"),
                     }
-                    // A connection that switched protocols lives on as a tunnel, in its
-                    // place under the connection cap.
-                    if let Some(tunnel) = activity.take_tunnel() {
-                        tunnel.run(tunnel_stop).await;
-                    }
-                    open.dec();
-                    drop(permit);
                 });
             }
             _ = stopped.changed() => break,

@@ -175,8 +175,21 @@ pub fn bad_request(detail: &str) -> Response<Body> {
     response
 }
 
-/// 501 for `CONNECT`: the gateway is no forward proxy.
-pub fn connect_refused() -> Response<Body> {
+/// 501 for `CONNECT`: the gateway is no forward proxy. Counted as refused.
+///
+/// Cold and out of line: rarely called, and kept out of the code every request runs.
+/// How large that code is decides whether the compiler builds each request's future in
+/// place; a few lines more in the service once cost every request about 300
+/// instructions of copies (BENCHMARKS.md, issue 3).
+#[cold]
+#[inline(never)]
+pub fn connect_refused(metrics: &crate::metrics::Metrics) -> Response<Body> {
+    metrics
+        .refused
+        .get_or_create(&crate::metrics::Refusal {
+            reason: "connect_method",
+        })
+        .inc();
     let body = serde_json::json!({
         "type": "https://ratewarden.dev/problems/not-implemented",
         "title": "Not Implemented",

@@ -14,8 +14,8 @@
 //! that switches to a protocol it was not offered gets its client a 502.
 //!
 //! A tunnel keeps its client connection's place under `max_connections` until it
-//! closes: the connection's own task runs it once hyper has handed the socket over
-//! (see `super::connection`).
+//! closes: the place belongs to the client's socket (`super::connection::Socket`),
+//! which hyper hands over to the tunnel.
 
 use super::forward::strip_headers;
 use super::responses::upstream_failure;
@@ -42,6 +42,21 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug, Default)]
 pub struct Upgrades(Arc<[String]>);
 
+/// One worker's tunnels: which protocols may be switched to, and the worker's stop
+/// signal, which closes them.
+pub struct Tunnels {
+    /// The protocols allowed.
+    pub upgrades: Upgrades,
+    stopping: CancellationToken,
+}
+
+impl Tunnels {
+    /// Tunnels to `upgrades`, closed when `stopping` is cancelled.
+    pub fn new(upgrades: Upgrades, stopping: CancellationToken) -> Tunnels {
+        Tunnels { upgrades, stopping }
+    }
+}
+
 /// A client's wish to switch protocols, as it goes to the upstream.
 pub struct Offer {
     /// The client's connection, once hyper has sent it our 101.
@@ -66,12 +81,21 @@ impl Upgrades {
     /// 9110, section 7.8: an intermediary may have passed on an `Upgrade` meant for it).
     /// The offer is boxed: requests that carry none (nearly all) keep a pointer's room
     /// for it in the forwarding future, which moves with every request.
+    #[inline]
     pub fn offer(&self, parts: &mut http::request::Parts) -> Option<Box<Offer>> {
         let client = parts.extensions.remove::<OnUpgrade>()?;
-        if self.0.is_empty() || !lists_token(parts.headers.get_all(CONNECTION), "upgrade") {
+        self.offer_for(client, &parts.headers)
+    }
+
+    /// [`Upgrades::offer`] for a request hyper holds ready to switch: cold and out of
+    /// line, like every part of a switch (see `responses::connect_refused`).
+    #[cold]
+    #[inline(never)]
+    fn offer_for(&self, client: OnUpgrade, headers: &HeaderMap) -> Option<Box<Offer>> {
+        if self.0.is_empty() || !lists_token(headers.get_all(CONNECTION), "upgrade") {
             return None;
         }
-        let offered: Vec<&str> = tokens(parts.headers.get_all(UPGRADE))
+        let offered: Vec<&str> = tokens(headers.get_all(UPGRADE))
             .filter(|p| self.allows(p))
             .collect();
         if offered.is_empty() {
@@ -109,12 +133,6 @@ fn is_one_of(chosen: &HeaderValue, offered: &HeaderValue) -> bool {
         .any(|o| o.trim().eq_ignore_ascii_case(chosen))
 }
 
-/// Whether hyper holds `request`'s connection ready to switch protocols (an HTTP/1.1
-/// request with `Upgrade`); one look at an extension map that is empty otherwise.
-pub fn may_switch<B>(request: &http::Request<B>) -> bool {
-    request.extensions().get::<OnUpgrade>().is_some()
-}
-
 /// The elements of a comma-separated list header, trimmed, empty ones skipped.
 fn tokens<'a>(values: http::header::GetAll<'a, HeaderValue>) -> impl Iterator<Item = &'a str> {
     values
@@ -131,10 +149,14 @@ fn lists_token(values: http::header::GetAll<'_, HeaderValue>, token: &str) -> bo
 }
 
 /// The client's answer when the upstream switched protocols: our own 101 with the
-/// upstream's headers and a tunnel handed to the connection (taken with
-/// [`Tunnel::take_from`]), or a 502 when the switch was not one the client asked for
-/// and the gateway allows. The upstream connection belongs to the tunnel from here.
+/// upstream's headers, and the tunnel started on this worker (it waits for both
+/// connections to be handed over); or a 502 when the switch was not one the client
+/// asked for and the gateway allows. The upstream connection belongs to the tunnel from
+/// here. Cold and out of line, as [`Upgrades::offer_for`].
+#[cold]
+#[inline(never)]
 pub fn switched(
+    tunnels: &Tunnels,
     offer: Option<Box<Offer>>,
     mut response: Response<Incoming>,
     idle: Duration,
@@ -169,16 +191,9 @@ pub fn switched(
         open: metrics.tunnels_open.clone(),
     };
     metrics.tunnels.inc();
-    parts
-        .extensions
-        .insert(Handoff(Arc::new(parking_lot::Mutex::new(Some(tunnel)))));
+    tokio::spawn(tunnel.run(tunnels.stopping.clone()));
     Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
 }
-
-/// A tunnel on its way from the response to its connection's task (response extensions
-/// must be `Clone`).
-#[derive(Clone)]
-struct Handoff(Arc<parking_lot::Mutex<Option<Tunnel>>>);
 
 /// Two connections to join once both have switched protocols.
 pub struct Tunnel {
@@ -201,17 +216,9 @@ enum Ended {
 }
 
 impl Tunnel {
-    /// The tunnel a 101 of [`switched`] carries, taken out of it.
-    pub fn take_from(response: &mut Response<Body>) -> Option<Tunnel> {
-        response
-            .extensions_mut()
-            .remove::<Handoff>()
-            .and_then(|handoff| handoff.0.lock().take())
-    }
-
     /// Copies both ways until either side closes, the tunnel idles, or `stop` is
-    /// cancelled. Run after the client's connection has sent the 101.
-    pub async fn run(self, stop: CancellationToken) {
+    /// cancelled; from the moment the client's connection has sent the 101.
+    async fn run(self, stop: CancellationToken) {
         let (client, upstream) =
             match futures_util::future::try_join(self.client, self.upstream).await {
                 Ok(both) => both,
