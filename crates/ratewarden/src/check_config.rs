@@ -36,7 +36,7 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
         println!("protocol upgrades: none (Upgrade is removed)");
     } else {
         println!(
-            "protocol upgrades: {} (tunnelled after the handshake is admitted; idle for {:?}: closed)",
+            "protocol upgrades: {} (tunnelled once the handshake is admitted; closed after {:?} with nothing sent)",
             s.upgrades.join(", "),
             s.upstream_timeout
         );
