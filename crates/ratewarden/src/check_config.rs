@@ -36,9 +36,11 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
         println!("protocol upgrades: none (Upgrade is removed)");
     } else {
         println!(
-            "protocol upgrades: {} (tunnelled once the handshake is admitted; closed after {:?} with nothing sent)",
+            "protocol upgrades: {} (tunnelled once the handshake is admitted; closed after {:?} with nothing sent; at most {} tunnels, {} per client)",
             s.upgrades.join(", "),
-            s.upstream_timeout
+            s.tunnel_idle_timeout,
+            s.max_tunnels,
+            s.max_tunnels_per_client
         );
     }
     if let Some(admin) = s.admin_listen {

@@ -44,6 +44,11 @@ fn serve_one(mut stream: TcpStream, seen: &Heads) {
         let lower = head.to_ascii_lowercase();
         seen.lock().expect("heads").push(lower.clone());
         let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        if path == "/hold" {
+            // Never answers: a request in flight for as long as a test needs.
+            std::thread::sleep(Duration::from_secs(20));
+            return;
+        }
         let switch_to = match path.strip_prefix("/switch/") {
             Some(name) => Some(name.to_owned()),
             None if lower.contains("\r\nupgrade: websocket") => Some("websocket".to_owned()),
@@ -58,9 +63,11 @@ fn serve_one(mut stream: TcpStream, seen: &Heads) {
             );
             continue;
         };
+        // A greeting straight after the 101, before the client says anything: it must
+        // reach a client whose tunnel opened, and nobody else.
         let _ = write!(
             stream,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n{GREETING}"
         );
         if !rest.is_empty() && stream.write_all(&[b"echo:", &rest[..]].concat()).is_err() {
             return;
@@ -95,6 +102,9 @@ fn read_head(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     }
 }
 
+/// What the upstream sends as soon as it has switched.
+const GREETING: &str = "hello-from-upstream;";
+
 const RULES: &str = r#"
 [[rules]]
 name = "chat"
@@ -117,8 +127,11 @@ fn connect(gw: &Gateway) -> TcpStream {
     stream
 }
 
+const WEBSOCKET: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+
 /// Sends a handshake for `path` with these extra header lines; returns the response
-/// head, and the stream for what follows.
+/// head, and the stream for what follows. After a 101, the upstream's greeting has
+/// been read (and checked) too.
 fn handshake(gw: &Gateway, path: &str, extra: &str) -> (String, TcpStream) {
     let mut stream = connect(gw);
     write!(
@@ -126,15 +139,19 @@ fn handshake(gw: &Gateway, path: &str, extra: &str) -> (String, TcpStream) {
         "GET {path} HTTP/1.1\r\nHost: api.test\r\n{extra}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .expect("write");
-    let (head, rest) = read_head(&mut stream).unwrap_or_default();
-    assert!(
-        rest.is_empty() || !head.starts_with("HTTP/1.1 101"),
-        "{rest:?}"
-    );
+    let (head, mut rest) = read_head(&mut stream).unwrap_or_default();
+    if head.starts_with("HTTP/1.1 101") {
+        let mut buf = [0u8; 64];
+        while rest.len() < GREETING.len() {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => rest.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert_eq!(rest, GREETING.as_bytes(), "{head}");
+    }
     (head, stream)
 }
-
-const WEBSOCKET: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
 
 fn status(head: &str) -> u16 {
     head.split(' ')
@@ -158,6 +175,33 @@ fn echo(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
     got
 }
 
+/// Sends a message of `x`s and reads its echo, which the upstream may split over
+/// several reads (each with its own `echo:` prefix); returns it without the prefixes.
+fn echo_long(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+    assert!(message.iter().all(|b| *b == b'x'));
+    let writer = {
+        let mut stream = stream.try_clone().expect("clone");
+        let message = message.to_vec();
+        std::thread::spawn(move || stream.write_all(&message).expect("write"))
+    };
+    let mut got = Vec::new();
+    let mut xs = 0;
+    let mut buf = [0u8; 65536];
+    while xs < message.len() {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                xs += buf[..n].iter().filter(|b| **b == b'x').count();
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    writer.join().expect("writer");
+    String::from_utf8_lossy(&got)
+        .replace("echo:", "")
+        .into_bytes()
+}
+
 fn metric(gw: &Gateway, line_start: &str) -> Option<u64> {
     gw.metrics()
         .lines()
@@ -165,9 +209,27 @@ fn metric(gw: &Gateway, line_start: &str) -> Option<u64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Waits until the harness's start-up probes have closed their connections.
+fn no_connections_open(gw: &Gateway) {
+    eventually("probes still open", Duration::from_secs(5), || {
+        metric(gw, "ratewarden_open_connections") == Some(0)
+    });
+}
+
+/// The head of the last request the upstream received.
+fn last_seen(heads: &Heads) -> String {
+    heads
+        .lock()
+        .expect("heads")
+        .last()
+        .cloned()
+        .unwrap_or_default()
+}
+
 #[test]
 fn an_admitted_handshake_becomes_a_tunnel_that_carries_bytes_both_ways() {
     let (gw, heads) = start(RULES);
+    no_connections_open(&gw);
     let (head, mut stream) = handshake(&gw, "/chat", WEBSOCKET);
     let lower = head.to_ascii_lowercase();
     assert_eq!(status(&head), 101, "{head}");
@@ -204,33 +266,15 @@ fn an_admitted_handshake_becomes_a_tunnel_that_carries_bytes_both_ways() {
     // The tunnel holds its place under the connection cap.
     assert_eq!(metric(&gw, "ratewarden_open_connections"), Some(1));
     drop(stream);
-    eventually("the tunnel did not close", Duration::from_secs(5), || {
-        metric(&gw, "ratewarden_tunnels_open") == Some(0)
-            && metric(&gw, "ratewarden_open_connections") == Some(0)
-    });
-}
-
-/// Sends a message of `x`s and reads its echo, which the upstream may split over
-/// several reads (each with its own `echo:` prefix); returns it without the prefixes.
-fn echo_long(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
-    assert!(message.iter().all(|b| *b == b'x'));
-    let writer = {
-        let mut stream = stream.try_clone().expect("clone");
-        let message = message.to_vec();
-        std::thread::spawn(move || stream.write_all(&message).expect("write"))
-    };
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    while got.iter().filter(|b| **b == b'x').count() < message.len() {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    writer.join().expect("writer");
-    String::from_utf8_lossy(&got)
-        .replace("echo:", "")
-        .into_bytes()
+    // Well within the idle timeout (60 s): the client's close ends the tunnel.
+    eventually(
+        "the tunnel did not close",
+        Duration::from_millis(1500),
+        || {
+            metric(&gw, "ratewarden_tunnels_open") == Some(0)
+                && metric(&gw, "ratewarden_open_connections") == Some(0)
+        },
+    );
 }
 
 #[test]
@@ -263,16 +307,13 @@ fn only_allowed_upgrades_pass_and_h2c_never_does() {
         // Not allowed by default.
         "Connection: Upgrade\r\nUpgrade: IRC/6.9\r\n",
         "Connection: Upgrade\r\nUpgrade: HTTP/2.0\r\n",
+        "Connection: Upgrade\r\nUpgrade: TLS/1.0\r\n",
     ];
     for (i, extra) in cases.iter().enumerate() {
         let (head, _) = handshake(&gw, &format!("/chat/{i}"), extra);
         assert_eq!(status(&head), 200, "{extra}: {head}");
-        let seen = heads
-            .lock()
-            .expect("heads")
-            .last()
-            .cloned()
-            .unwrap_or_default();
+        let seen = last_seen(&heads);
+        assert!(seen.starts_with(&format!("get /chat/{i} ")), "{seen}");
         for gone in [
             "\r\nupgrade:",
             "\r\nhttp2-settings:",
@@ -284,36 +325,62 @@ fn only_allowed_upgrades_pass_and_h2c_never_does() {
             );
         }
     }
-    // Offered among others, only the allowed protocol goes on.
+    // Offered among others, only the allowed protocol goes on; two Upgrade lines are
+    // read as one list.
     let (head, _) = handshake(
         &gw,
         "/chat/mixed",
-        "Connection: Upgrade\r\nUpgrade: h2c, websocket\r\n",
+        "Connection: keep-alive\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nUpgrade: websocket\r\n",
     );
     assert_eq!(status(&head), 101, "{head}");
-    let seen = heads
-        .lock()
-        .expect("heads")
-        .last()
-        .cloned()
-        .unwrap_or_default();
+    let seen = last_seen(&heads);
+    assert!(seen.starts_with("get /chat/mixed "), "{seen}");
     assert!(seen.contains("\r\nupgrade: websocket\r\n"), "{seen}");
     assert_eq!(metric(&gw, "ratewarden_tunnels_total"), Some(1));
 }
 
 #[test]
-fn an_upstream_that_switches_to_a_protocol_not_offered_gets_its_client_a_502() {
-    let (gw, _) = start(RULES);
+fn a_handshake_with_a_body_or_over_http_1_0_is_not_switched() {
+    let (gw, heads) = start(RULES);
+    for (version, body) in [("1.1", "Content-Length: 5\r\n\r\nhello"), ("1.0", "\r\n")] {
+        let mut stream = connect(&gw);
+        write!(
+            stream,
+            "GET /chat HTTP/{version}\r\nHost: api.test\r\n{WEBSOCKET}{body}"
+        )
+        .expect("write");
+        let (head, _) = read_head(&mut stream).unwrap_or_default();
+        assert_eq!(status(&head), 200, "HTTP/{version}: {head}");
+        let seen = last_seen(&heads);
+        assert!(!seen.contains("\r\nupgrade:"), "{seen}");
+    }
+}
+
+#[test]
+fn an_upstream_that_switches_unasked_or_to_a_protocol_not_offered_gets_a_502() {
+    let (gw, _) = start(RULES.replace("burst = 2", "burst = 50").as_str());
     let (head, mut stream) = handshake(&gw, "/switch/h2c", WEBSOCKET);
     assert_eq!(status(&head), 502, "{head}");
-    // Nothing of the upstream's other protocol reaches the client.
-    let mut rest = String::new();
-    let _ = stream.read_to_string(&mut rest);
-    assert!(!rest.contains("echo:"), "{rest}");
+    // Nothing of the upstream's other protocol reaches the client, even when the
+    // client sends more.
+    let _ = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        !rest.contains("echo:") && !rest.contains(GREETING),
+        "{head}{rest}"
+    );
+    // An upstream that switches for a request that did not ask is refused the same way.
+    let (head, _) = handshake(&gw, "/switch/websocket", "");
+    assert_eq!(status(&head), 502, "{head}");
     assert_eq!(metric(&gw, "ratewarden_tunnels_total"), Some(0));
     assert!(gw
         .metrics()
-        .contains(r#"ratewarden_upstream_errors_total{kind="bad_switch"} 1"#));
+        .contains(r#"ratewarden_upstream_errors_total{kind="bad_switch"} 2"#));
 }
 
 #[test]
@@ -321,19 +388,12 @@ fn upgrades_can_be_turned_off() {
     let (gw, heads) = start(&format!("upgrades = []\n{RULES}"));
     let (head, _) = handshake(&gw, "/chat", WEBSOCKET);
     assert_eq!(status(&head), 200, "{head}");
-    let seen = heads
-        .lock()
-        .expect("heads")
-        .last()
-        .cloned()
-        .unwrap_or_default();
-    assert!(!seen.contains("\r\nupgrade:"), "{seen}");
+    assert!(!last_seen(&heads).contains("\r\nupgrade:"));
 }
 
 #[test]
-fn a_tunnel_that_carries_nothing_for_the_upstream_timeout_is_closed() {
-    // The harness's upstream_timeout is 2 s.
-    let (gw, _) = start(RULES);
+fn a_tunnel_that_carries_nothing_for_its_idle_timeout_is_closed() {
+    let (gw, _) = start(&format!("tunnel_idle_timeout = \"2s\"\n{RULES}"));
     let (head, mut stream) = handshake(&gw, "/chat", WEBSOCKET);
     assert_eq!(status(&head), 101, "{head}");
     // Traffic keeps it open past the timeout.
@@ -364,10 +424,8 @@ fn a_tunnel_that_carries_nothing_for_the_upstream_timeout_is_closed() {
 
 #[test]
 fn tunnels_count_under_the_connection_cap() {
-    let (gw, _) = start(&format!("max_connections = 2\n{RULES}"));
-    eventually("probes still open", Duration::from_secs(5), || {
-        metric(&gw, "ratewarden_open_connections") == Some(0)
-    });
+    let (gw, _) = start(&format!("max_connections = 2\nmax_tunnels = 2\n{RULES}"));
+    no_connections_open(&gw);
     let (first, mut a) = handshake(&gw, "/chat", WEBSOCKET);
     let (second, _b) = handshake(&gw, "/chat", WEBSOCKET);
     assert_eq!((status(&first), status(&second)), (101, 101));
@@ -383,20 +441,57 @@ fn tunnels_count_under_the_connection_cap() {
 }
 
 #[test]
+fn one_client_may_hold_only_so_many_tunnels() {
+    let (gw, _) = start(&format!(
+        "max_tunnels_per_client = 2\n{}",
+        RULES.replace("burst = 2", "burst = 50")
+    ));
+    let (a, _a) = handshake(&gw, "/chat", WEBSOCKET);
+    let (b, _b) = handshake(&gw, "/chat", WEBSOCKET);
+    let (c, _) = handshake(&gw, "/chat", WEBSOCKET);
+    assert_eq!((status(&a), status(&b), status(&c)), (101, 101, 503), "{c}");
+    assert!(c.to_ascii_lowercase().contains("\r\nretry-after: 5"), "{c}");
+    assert!(gw
+        .metrics()
+        .contains(r#"ratewarden_refused_total{reason="tunnel_limit_per_client"} 1"#));
+    // Another client is not held back by the first one's tunnels.
+    let reply = gw.raw(
+        "127.0.7.1",
+        format!("GET /chat HTTP/1.1\r\nHost: api.test\r\n{WEBSOCKET}Sec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert!(reply.starts_with("HTTP/1.1 101 "), "{reply}");
+}
+
+#[test]
 fn stopping_the_gateway_closes_its_tunnels_without_waiting_for_them() {
-    let (mut gw, _) = start(RULES);
+    let (mut gw, heads) = start(RULES);
     let (head, mut stream) = handshake(&gw, "/chat", WEBSOCKET);
     assert_eq!(status(&head), 101, "{head}");
-    let started = Instant::now();
-    // The drain waits up to 30 s for requests; a tunnel is closed at once.
-    assert_eq!(gw.terminate(), Some(0));
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
+    // A request in flight keeps the gateway draining until the upstream timeout (2 s)
+    // answers it: the tunnel must close before that, on the stop signal itself.
+    let mut held = connect(&gw);
+    held.write_all(b"GET /hold HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .expect("write");
+    eventually(
+        "the held request never reached the upstream",
+        Duration::from_secs(5),
+        || last_seen(&heads).starts_with("get /hold "),
     );
+    let stopped = Instant::now();
+    gw.signal("TERM");
     let mut buf = [0u8; 16];
-    assert!(matches!(stream.read(&mut buf), Ok(0) | Err(_)));
+    let read = stream.read(&mut buf);
+    let closed_after = stopped.elapsed();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        closed_after < Duration::from_millis(1500),
+        "the tunnel closed {closed_after:?} after SIGTERM, not at once"
+    );
+    // The held request is still answered (504, the upstream timeout), then the
+    // gateway stops.
+    let (answer, _) = read_head(&mut held).unwrap_or_default();
+    assert_eq!(status(&answer), 504, "{answer}");
+    assert_eq!(gw.terminate(), Some(0));
 }
 
 #[test]

@@ -184,6 +184,28 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         1_000_000,
     );
     let upgrades = upgrades(raw.upgrades.as_deref(), errors);
+    let tunnel_idle_timeout = duration(
+        errors,
+        "server.tunnel_idle_timeout",
+        &raw.tunnel_idle_timeout,
+        60,
+    );
+    // By default tunnels may take half the connection places: the rest stay for requests.
+    let half_the_connections = (raw.max_connections.unwrap_or(10_000) / 2).max(1);
+    let max_tunnels = bounded(
+        errors,
+        "server.max_tunnels",
+        raw.max_tunnels,
+        half_the_connections,
+        1_000_000,
+    );
+    let max_tunnels_per_client = bounded(
+        errors,
+        "server.max_tunnels_per_client",
+        raw.max_tunnels_per_client,
+        256,
+        1_000_000,
+    );
     Some(ServerConfig {
         listen: listen?,
         upstream: upstream?,
@@ -198,7 +220,19 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         max_delayed: max_delayed?,
         max_connections: max_connections?,
         upgrades: upgrades?,
+        tunnel_idle_timeout: tunnel_idle_timeout?,
+        max_tunnels: max_tunnels?,
+        max_tunnels_per_client: u32::try_from(max_tunnels_per_client?).ok()?,
     })
+}
+
+/// Whether a protocol name (`h2c`, `h2`, `HTTP/2.0`, `TLS/1.0`, drafts such as
+/// `h2c-14`) carries HTTP requests, which would then pass the gateway unseen.
+fn carries_http(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["h2", "h3", "http", "tls", "spdy", "quic"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// `server.upgrades`: protocol names (RFC 9110 tokens, with an optional `/version`),
@@ -225,11 +259,11 @@ fn upgrades(raw: Option<&[String]>, errors: &mut Errors) -> Option<Vec<String>> 
                 &field,
                 format!("{protocol:?} is not a protocol name (a token such as \"websocket\")"),
             );
-        } else if name.eq_ignore_ascii_case("h2c") || name.eq_ignore_ascii_case("http") {
+        } else if carries_http(name) {
             errors.add(
                 &field,
                 format!(
-                    "{protocol:?} cannot be allowed: a connection switched to HTTP behind the gateway would carry later requests past every rule; clients may speak h2c to the gateway directly"
+                    "{protocol:?} cannot be allowed: a connection switched to HTTP (or to TLS, which carries HTTP) behind the gateway would carry later requests past every rule; clients may speak h2c to the gateway directly"
                 ),
             );
         } else {
@@ -718,6 +752,9 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
 }
 
 /// `500ms`, `10s`, `5m`, `1h`, `1d`.
+/// The longest duration any setting takes: ten years.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
@@ -739,6 +776,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     if d.is_zero() {
         return Err(format!("{text:?}: must be longer than zero"));
+    }
+    // Longer is no setting anyone means, and added to a clock reading it would overflow.
+    if d > MAX_DURATION {
+        return Err(format!("{text:?} is too long: at most 3650d"));
     }
     Ok(d)
 }

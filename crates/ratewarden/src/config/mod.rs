@@ -79,6 +79,14 @@ pub struct ServerConfig {
     /// Protocols an HTTP/1.1 client may switch to through the gateway (`Upgrade`), lower
     /// case; empty: none, and `Upgrade` is removed like any hop-by-hop header.
     pub upgrades: Vec<String>,
+    /// A tunnel that carries nothing either way for this long is closed (nginx's
+    /// `proxy_read_timeout` on a WebSocket).
+    pub tunnel_idle_timeout: Duration,
+    /// Most tunnels open at once, over every client; beyond, a handshake the upstream
+    /// accepted is answered 503. Each also holds a place under `max_connections`.
+    pub max_tunnels: usize,
+    /// Most tunnels open at once per client network (nginx's `limit_conn`).
+    pub max_tunnels_per_client: u32,
 }
 
 /// `[store]`.

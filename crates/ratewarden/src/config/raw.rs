@@ -257,6 +257,9 @@ pub struct RawServer {
     pub max_delayed: Option<u64>,
     pub max_connections: Option<u64>,
     pub upgrades: Option<Vec<String>>,
+    pub tunnel_idle_timeout: Option<String>,
+    pub max_tunnels: Option<u64>,
+    pub max_tunnels_per_client: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -185,6 +185,9 @@ fn defaults_are_sensible() {
     assert_eq!(config.server.header_timeout, Duration::from_secs(10));
     assert_eq!(config.server.upstream_keepalive, 256);
     assert_eq!(config.server.upgrades, ["websocket"]);
+    assert_eq!(config.server.tunnel_idle_timeout, Duration::from_secs(60));
+    assert_eq!(config.server.max_tunnels, 5_000);
+    assert_eq!(config.server.max_tunnels_per_client, 256);
     assert_eq!(
         config.server.upstream_keepalive_timeout,
         Duration::from_secs(60)
@@ -708,7 +711,9 @@ fn upgrades_name_protocols_and_never_http() {
 [server]
 listen = "127.0.0.1:8080"
 upstream = "http://127.0.0.1:8000"
-upgrades = ["WebSocket", "h2c", "HTTP/2.0", "web socket", "", "irc/"]
+upgrades = ["WebSocket", "h2c", "HTTP/2.0", "web socket", "", "irc/", "TLS/1.0", "h2", "h2c-14"]
+tunnel_idle_timeout = "99999d"
+max_tunnels_per_client = 0
 "#,
     );
     for (i, reason) in [
@@ -717,6 +722,9 @@ upgrades = ["WebSocket", "h2c", "HTTP/2.0", "web socket", "", "irc/"]
         (3, "is not a protocol name"),
         (4, "is not a protocol name"),
         (5, "is not a protocol name"),
+        (6, "cannot be allowed"),
+        (7, "cannot be allowed"),
+        (8, "cannot be allowed"),
     ] {
         let field = format!("server.upgrades[{i}]: ");
         assert!(
@@ -728,6 +736,18 @@ upgrades = ["WebSocket", "h2c", "HTTP/2.0", "web socket", "", "irc/"]
     }
     assert!(
         !found.iter().any(|e| e.starts_with("server.upgrades[0]")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e == "server.tunnel_idle_timeout: \"99999d\" is too long: at most 3650d"),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e == "server.max_tunnels_per_client: 0 is out of range: 1 to 1000000"),
         "{found:#?}"
     );
     let config = parse(&format!(

@@ -257,6 +257,7 @@ impl Upstream {
         client: ClientAddress,
         metrics: &'a Metrics,
     ) -> impl Future<Output = Response<Body>> + 'a {
+        let client_ip = client.ip;
         let (request, offer) = self.upstream_request(request, client);
         // Combinators, not `async`: see `exchange`.
         tokio::time::timeout(self.timeout, self.exchange(request, metrics)).map(move |exchanged| {
@@ -265,7 +266,7 @@ impl Upstream {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
                 {
                     // The upstream connection is the tunnel's now, never pooled again.
-                    tunnel::switched(&self.tunnels, offer, response, self.timeout, metrics)
+                    tunnel::switched(&self.tunnels, client_ip, offer, response, metrics)
                 }
                 Ok(Ok((response, lease))) => {
                     let (mut parts, body) = response.into_parts();
@@ -305,7 +306,7 @@ impl Upstream {
         client: ClientAddress,
     ) -> (Request<ForwardBody>, Option<Box<Offer>>) {
         let (mut parts, body) = request.into_parts();
-        let offer = self.tunnels.upgrades.offer(&mut parts);
+        let offer = self.tunnels.upgrades.offer(&mut parts, &body);
         let client_authority = parts.uri.authority().cloned();
         // The upstream is sent the origin form (`/path?query`), as a client sends a
         // server. A clone shares the bytes hyper parsed: no copy, no second validation.

@@ -53,6 +53,9 @@ struct UpstreamSettings {
     timeout: Duration,
     keepalive: pool::Keepalive,
     upgrades: tunnel::Upgrades,
+    /// Shared by every worker's tunnels.
+    tunnel_limits: tunnel::TunnelLimits,
+    tunnel_idle: Duration,
 }
 
 /// The most worker threads a gateway starts (one per core up to this).
@@ -153,6 +156,12 @@ impl Bound {
                     idle_timeout: s.upstream_keepalive_timeout,
                 },
                 upgrades: tunnel::Upgrades::new(&s.upgrades),
+                tunnel_limits: tunnel::TunnelLimits::new(
+                    s.max_tunnels,
+                    s.max_tunnels_per_client,
+                    config.policy.clients.ipv6_prefix,
+                ),
+                tunnel_idle: s.tunnel_idle_timeout,
             },
             metrics: metrics.clone(),
             clock: SystemClock::new(),
@@ -304,7 +313,12 @@ async fn accept_loop(
         gateway.upstream.connect_timeout,
         gateway.upstream.timeout,
         gateway.upstream.keepalive,
-        tunnel::Tunnels::new(gateway.upstream.upgrades.clone(), stopping.clone()),
+        tunnel::Tunnels::new(
+            gateway.upstream.upgrades.clone(),
+            gateway.upstream.tunnel_limits.clone(),
+            gateway.upstream.tunnel_idle,
+            stopping.clone(),
+        ),
     ));
     tokio::spawn(upstream.close_idle_forever());
     let worker = Arc::new(Worker::new(index, gateway.clone(), upstream));

@@ -225,7 +225,11 @@ pub fn delay_queue_full(retry_after: std::time::Duration) -> Response<Body> {
 }
 
 /// 503 with `Retry-After` (whole seconds, rounded up).
-fn unavailable(error: &str, detail: &str, retry_after: std::time::Duration) -> Response<Body> {
+pub(super) fn unavailable(
+    error: &str,
+    detail: &str,
+    retry_after: std::time::Duration,
+) -> Response<Body> {
     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     let body = serde_json::json!({
         "type": format!("https://ratewarden.dev/problems/{error}"),

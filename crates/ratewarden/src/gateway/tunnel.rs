@@ -20,7 +20,7 @@
 use super::forward::strip_headers;
 use super::responses::upstream_failure;
 use super::Body;
-use crate::metrics::{Metrics, UpstreamError};
+use crate::metrics::{Metrics, Refusal, UpstreamError};
 use http::header::{HeaderMap, HeaderValue, CONNECTION, UPGRADE};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -29,6 +29,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,18 +43,98 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug, Default)]
 pub struct Upgrades(Arc<[String]>);
 
-/// One worker's tunnels: which protocols may be switched to, and the worker's stop
-/// signal, which closes them.
+/// How many tunnels may be open: in all (every worker's), and per client network
+/// (nginx's `limit_conn`, for the long-lived connections a handshake buys). Shared by
+/// every worker.
+#[derive(Clone)]
+pub struct TunnelLimits {
+    /// One permit per open tunnel (`[server] max_tunnels`).
+    total: Arc<tokio::sync::Semaphore>,
+    /// Open tunnels per client network; networks with none are removed.
+    per_client: Arc<parking_lot::Mutex<std::collections::HashMap<ipnet::IpNet, u32>>>,
+    /// `[server] max_tunnels_per_client`.
+    most_per_client: u32,
+    /// IPv6 clients are counted by network of this prefix, as the rules count them.
+    ipv6_prefix: u8,
+}
+
+impl TunnelLimits {
+    /// At most `total` tunnels open, and `per_client` per client network.
+    pub fn new(total: usize, per_client: u32, ipv6_prefix: u8) -> TunnelLimits {
+        TunnelLimits {
+            total: Arc::new(tokio::sync::Semaphore::new(total)),
+            per_client: Arc::default(),
+            most_per_client: per_client,
+            ipv6_prefix,
+        }
+    }
+
+    /// A place for one more tunnel of `client`, if both limits allow it; else the
+    /// reason, as counted in `ratewarden_refused_total`.
+    fn take(&self, client: IpAddr) -> Result<TunnelPlace, &'static str> {
+        let network = ratewarden_core::identity::client_network(client, self.ipv6_prefix);
+        let mut per_client = self.per_client.lock();
+        let open = per_client.get(&network).copied().unwrap_or(0);
+        if open >= self.most_per_client {
+            return Err("tunnel_limit_per_client");
+        }
+        let Ok(permit) = self.total.clone().try_acquire_owned() else {
+            return Err("tunnel_limit");
+        };
+        per_client.insert(network, open + 1);
+        Ok(TunnelPlace {
+            _permit: permit,
+            limits: self.clone(),
+            network,
+        })
+    }
+}
+
+/// One open tunnel's place under [`TunnelLimits`], given back when dropped.
+struct TunnelPlace {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    limits: TunnelLimits,
+    network: ipnet::IpNet,
+}
+
+impl Drop for TunnelPlace {
+    fn drop(&mut self) {
+        let mut per_client = self.limits.per_client.lock();
+        if let Some(open) = per_client.get_mut(&self.network) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                per_client.remove(&self.network);
+            }
+        }
+    }
+}
+
+/// One worker's tunnels: which protocols may be switched to, how many tunnels may be
+/// open, and the worker's stop signal, which closes them.
 pub struct Tunnels {
     /// The protocols allowed.
     pub upgrades: Upgrades,
+    limits: TunnelLimits,
+    /// A tunnel that carries nothing either way for this long is closed.
+    idle: Duration,
     stopping: CancellationToken,
 }
 
 impl Tunnels {
-    /// Tunnels to `upgrades`, closed when `stopping` is cancelled.
-    pub fn new(upgrades: Upgrades, stopping: CancellationToken) -> Tunnels {
-        Tunnels { upgrades, stopping }
+    /// Tunnels to `upgrades` within `limits`, closed after `idle` with nothing sent or
+    /// when `stopping` is cancelled.
+    pub fn new(
+        upgrades: Upgrades,
+        limits: TunnelLimits,
+        idle: Duration,
+        stopping: CancellationToken,
+    ) -> Tunnels {
+        Tunnels {
+            upgrades,
+            limits,
+            idle,
+            stopping,
+        }
     }
 }
 
@@ -81,9 +162,20 @@ impl Upgrades {
     /// 9110, section 7.8: an intermediary may have passed on an `Upgrade` meant for it).
     /// The offer is boxed: requests that carry none (nearly all) keep a pointer's room
     /// for it in the forwarding future, which moves with every request.
+    ///
+    /// A request with a body is offered nothing: a WebSocket handshake has none, and
+    /// hyper would hand the connection over only once the whole body had passed, so a
+    /// slow endless body could hold a tunnel's place.
     #[inline]
-    pub fn offer(&self, parts: &mut http::request::Parts) -> Option<Box<Offer>> {
+    pub fn offer(
+        &self,
+        parts: &mut http::request::Parts,
+        body: &impl hyper::body::Body,
+    ) -> Option<Box<Offer>> {
         let client = parts.extensions.remove::<OnUpgrade>()?;
+        if !body.is_end_stream() {
+            return None;
+        }
         self.offer_for(client, &parts.headers)
     }
 
@@ -157,9 +249,9 @@ fn lists_token(values: http::header::GetAll<'_, HeaderValue>, token: &str) -> bo
 #[inline(never)]
 pub fn switched(
     tunnels: &Tunnels,
+    client: IpAddr,
     offer: Option<Box<Offer>>,
     mut response: Response<Incoming>,
-    idle: Duration,
     metrics: &Metrics,
 ) -> Response<Body> {
     let refuse = |detail: &str| {
@@ -173,9 +265,22 @@ pub fn switched(
     let Some(offer) = offer else {
         return refuse("the upstream switched protocols for a request that did not ask to");
     };
-    let chosen = response.headers().get(UPGRADE).cloned();
-    let Some(chosen) = chosen.filter(|c| is_one_of(c, &offer.protocols)) else {
+    let mut chosen = response.headers().get_all(UPGRADE).iter();
+    let Some(chosen) = chosen
+        .next()
+        .filter(|c| chosen.next().is_none() && is_one_of(c, &offer.protocols))
+        .cloned()
+    else {
         return refuse("the upstream switched to a protocol that was not offered");
+    };
+    // The upstream has switched; the client may still be refused its tunnel (the
+    // upstream's connection is then closed).
+    let place = match tunnels.limits.take(client) {
+        Ok(place) => place,
+        Err(reason) => {
+            metrics.refused.get_or_create(&Refusal { reason }).inc();
+            return too_many_tunnels(reason);
+        }
     };
     let upstream = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
@@ -187,21 +292,55 @@ pub fn switched(
     let tunnel = Tunnel {
         client: offer.client,
         upstream,
-        idle,
-        open: metrics.tunnels_open.clone(),
+        idle: tunnels.idle,
+        open: OpenTunnel::new(&metrics.tunnels_open, place),
     };
     metrics.tunnels.inc();
     tokio::spawn(tunnel.run(tunnels.stopping.clone()));
     Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
 }
 
+/// 503 when a client may not open one more tunnel: too many are open, in all or from
+/// its network.
+fn too_many_tunnels(reason: &'static str) -> Response<Body> {
+    let detail = if reason == "tunnel_limit_per_client" {
+        "this client has as many WebSocket connections open as the gateway allows one client"
+    } else {
+        "the gateway has as many WebSocket connections open as it allows"
+    };
+    super::responses::unavailable(reason, detail, Duration::from_secs(5))
+}
+
 /// Two connections to join once both have switched protocols.
-pub struct Tunnel {
+struct Tunnel {
     client: OnUpgrade,
     upstream: OnUpgrade,
     /// Closed after carrying nothing either way for this long.
     idle: Duration,
-    open: Gauge,
+    open: OpenTunnel,
+}
+
+/// A tunnel counted in `tunnels_open` and holding its place under the tunnel limits
+/// until dropped, whichever way the tunnel ends.
+struct OpenTunnel {
+    gauge: Gauge,
+    _place: TunnelPlace,
+}
+
+impl OpenTunnel {
+    fn new(gauge: &Gauge, place: TunnelPlace) -> OpenTunnel {
+        gauge.inc();
+        OpenTunnel {
+            gauge: gauge.clone(),
+            _place: place,
+        }
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// Why a tunnel ended.
@@ -219,38 +358,52 @@ impl Tunnel {
     /// Copies both ways until either side closes, the tunnel idles, or `stop` is
     /// cancelled; from the moment the client's connection has sent the 101.
     async fn run(self, stop: CancellationToken) {
-        let (client, upstream) =
-            match futures_util::future::try_join(self.client, self.upstream).await {
-                Ok(both) => both,
-                Err(e) => {
-                    tracing::debug!(error = %e, "protocol switch did not complete");
-                    return;
-                }
-            };
-        self.open.inc();
+        // Both sides are handed over once the 101 has been written and read: moments,
+        // unless a peer stalls, so that wait is bounded too.
+        let handed_over = tokio::select! {
+            both = futures_util::future::try_join(self.client, self.upstream) => both,
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(self.idle) => {
+                tracing::debug!(idle = ?self.idle, "protocol switch did not complete in time");
+                return;
+            }
+        };
+        let (client, upstream) = match handed_over {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "protocol switch did not complete");
+                return;
+            }
+        };
         let started = Instant::now();
+        // A timeout too long to add to a clock reading never comes.
+        let deadline = |since: Instant| since.checked_add(self.idle);
         let last = AtomicU64::new(0);
         let mut client = Stamped::new(TokioIo::new(client), started, &last);
         let mut upstream = Stamped::new(TokioIo::new(upstream), started, &last);
         let ended = {
             let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
             tokio::pin!(copy);
+            let last_moved = || started + Duration::from_millis(last.load(Ordering::Relaxed));
             loop {
-                let quiet_until =
-                    started + Duration::from_millis(last.load(Ordering::Relaxed)) + self.idle;
+                let quiet = async {
+                    match deadline(last_moved()) {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     copied = &mut copy => break Ended::Closed(copied),
                     () = stop.cancelled() => break Ended::Stopped,
-                    () = tokio::time::sleep_until(quiet_until) => {
-                        let last = started + Duration::from_millis(last.load(Ordering::Relaxed));
-                        if Instant::now() >= last + self.idle {
+                    () = quiet => {
+                        if deadline(last_moved()).is_some_and(|at| Instant::now() >= at) {
                             break Ended::Idle;
                         }
                     }
                 }
             }
         };
-        self.open.dec();
+        drop(self.open);
         match ended {
             Ended::Closed(Ok((up, down))) => tracing::debug!(
                 bytes_to_upstream = up,

@@ -443,6 +443,15 @@ impl Gateway {
         self.listen
     }
 
+    /// Sends a signal (`TERM`, `HUP`...) without waiting for its effect.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name}");
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let _ = Command::new("kill")
