@@ -3,19 +3,22 @@
 //! The client's handshake is a request like any other: identified, limited, forwarded.
 //! When the upstream answers `101 Switching Protocols`, the client's connection and the
 //! upstream's are joined, and bytes are copied both ways until either side closes, the
-//! tunnel carries nothing either way for `upstream_timeout` (nginx's
+//! tunnel carries nothing either way for `tunnel_idle_timeout` (nginx's
 //! `proxy_read_timeout` on a WebSocket), or the gateway stops. As with nginx and
 //! Envoy, each handshake is limited and what travels inside the tunnel is not.
 //!
 //! Only the protocols of `[server] upgrades` pass (`websocket` by default); any other
-//! `Upgrade` is removed like a hop-by-hop header and the request goes on as plain HTTP.
-//! HTTP itself (`h2c`) is never allowed: a connection switched to HTTP/2 behind the
-//! gateway would carry every later request past the rules (h2c smuggling). An upstream
-//! that switches to a protocol it was not offered gets its client a 502.
+//! `Upgrade` is removed like a hop-by-hop header and the request goes on as plain HTTP,
+//! and so is a handshake with a body. Protocols that carry HTTP (`h2c`, `TLS/1.0`...)
+//! are refused by the config: a connection switched to HTTP/2 behind the gateway would
+//! carry every later request past the rules (h2c smuggling). An upstream that switches
+//! unasked, or to a protocol it was not offered, gets its client a 502.
 //!
 //! A tunnel keeps its client connection's place under `max_connections` until it
 //! closes: the place belongs to the client's socket (`super::connection::Socket`),
-//! which hyper hands over to the tunnel.
+//! which hyper hands over to the tunnel. A handshake buys a long-lived connection, so
+//! tunnels have limits of their own besides: `max_tunnels` in all and
+//! `max_tunnels_per_client` per client network (503 beyond).
 
 use super::forward::strip_headers;
 use super::responses::upstream_failure;
