@@ -191,7 +191,8 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         60,
     );
     // By default tunnels may take half the connection places: the rest stay for requests.
-    let half_the_connections = (raw.max_connections.unwrap_or(10_000) / 2).max(1);
+    // (Of a valid max_connections only: an invalid one has its own error.)
+    let half_the_connections = max_connections.map_or(1, |m| (m as u64 / 2).max(1));
     let max_tunnels = bounded(
         errors,
         "server.max_tunnels",
@@ -222,7 +223,8 @@ fn server(raw: &RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         upgrades: upgrades?,
         tunnel_idle_timeout: tunnel_idle_timeout?,
         max_tunnels: max_tunnels?,
-        max_tunnels_per_client: u32::try_from(max_tunnels_per_client?).ok()?,
+        max_tunnels_per_client: u32::try_from(max_tunnels_per_client?)
+            .expect("bounded to 1000000 above"),
     })
 }
 
@@ -751,10 +753,10 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is not an IP network, such as \"10.0.0.0/8\""))
 }
 
-/// `500ms`, `10s`, `5m`, `1h`, `1d`.
 /// The longest duration any setting takes: ten years.
 const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
+/// `500ms`, `10s`, `5m`, `1h`, `1d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();

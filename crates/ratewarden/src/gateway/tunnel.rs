@@ -57,7 +57,9 @@ pub struct TunnelLimits {
     per_client: Arc<parking_lot::Mutex<std::collections::HashMap<ipnet::IpNet, u32>>>,
     /// `[server] max_tunnels_per_client`.
     most_per_client: u32,
-    /// IPv6 clients are counted by network of this prefix, as the rules count them.
+    /// IPv6 clients are counted by network of this prefix, as the rules count them (the
+    /// prefix the gateway started with: a reload that changes it takes effect here on
+    /// restart).
     ipv6_prefix: u8,
 }
 
@@ -86,7 +88,7 @@ impl TunnelLimits {
         };
         per_client.insert(network, open + 1);
         Ok(TunnelPlace {
-            _permit: permit,
+            permit: Some(permit),
             limits: self.clone(),
             network,
         })
@@ -95,7 +97,7 @@ impl TunnelLimits {
 
 /// One open tunnel's place under [`TunnelLimits`], given back when dropped.
 struct TunnelPlace {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     limits: TunnelLimits,
     network: ipnet::IpNet,
 }
@@ -109,6 +111,9 @@ impl Drop for TunnelPlace {
                 per_client.remove(&self.network);
             }
         }
+        // Both counts go back under the lock, so that no `take` sees one without the
+        // other.
+        drop(self.permit.take());
     }
 }
 

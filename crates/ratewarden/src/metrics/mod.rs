@@ -33,7 +33,8 @@ pub struct UpstreamError {
 /// Why a request was refused before any rule ran.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refusal {
-    /// bad_path, bad_host, ambiguous_key_header, deny_list, connection_limit.
+    /// bad_path, bad_host, ambiguous_key_header, connect_method, deny_list, blocked,
+    /// connection_limit, tunnel_limit, tunnel_limit_per_client.
     pub reason: &'static str,
 }
 
@@ -167,7 +168,7 @@ impl Metrics {
         let refused = Family::<Refusal, Counter>::default();
         registry.register(
             "refused",
-            "Requests refused before any rule, by reason",
+            "Requests refused by the gateway itself, by reason (before any rule: bad path, host or key header, CONNECT, deny list, blocked, connection limit; after the upstream switched protocols: tunnel_limit, tunnel_limit_per_client)",
             refused.clone(),
         );
         let reloads = Family::<RuleDecision, Counter>::default();

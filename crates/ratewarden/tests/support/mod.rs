@@ -443,6 +443,23 @@ impl Gateway {
         self.listen
     }
 
+    /// A blocking connection to the gateway from `source` (a 127.x.y.z address).
+    pub fn connect_from(&self, source: &str) -> std::net::TcpStream {
+        let target = self.listen;
+        let source: SocketAddr = format!("{source}:0").parse().expect("source");
+        let stream = runtime().block_on(async move {
+            let socket = TcpSocket::new_v4().expect("socket");
+            socket.bind(source).expect("bind source");
+            socket.connect(target).await.expect("connect")
+        });
+        let stream = stream.into_std().expect("std stream");
+        stream.set_nonblocking(false).expect("blocking");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+    }
+
     /// Sends a signal (`TERM`, `HUP`...) without waiting for its effect.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
