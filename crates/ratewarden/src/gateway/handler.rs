@@ -38,15 +38,15 @@ pub async fn handle(
         metrics.refused.get_or_create(&Refusal { reason }).inc();
         responses::bad_request(detail)
     };
+    if request.method() == http::Method::CONNECT {
+        // The gateway fronts one API; it is no forward proxy to open tunnels with.
+        return responses::connect_refused(metrics);
+    }
     // Request smuggling is settled before we see the request: hyper refuses conflicting
     // Content-Lengths and a Transfer-Encoding that does not end in chunked; when both
     // Transfer-Encoding and Content-Length come, it drops the length, reads the chunked
     // body and closes the connection after answering (RFC 9112, section 6.3), so no
     // second request can hide in the first one's body.
-    if request.method() == http::Method::CONNECT {
-        // The gateway fronts one API; it is no forward proxy to open tunnels with.
-        return responses::connect_refused(metrics);
-    }
     let headers = request.headers();
     let path = match CanonicalPath::parse(request.uri().path()) {
         Ok(p) => p,

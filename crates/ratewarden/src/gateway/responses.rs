@@ -179,8 +179,8 @@ pub fn bad_request(detail: &str) -> Response<Body> {
 ///
 /// Cold and out of line: rarely called, and kept out of the code every request runs.
 /// How large that code is decides whether the compiler builds each request's future in
-/// place; a few lines more in the service once cost every request about 300
-/// instructions of copies (BENCHMARKS.md, issue 3).
+/// place; a few lines more in the service once cost every request about 400
+/// instructions, most of them copying that future (BENCHMARKS.md, issue 3).
 #[cold]
 #[inline(never)]
 pub fn connect_refused(metrics: &crate::metrics::Metrics) -> Response<Body> {
