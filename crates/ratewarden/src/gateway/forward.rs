@@ -593,11 +593,7 @@ fn names_listed_in_connection(
     {
         return;
     }
-    let named: smallvec::SmallVec<[&str; 4]> = values
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let named: smallvec::SmallVec<[&str; 4]> = list_items(values)
         .filter(|t| {
             !is_hop_by_hop_token(t.as_bytes())
                 && !doomed.iter().any(|d| t.eq_ignore_ascii_case(d.as_str()))
@@ -616,6 +612,19 @@ fn names_listed_in_connection(
         .cloned()
         .collect();
     doomed.extend(more);
+}
+
+/// The items of a comma-separated list header (`Connection`, `Upgrade`) across all its
+/// lines, trimmed, empty ones skipped; lines that are not text are skipped.
+pub(super) fn list_items<'a>(
+    values: http::header::GetAll<'a, HeaderValue>,
+) -> impl Iterator<Item = &'a str> {
+    values
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether `token`, in any case, names a hop-by-hop header.

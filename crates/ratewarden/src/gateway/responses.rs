@@ -224,12 +224,20 @@ pub fn delay_queue_full(retry_after: std::time::Duration) -> Response<Body> {
     )
 }
 
+/// 503 when a client may not open one more WebSocket tunnel: `reason` is
+/// `tunnel_limit` (too many open in all) or `tunnel_limit_per_client` (from its
+/// network).
+pub fn tunnel_limit(reason: &'static str) -> Response<Body> {
+    let detail = if reason == "tunnel_limit_per_client" {
+        "this client has as many WebSocket connections open as the gateway allows one client"
+    } else {
+        "the gateway has as many WebSocket connections open as it allows"
+    };
+    unavailable(reason, detail, std::time::Duration::from_secs(5))
+}
+
 /// 503 with `Retry-After` (whole seconds, rounded up).
-pub(super) fn unavailable(
-    error: &str,
-    detail: &str,
-    retry_after: std::time::Duration,
-) -> Response<Body> {
+fn unavailable(error: &str, detail: &str, retry_after: std::time::Duration) -> Response<Body> {
     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     let body = serde_json::json!({
         "type": format!("https://ratewarden.dev/problems/{error}"),

@@ -20,7 +20,7 @@
 //! tunnels have limits of their own besides: `max_tunnels` in all and
 //! `max_tunnels_per_client` per client network (503 beyond).
 
-use super::forward::strip_headers;
+use super::forward::{list_items, strip_headers};
 use super::responses::upstream_failure;
 use super::Body;
 use crate::metrics::{Metrics, Refusal, UpstreamError};
@@ -42,8 +42,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// The protocols clients may switch to (`[server] upgrades`), lower case.
-#[derive(Clone, Debug, Default)]
+/// The protocols clients may switch to (`[server] upgrades`).
+#[derive(Clone, Debug)]
 pub struct Upgrades(Arc<[String]>);
 
 /// How many tunnels may be open: in all (every worker's), and per client network
@@ -156,9 +156,9 @@ pub struct Offer {
 }
 
 impl Upgrades {
-    /// The allowed protocols, lower case (as the config compiles them).
+    /// The allowed protocols (compared in any case).
     pub fn new(protocols: &[String]) -> Upgrades {
-        Upgrades(protocols.iter().map(|p| p.to_ascii_lowercase()).collect())
+        Upgrades(protocols.into())
     }
 
     /// Takes the client's pending upgrade out of a request and, when the request asks
@@ -195,7 +195,7 @@ impl Upgrades {
         if self.0.is_empty() || !lists_token(headers.get_all(CONNECTION), "upgrade") {
             return None;
         }
-        let offered: Vec<&str> = tokens(headers.get_all(UPGRADE))
+        let offered: Vec<&str> = list_items(headers.get_all(UPGRADE))
             .filter(|p| self.allows(p))
             .collect();
         if offered.is_empty() {
@@ -233,19 +233,9 @@ fn is_one_of(chosen: &HeaderValue, offered: &HeaderValue) -> bool {
         .any(|o| o.trim().eq_ignore_ascii_case(chosen))
 }
 
-/// The elements of a comma-separated list header, trimmed, empty ones skipped.
-fn tokens<'a>(values: http::header::GetAll<'a, HeaderValue>) -> impl Iterator<Item = &'a str> {
-    values
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
 /// Whether the list header holds `token`, in any case.
 fn lists_token(values: http::header::GetAll<'_, HeaderValue>, token: &str) -> bool {
-    tokens(values).any(|t| t.eq_ignore_ascii_case(token))
+    list_items(values).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// The client's answer when the upstream switched protocols: our own 101 with the
@@ -287,7 +277,7 @@ pub fn switched(
         Ok(place) => place,
         Err(reason) => {
             metrics.refused.get_or_create(&Refusal { reason }).inc();
-            return too_many_tunnels(reason);
+            return super::responses::tunnel_limit(reason);
         }
     };
     let upstream = hyper::upgrade::on(&mut response);
@@ -306,17 +296,6 @@ pub fn switched(
     metrics.tunnels.inc();
     tokio::spawn(tunnel.run(tunnels.stopping.clone()));
     Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
-}
-
-/// 503 when a client may not open one more tunnel: too many are open, in all or from
-/// its network.
-fn too_many_tunnels(reason: &'static str) -> Response<Body> {
-    let detail = if reason == "tunnel_limit_per_client" {
-        "this client has as many WebSocket connections open as the gateway allows one client"
-    } else {
-        "the gateway has as many WebSocket connections open as it allows"
-    };
-    super::responses::unavailable(reason, detail, Duration::from_secs(5))
 }
 
 /// Two connections to join once both have switched protocols.
@@ -503,7 +482,7 @@ mod tests {
     #[test]
     fn list_headers_are_read_across_values_and_commas() {
         let headers = list(&["h2c , WebSocket", "", "irc/6.9,,"]);
-        let found: Vec<&str> = tokens(headers.get_all(UPGRADE)).collect();
+        let found: Vec<&str> = list_items(headers.get_all(UPGRADE)).collect();
         assert_eq!(found, ["h2c", "WebSocket", "irc/6.9"]);
         assert!(lists_token(headers.get_all(UPGRADE), "websocket"));
         assert!(!lists_token(headers.get_all(UPGRADE), "irc"));
