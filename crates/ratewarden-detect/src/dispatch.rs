@@ -2,12 +2,16 @@
 //! (bounded), counted by the tracker on a task of their own every 500 ms, and alerts
 //! fanned out to each sink's own bounded queue and task.
 //!
+//! A client's batch counts a few identities (user id and API key) apart, so users
+//! behind one address are each counted for their own violations; the client's network
+//! is counted for all of them.
+//!
 //! A client in its alert cooldown cannot raise an alert, so its batches wait longer
 //! (up to 5 s, and never past the cooldown): in a flood, most clients are there, and
 //! counting each of them twice a second was most of what alerting cost.
 //!
-//! The request path calls [`Alerting::report_repeat`] and, for a client's first
-//! violation since the last flush, [`Alerting::report`]: short critical sections under
+//! The request path calls [`Alerting::report_repeat`] and, for a client's (or an
+//! identity's) first violation since the last flush, [`Alerting::report`]: short critical sections under
 //! its own thread's lock (and, on a first violation, a shard of the quiet clients'),
 //! never an await. Nothing here changes a decision.
 
@@ -104,14 +108,67 @@ impl AlertMetrics {
     }
 }
 
-/// A client's violations since the last flush: how many, how to describe one of them
-/// (the first its batch saw; built only at flush time, so the request path does no
-/// formatting), and when they are to be counted when that is later than the next
-/// flush.
-struct Pending {
+/// How to describe a violation: built only at flush time, so the request path does no
+/// formatting.
+type Describe = Box<dyn FnOnce() -> Violation + Send>;
+
+/// How many identities (user id and API key, as tracked) one client's batch counts
+/// apart; violations by identities beyond these count against the client's network
+/// alone. So users behind one address (an office's NAT) are each counted as
+/// themselves, while a client rotating user headers still holds one batch.
+const IDENTITIES_PER_BATCH: usize = 8;
+
+/// One identity's violations within a client's batch, and how to describe one of them
+/// (the first it committed since the last flush).
+struct Described {
+    /// A keyed hash of the identity's tracked user id and API key; 0 when neither is
+    /// tracked, so a batch is then one identity.
+    identity: u32,
     count: u32,
-    describe: Box<dyn FnOnce() -> Violation + Send>,
+    describe: Describe,
+}
+
+/// A client's violations since the last flush, by identity (the first seen, then up to
+/// [`IDENTITIES_PER_BATCH`] in all), and when they are to be counted when that is later
+/// than the next flush.
+struct Pending {
+    first: Described,
+    others: Vec<Described>,
+    /// Violations by identities beyond the batch's room: counted against the network.
+    unattributed: u32,
     not_before: Option<Instant>,
+}
+
+impl Pending {
+    /// Every violation in the batch: what its network is counted for.
+    fn total(&self) -> u32 {
+        self.others
+            .iter()
+            .fold(self.first.count, |n, o| n.saturating_add(o.count))
+            .saturating_add(self.unattributed)
+    }
+
+    /// Adds another batch of the same client's (from another thread's lane).
+    fn merge(&mut self, other: Pending) {
+        self.unattributed = self.unattributed.saturating_add(other.unattributed);
+        for described in std::iter::once(other.first).chain(other.others) {
+            self.add(described);
+        }
+    }
+
+    fn add(&mut self, described: Described) {
+        let identity = described.identity;
+        if let Some(same) = std::iter::once(&mut self.first)
+            .chain(self.others.iter_mut())
+            .find(|d| d.identity == identity)
+        {
+            same.count = same.count.saturating_add(described.count);
+        } else if 1 + self.others.len() < IDENTITIES_PER_BATCH {
+            self.others.push(described);
+        } else {
+            self.unattributed = self.unattributed.saturating_add(described.count);
+        }
+    }
 }
 
 /// The batches one reporting thread has opened since they were last counted.
@@ -125,41 +182,105 @@ struct Lane {
     pending: Mutex<LaneBatches>,
 }
 
-/// A lane's batches. The counts, which every repeat touches, are kept apart from the
-/// rest of the batch (read only when it opens and when it is counted): 16 bytes a
-/// client instead of 48, so a flood's 10,000 clients stay in a core's cache.
+/// A lane's batches. The first identity's count, which nearly every repeat touches, is
+/// kept apart from the rest of the batch (read only when it opens, when another
+/// identity of the client violates, and when it is counted): 16 bytes a client, so a
+/// flood's 10,000 clients stay in a core's cache.
 #[derive(Default)]
 struct LaneBatches {
-    counts: HashMap<u64, u32, ClientKeys>,
+    counts: HashMap<u64, Tally, ClientKeys>,
     opened: HashMap<u64, Opened, ClientKeys>,
 }
 
-/// What a batch keeps besides its count.
+/// A batch's first identity and its count.
+#[derive(Clone, Copy)]
+struct Tally {
+    identity: u32,
+    count: u32,
+}
+
+/// What a batch keeps besides its first identity's count.
 struct Opened {
-    describe: Box<dyn FnOnce() -> Violation + Send>,
+    describe: Describe,
+    others: Vec<Described>,
+    unattributed: u32,
     not_before: Option<Instant>,
 }
 
+/// What a repeat found.
+#[derive(Debug, PartialEq)]
+enum Repeat {
+    /// Counted in the client's batch.
+    Counted,
+    /// The client has a batch with room for this identity, which it has not seen: a
+    /// description is needed.
+    NewIdentity,
+    /// The client has no batch here.
+    NoBatch,
+}
+
 impl LaneBatches {
-    /// Counts one more violation by `client` if it has a batch here.
-    fn repeat(&mut self, client: u64) -> bool {
+    /// Counts one more violation by `identity` of `client` if the client has a batch
+    /// here that can take it without a description.
+    fn repeat(&mut self, client: u64, identity: u32) -> Repeat {
         match self.counts.get_mut(&client) {
-            Some(count) => {
-                *count = count.saturating_add(1);
-                true
+            Some(tally) if tally.identity == identity => {
+                tally.count = tally.count.saturating_add(1);
+                Repeat::Counted
             }
-            None => false,
+            Some(_) => self.repeat_other(client, identity),
+            None => Repeat::NoBatch,
+        }
+    }
+
+    /// A repeat by an identity other than the batch's first: rare outside offices and
+    /// rotating attackers, so kept out of the flood's path.
+    #[cold]
+    #[inline(never)]
+    fn repeat_other(&mut self, client: u64, identity: u32) -> Repeat {
+        let Some(opened) = self.opened.get_mut(&client) else {
+            return Repeat::NoBatch;
+        };
+        if let Some(other) = opened.others.iter_mut().find(|o| o.identity == identity) {
+            other.count = other.count.saturating_add(1);
+        } else if 1 + opened.others.len() < IDENTITIES_PER_BATCH {
+            return Repeat::NewIdentity;
+        } else {
+            opened.unattributed = opened.unattributed.saturating_add(1);
+        }
+        Repeat::Counted
+    }
+
+    /// Adds `identity`'s first violation to `client`'s batch, after a repeat under the
+    /// same lock said [`Repeat::NewIdentity`].
+    fn add_identity(&mut self, client: u64, identity: u32, describe: Describe) {
+        if let Some(opened) = self.opened.get_mut(&client) {
+            opened.others.push(Described {
+                identity,
+                count: 1,
+                describe,
+            });
+            // The rest of the batch may be quiet (in its cooldown); this identity is
+            // not known to be, so it is counted at the next flush.
+            opened.not_before = None;
         }
     }
 
     fn open(&mut self, client: u64, batch: Pending) {
-        self.counts.insert(client, batch.count);
-        let (describe, not_before) = (batch.describe, batch.not_before);
+        self.counts.insert(
+            client,
+            Tally {
+                identity: batch.first.identity,
+                count: batch.first.count,
+            },
+        );
         self.opened.insert(
             client,
             Opened {
-                describe,
-                not_before,
+                describe: batch.first.describe,
+                others: batch.others,
+                unattributed: batch.unattributed,
+                not_before: batch.not_before,
             },
         );
     }
@@ -170,11 +291,16 @@ impl LaneBatches {
 
     fn take(&mut self, client: u64) -> Option<Pending> {
         debug_assert_eq!(self.counts.len(), self.opened.len());
-        let count = self.counts.remove(&client)?;
+        let tally = self.counts.remove(&client)?;
         let opened = self.opened.remove(&client)?;
         Some(Pending {
-            count,
-            describe: opened.describe,
+            first: Described {
+                identity: tally.identity,
+                count: tally.count,
+                describe: opened.describe,
+            },
+            others: opened.others,
+            unattributed: opened.unattributed,
             not_before: opened.not_before,
         })
     }
@@ -285,8 +411,8 @@ impl Waiting {
     }
 
     /// Takes the batches to count now, merged per client across lanes: those not
-    /// waiting, and every one of a [crowded](CROWDED) lane. The merged batch keeps the
-    /// description of the first lane's.
+    /// waiting, and every one of a [crowded](CROWDED) lane. Each identity in the merged
+    /// batch keeps the description of the first lane that saw it.
     fn due(&self, now: Instant) -> HashMap<u64, Pending, ClientKeys> {
         for shard in &self.quiet {
             shard.lock().retain(|_, until| *until > now);
@@ -301,9 +427,7 @@ impl Waiting {
             for (client, batch) in taken {
                 match due.entry(client) {
                     std::collections::hash_map::Entry::Occupied(mut first) => {
-                        // One description per client is enough: the first lane's.
-                        let first = first.get_mut();
-                        first.count = first.count.saturating_add(batch.count);
+                        first.get_mut().merge(batch);
                     }
                     std::collections::hash_map::Entry::Vacant(slot) => {
                         slot.insert(batch);
@@ -377,18 +501,25 @@ impl Alerting {
 
     /// Hands a violation over, without waiting: `client` identifies who committed it
     /// (a keyed hash of its network, so keys are spread evenly and no one can choose
-    /// them), `describe` builds the sanitised description if it opens a batch.
+    /// them), `identity` which user id and API key (a keyed hash of those tracked, 0
+    /// when none is), `describe` builds the sanitised description if it is the
+    /// identity's first in the batch.
     pub fn report(
         &self,
         client: u64,
+        identity: u32,
         source: Source,
         describe: impl FnOnce() -> Violation + Send + 'static,
     ) {
         self.count_source(source);
         let mut pending = self.waiting.lanes[lane()].pending.lock();
-        // The batch keeps the description of its first violation.
-        if pending.repeat(client) {
-            return;
+        // Each identity keeps the description of its first violation.
+        match pending.repeat(client, identity) {
+            Repeat::Counted => return,
+            Repeat::NewIdentity => {
+                return pending.add_identity(client, identity, Box::new(describe));
+            }
+            Repeat::NoBatch => {}
         }
         // A client with a batch in another thread's lane is dropped here too: checking
         // every lane would make each first violation lock them all.
@@ -406,18 +537,27 @@ impl Alerting {
         pending.open(
             client,
             Pending {
-                count: 1,
-                describe: Box::new(describe),
+                first: Described {
+                    identity,
+                    count: 1,
+                    describe: Box::new(describe),
+                },
+                others: Vec::new(),
+                unattributed: 0,
                 not_before,
             },
         );
     }
 
-    /// Counts a violation by `client` if a batch for it is already pending (the
-    /// common case in a flood), without any description; false if there is none, and
-    /// the caller should [`report`](Alerting::report) it with one.
-    pub fn report_repeat(&self, client: u64, source: Source) -> bool {
-        let repeated = self.waiting.lanes[lane()].pending.lock().repeat(client);
+    /// Counts a violation by `identity` of `client` if a batch that can take it is
+    /// already pending (the common case in a flood), without any description; false
+    /// if there is none, and the caller should [`report`](Alerting::report) it with one.
+    pub fn report_repeat(&self, client: u64, identity: u32, source: Source) -> bool {
+        let repeated = self.waiting.lanes[lane()]
+            .pending
+            .lock()
+            .repeat(client, identity)
+            == Repeat::Counted;
         if repeated {
             self.count_source(source);
         }
@@ -463,13 +603,20 @@ async fn count_forever<S: Store, C: Clock>(
                 waiting.clone(),
             );
             tokio::spawn(async move {
-                let violation = (p.describe)();
                 let cooldown = tracker.settings().cooldown;
                 let mut quiet_for = None::<Duration>;
-                for outcome in tracker.observe(&violation, p.count).await {
-                    let quiet = outcome.quiet_for(cooldown);
-                    quiet_for = Some(quiet_for.map_or(quiet, |q| q.min(quiet)));
-                    emit(outcome, &violation, &tracker, &outlets, &metrics);
+                // The network is counted once for every violation of the batch (with
+                // its first identity's description), each identity for its own.
+                let mut network = p.total();
+                for described in std::iter::once(p.first).chain(p.others) {
+                    let violation = (described.describe)();
+                    let own = described.count;
+                    for outcome in tracker.observe(&violation, network, own).await {
+                        let quiet = outcome.quiet_for(cooldown);
+                        quiet_for = Some(quiet_for.map_or(quiet, |q| q.min(quiet)));
+                        emit(outcome, &violation, &tracker, &outlets, &metrics);
+                    }
+                    network = 0;
                 }
                 if let Some(wait) = quiet_for.and_then(quiet_wait) {
                     let mut quiet = waiting.quiet_shard(client).lock();
@@ -549,12 +696,34 @@ async fn deliver_forever(
 mod tests {
     use super::*;
 
+    fn undescribed() -> Describe {
+        Box::new(|| unreachable!("not described in these tests"))
+    }
+
     fn pending(not_before: Option<Instant>) -> Pending {
+        by(0, 1, not_before)
+    }
+
+    /// A batch opened by `count` violations of `identity`.
+    fn by(identity: u32, count: u32, not_before: Option<Instant>) -> Pending {
         Pending {
-            count: 1,
-            describe: Box::new(|| unreachable!("not described in these tests")),
+            first: Described {
+                identity,
+                count,
+                describe: undescribed(),
+            },
+            others: Vec::new(),
+            unattributed: 0,
             not_before,
         }
+    }
+
+    /// A batch's counts by identity, first identity first.
+    fn counts_by_identity(batch: &Pending) -> Vec<(u32, u32)> {
+        std::iter::once(&batch.first)
+            .chain(&batch.others)
+            .map(|d| (d.identity, d.count))
+            .collect()
     }
 
     /// Puts a batch straight into `lane`, as a report from that lane's thread would.
@@ -625,19 +794,81 @@ mod tests {
     fn one_clients_batches_in_several_lanes_are_counted_as_one() {
         let waiting = Waiting::new();
         for (lane, count) in [(0, 3), (5, 4), (15, 1)] {
-            open(
-                &waiting,
-                lane,
-                42,
-                Pending {
-                    count,
-                    ..pending(None)
-                },
-            );
+            open(&waiting, lane, 42, by(0, count, None));
         }
         let due = waiting.due(Instant::now());
         assert_eq!(sorted_keys(&due), [42]);
-        assert_eq!(due[&42].count, 8);
+        assert_eq!(counts_by_identity(&due[&42]), [(0, 8)]);
+        assert_eq!(due[&42].total(), 8);
+    }
+
+    #[test]
+    fn identities_seen_in_several_lanes_are_merged_each_with_its_own() {
+        let waiting = Waiting::new();
+        let mut first_lane = by(1, 3, None);
+        first_lane.add(Described {
+            identity: 2,
+            count: 1,
+            describe: undescribed(),
+        });
+        open(&waiting, 0, 42, first_lane);
+        let mut second_lane = by(2, 4, None);
+        second_lane.add(Described {
+            identity: 3,
+            count: 2,
+            describe: undescribed(),
+        });
+        second_lane.unattributed = 5;
+        open(&waiting, 5, 42, second_lane);
+        let due = waiting.due(Instant::now());
+        assert_eq!(counts_by_identity(&due[&42]), [(1, 3), (2, 5), (3, 2)]);
+        assert_eq!(due[&42].unattributed, 5);
+        assert_eq!(due[&42].total(), 15);
+    }
+
+    #[test]
+    fn a_client_rotating_identities_holds_one_batch_and_loses_no_count() {
+        let alerting = bare_alerting();
+        // Twenty identities from one client, each violating three times.
+        for _ in 0..3 {
+            for identity in 1..=20 {
+                if !alerting.report_repeat(7, identity, Source::Gateway) {
+                    alerting.report(7, identity, Source::Gateway, || {
+                        unreachable!("not described in this test")
+                    });
+                }
+            }
+        }
+        assert_eq!(alerting.waiting.total.load(Ordering::Relaxed), 1);
+        // Once the batch's room is taken, other identities need no description.
+        assert!(alerting.report_repeat(7, 99, Source::Gateway));
+        let due = alerting.waiting.due(Instant::now());
+        let batch = &due[&7];
+        let expected: Vec<(u32, u32)> = (1..=IDENTITIES_PER_BATCH as u32)
+            .map(|identity| (identity, 3))
+            .collect();
+        assert_eq!(counts_by_identity(batch), expected);
+        assert_eq!(
+            batch.unattributed,
+            3 * (20 - IDENTITIES_PER_BATCH as u32) + 1
+        );
+        assert_eq!(batch.total(), 61, "every violation counted for the network");
+        assert_eq!(alerting.from_gateway.get(), 61);
+    }
+
+    #[test]
+    fn a_new_identity_in_a_waiting_batch_is_counted_at_the_next_flush() {
+        let now = Instant::now();
+        let mut lane = LaneBatches::default();
+        lane.open(1, by(10, 1, Some(now + Duration::from_secs(3))));
+        assert_eq!(lane.repeat(1, 10), Repeat::Counted);
+        assert!(lane.take_due(now, false).is_empty(), "quiet: it waits");
+        assert_eq!(lane.repeat(1, 11), Repeat::NewIdentity);
+        lane.add_identity(1, 11, undescribed());
+        assert_eq!(lane.repeat(1, 11), Repeat::Counted);
+        let due = lane.take_due(now, false);
+        assert_eq!(due.len(), 1, "another identity may be alerted on at once");
+        assert_eq!(counts_by_identity(&due[0].1), [(10, 2), (11, 2)]);
     }
 
     /// An `Alerting` with no tracker or sinks behind it: what reports leave waiting.
@@ -657,15 +888,18 @@ mod tests {
         const THREADS: u64 = 20; // more than LANES: some threads share a lane
         const CLIENTS: u64 = 50;
         const ROUNDS: u64 = 200;
+        /// Each thread reports as one of these identities (users behind each client).
+        const IDENTITIES: u64 = 3;
         let alerting = bare_alerting();
         std::thread::scope(|scope| {
-            for _ in 0..THREADS {
+            for thread in 0..THREADS {
                 let alerting = alerting.clone();
+                let identity = (thread % IDENTITIES) as u32;
                 scope.spawn(move || {
                     for _ in 0..ROUNDS {
                         for client in 0..CLIENTS {
-                            if !alerting.report_repeat(client, Source::Gateway) {
-                                alerting.report(client, Source::Gateway, || {
+                            if !alerting.report_repeat(client, identity, Source::Gateway) {
+                                alerting.report(client, identity, Source::Gateway, || {
                                     unreachable!("not described in this test")
                                 });
                             }
@@ -677,12 +911,21 @@ mod tests {
         assert_eq!(alerting.from_gateway.get(), THREADS * CLIENTS * ROUNDS);
         let due = alerting.waiting.due(Instant::now());
         assert_eq!(due.len() as u64, CLIENTS);
-        let counted: u64 = due.values().map(|p| u64::from(p.count)).sum();
+        let counted: u64 = due.values().map(|p| u64::from(p.total())).sum();
         assert_eq!(
             counted,
             THREADS * CLIENTS * ROUNDS,
             "every violation counted"
         );
+        for batch in due.values() {
+            let mut by_identity = counts_by_identity(batch);
+            by_identity.sort_unstable();
+            let threads_as = |identity: u64| (identity..THREADS).step_by(3).count() as u32;
+            let expected: Vec<(u32, u32)> = (0..IDENTITIES)
+                .map(|i| (i as u32, threads_as(i) * ROUNDS as u32))
+                .collect();
+            assert_eq!(by_identity, expected, "each identity's own count");
+        }
         assert_eq!(alerting.dropped.get(), 0);
     }
 
@@ -691,17 +934,17 @@ mod tests {
         let alerting = bare_alerting();
         let describe = || unreachable!("not described in this test");
         for client in 0..MAX_PENDING as u64 + 10 {
-            alerting.report(client, Source::Gateway, describe);
+            alerting.report(client, 0, Source::Gateway, describe);
         }
         assert_eq!(alerting.dropped.get(), 10);
         // A client already waiting is still counted in full.
-        alerting.report(0, Source::Gateway, describe);
+        alerting.report(0, 0, Source::Gateway, describe);
         assert_eq!(alerting.dropped.get(), 10);
         let due = alerting.waiting.due(Instant::now());
         assert_eq!(due.len(), MAX_PENDING);
-        assert_eq!(due[&0].count, 2);
+        assert_eq!(due[&0].total(), 2);
         // The flush made room again.
-        alerting.report(u64::MAX, Source::Gateway, describe);
+        alerting.report(u64::MAX, 0, Source::Gateway, describe);
         assert_eq!(alerting.dropped.get(), 10);
         assert_eq!(alerting.waiting.total.load(Ordering::Relaxed), 1);
     }

@@ -144,18 +144,21 @@ impl<S: Store, C: Clock> Tracker<S, C> {
         &self.settings
     }
 
-    /// Counts `violations` occurrences of `violation` (the latest of a batch from one
-    /// client) against each tracked identity it has.
-    pub async fn observe(&self, violation: &Violation, violations: u32) -> Vec<Outcome> {
+    /// Counts violations described by `violation` (one of a batch from one client)
+    /// against each tracked identity it has: `network` of them against its address (or
+    /// IPv6 network), `own` against its user id and API key. Either may be 0: users
+    /// behind one address are counted each for their own violations, and the address
+    /// once for all of them.
+    pub async fn observe(&self, violation: &Violation, network: u32, own: u32) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
         for &kind in &self.settings.track {
-            let value = match kind {
-                IdentityKind::Ip => Some(violation.client_network.clone()),
-                IdentityKind::User => violation.user.clone(),
-                IdentityKind::ApiKey => violation.api_key_id.clone(),
+            let (value, n) = match kind {
+                IdentityKind::Ip => (Some(&violation.client_network), network),
+                IdentityKind::User => (violation.user.as_ref(), own),
+                IdentityKind::ApiKey => (violation.api_key_id.as_ref(), own),
             };
-            if let Some(value) = value {
-                self.observe_identity(kind, value, violation, violations.max(1), &mut outcomes)
+            if let (Some(value), 1..) = (value, n) {
+                self.observe_identity(kind, value.clone(), violation, n, &mut outcomes)
                     .await;
             }
         }
@@ -310,4 +313,85 @@ pub fn local_fallback<C: Clock>(clock: C) -> MemoryStore<C> {
         NonZeroUsize::new(200_000).unwrap_or(NonZeroUsize::MIN),
         clock,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::Source;
+    use ratewarden_core::clock::SystemClock;
+
+    fn violation(user: &str) -> Violation {
+        Violation {
+            at_nanos: 1_700_000_000_000_000_000,
+            client_ip: "192.0.2.7".parse().expect("address"),
+            client_network: "192.0.2.7".into(),
+            user: Some(user.into()),
+            api_key_id: None,
+            authenticated: true,
+            rules: vec!["api".into()],
+            source: Source::Gateway,
+            method: "GET".into(),
+            path: "/".into(),
+            user_agent: None,
+        }
+    }
+
+    /// Each outcome in a word: `alert ip 192.0.2.7 5`, `warning user alice`.
+    fn summary(outcomes: &[Outcome]) -> Vec<String> {
+        outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Outcome::Alert(a) => format!(
+                    "alert {} {} {}",
+                    a.identity.as_str(),
+                    a.identity_value,
+                    a.violations
+                ),
+                Outcome::Warning {
+                    identity, value, ..
+                } => format!("warning {} {value}", identity.as_str()),
+                Outcome::Suppressed { .. } => "suppressed".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_address_counts_every_violation_and_each_user_only_its_own() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let tracker = Tracker::new(
+            local_fallback(SystemClock::new()),
+            local_fallback(SystemClock::new()),
+            AbuseSettings {
+                window: Duration::from_secs(3600),
+                alert_after: 3,
+                cooldown: Duration::from_secs(600),
+                track: vec![IdentityKind::Ip, IdentityKind::User],
+                count_upstream_429: true,
+                instance: "test".into(),
+                sink_queue: 10,
+            },
+        )
+        .expect("tracker");
+        // One batch from 192.0.2.7: alice once, bob four times.
+        let alice = runtime.block_on(tracker.observe(&violation("alice"), 5, 1));
+        assert_eq!(
+            summary(&alice),
+            [
+                "warning ip 192.0.2.7",
+                "warning ip 192.0.2.7",
+                "alert ip 192.0.2.7 5",
+                "warning user alice"
+            ]
+        );
+        let bob = runtime.block_on(tracker.observe(&violation("bob"), 0, 4));
+        assert_eq!(
+            summary(&bob),
+            ["warning user bob", "warning user bob", "alert user bob 4"],
+            "the address is not counted again"
+        );
+    }
 }

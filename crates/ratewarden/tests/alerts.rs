@@ -511,3 +511,65 @@ fn the_upstreams_own_429s_count_too() {
     assert_eq!(alert["identity_value"], "127.0.0.11");
     assert_eq!(alert["rules"], serde_json::json!([]));
 }
+
+/// Users behind one address (an office's NAT) are counted each on their own: a user
+/// who violated once is never blamed for another user's violations from the same
+/// address, and the address is counted for all of them.
+#[test]
+fn users_behind_one_address_are_counted_each_on_their_own() {
+    let upstream = Upstream::start();
+    let webhook = Receiver::start(200, Duration::ZERO);
+    let gw = Gateway::start(&config(upstream.port, webhook.port, free_port(), "10m", ""));
+    let as_user = |user: &'static str| vec![("X-User-Id", user)];
+    // Within one flush of the violation counts (500 ms), as in a real burst.
+    let mut statuses = vec![gw.get("127.0.0.21", "/api/a", &as_user("alice")).status];
+    statuses.push(gw.get("127.0.0.21", "/api/a", &as_user("alice")).status);
+    for _ in 0..4 {
+        statuses.push(gw.get("127.0.0.21", "/api/b", &as_user("bob")).status);
+    }
+    assert_eq!(statuses, [200, 429, 429, 429, 429, 429]);
+    eventually("two alerts", Duration::from_secs(10), || {
+        webhook.alerts().len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let alerts = webhook.alerts();
+    let pseudonyms =
+        ratewarden_detect::privacy::Pseudonymiser::new(b"test-privacy-secret-0123456789");
+    let (alice, bob) = (
+        pseudonyms.pseudonym("user", "alice"),
+        pseudonyms.pseudonym("user", "bob"),
+    );
+    let mut raised: Vec<(&str, &str)> = alerts
+        .iter()
+        .map(|a| {
+            (
+                a["identity"].as_str().unwrap(),
+                a["identity_value"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    raised.sort_unstable();
+    assert_eq!(
+        raised,
+        [("ip", "127.0.0.21"), ("user", bob.as_str())],
+        "alice violated once: a warning, not an alert; alerts: {alerts:?}"
+    );
+    let count = |identity: &str| {
+        alerts.iter().find(|a| a["identity"] == identity).unwrap()["violations"]
+            .as_u64()
+            .unwrap()
+    };
+    // Counted in batches: an alert comes with the 3rd violation or the batch holding it.
+    assert!((3..=5).contains(&count("ip")), "{alerts:?}");
+    assert!(
+        (3..=4).contains(&count("user")),
+        "bob's own four: {alerts:?}"
+    );
+    let bobs = alerts.iter().find(|a| a["identity"] == "user").unwrap();
+    assert_eq!(bobs["user"], bob.as_str(), "described by bob's own request");
+    assert_eq!(bobs["path"], "/api/b");
+    assert!(
+        gw.log().contains(&alice),
+        "alice's one violation is warned about under her own pseudonym"
+    );
+}

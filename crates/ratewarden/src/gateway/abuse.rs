@@ -14,7 +14,8 @@ use ratewarden_core::clock::SystemClock;
 use ratewarden_detect::sinks::{LogSink, NamedSink, SentrySink, WebhookSink};
 use ratewarden_detect::tracker::local_fallback;
 use ratewarden_detect::{
-    AlertMetrics, Alerting, Pseudonymiser, Sanitiser, Sink, Source, Tracker, Violation,
+    AlertMetrics, Alerting, IdentityKind, Pseudonymiser, Sanitiser, Sink, Source, Tracker,
+    Violation,
 };
 use ratewarden_store::redis::RedisStore;
 use ratewarden_store::{Check, Decisions, MemoryStore, Store, StoreError};
@@ -94,7 +95,13 @@ pub struct AbuseReporter {
     user_header: Option<HeaderName>,
     api_key_header: Option<HeaderName>,
     count_upstream: bool,
-    /// Hashes a client's network into the key its violations are coalesced under.
+    /// Whether user ids are counted (`[abuse] clients` has "user"): then they tell a
+    /// network's violations apart.
+    tracks_users: bool,
+    /// Whether API keys are, likewise.
+    tracks_keys: bool,
+    /// Hashes a client's network into the key its violations are coalesced under,
+    /// and its user id and API key into the identity they are counted for.
     batch_keys: BatchKeys,
     /// Sentry clients, flushed at shutdown.
     sentry_sinks: Vec<SentrySink>,
@@ -164,6 +171,8 @@ impl AbuseReporter {
             user_header: config.user_header.clone(),
             api_key_header: config.api_key_header.clone(),
             count_upstream: config.settings.count_upstream_429,
+            tracks_users: config.settings.track.contains(&IdentityKind::User),
+            tracks_keys: config.settings.track.contains(&IdentityKind::ApiKey),
             batch_keys: BatchKeys::new(),
             sentry_sinks,
         })
@@ -215,9 +224,9 @@ impl AbuseReporter {
 
     /// Reports a 429 from `client`, limited by `rules`, for the request `head` gives.
     /// In a flood the client's batch is usually pending already: then only a counter
-    /// moves, and neither `head` nor `rules` is called. Otherwise the request's details
-    /// are copied (bounded) for the description, which is built when the batch is
-    /// counted.
+    /// moves, and `rules` is not called (nor `head`, unless user ids or API keys are
+    /// tracked). Otherwise the request's details are copied (bounded) for the
+    /// description, which is built when the batch is counted.
     pub fn report(
         &self,
         head: impl FnOnce() -> RequestHead,
@@ -226,19 +235,32 @@ impl AbuseReporter {
         rules: impl FnOnce() -> Vec<String>,
         source: Source,
     ) {
-        // Coalesced by network: a client rotating user or key headers must not be able
-        // to fill the pending map (and push other clients' violations out). Keyed with
-        // this process's random seeds (see `BatchKeys`).
+        // Coalesced by network, each network's batch counting a few identities apart:
+        // a client rotating user or key headers must not be able to fill the pending
+        // map (and push other clients' violations out). Keyed with this process's
+        // random seeds (see `BatchKeys`).
         let key = self.batch_keys.of(network);
-        if self.alerting.report_repeat(key, source) {
+        let open = |identity: u32, head: &RequestHead| {
+            let (kept, rules) = (Kept::of(head), rules());
+            let describer = self.describer.clone();
+            let at_nanos = unix_nanos();
+            self.alerting.report(key, identity, source, move || {
+                describer.violation(kept, at_nanos, client, network, rules, source)
+            });
+        };
+        if !self.tracks_users && !self.tracks_keys {
+            if !self.alerting.report_repeat(key, 0, source) {
+                open(0, &head());
+            }
             return;
         }
-        let (kept, rules) = (Kept::of(&head()), rules());
-        let describer = self.describer.clone();
-        let at_nanos = unix_nanos();
-        self.alerting.report(key, source, move || {
-            describer.violation(kept, at_nanos, client, network, rules, source)
-        });
+        let head = head();
+        let user = self.tracks_users.then_some(head.user.as_ref()).flatten();
+        let api_key = self.tracks_keys.then_some(head.api_key.as_ref()).flatten();
+        let identity = self.batch_keys.identity(user, api_key);
+        if !self.alerting.report_repeat(key, identity, source) {
+            open(identity, &head);
+        }
     }
 }
 
@@ -272,6 +294,19 @@ impl BatchKeys {
             IpNet::V6(n) => (n.network().to_bits(), n.prefix_len()).hash(&mut hasher),
         }
         hasher.finish()
+    }
+
+    /// Which user id and API key (those tracked) a violation is counted for: equal
+    /// values, equal identities. 32 bits are enough to tell apart the few identities
+    /// of one network's batch; two that share a value anyway are counted as one.
+    fn identity(&self, user: Option<&HeaderValue>, api_key: Option<&HeaderValue>) -> u32 {
+        if user.is_none() && api_key.is_none() {
+            return 0;
+        }
+        let mut hasher = FoldHasher::with_seed(self.seed, &self.shared);
+        user.map(HeaderValue::as_bytes).hash(&mut hasher);
+        api_key.map(HeaderValue::as_bytes).hash(&mut hasher);
+        (hasher.finish() >> 32) as u32
     }
 }
 
@@ -356,5 +391,28 @@ mod tests {
         let other = BatchKeys::new();
         let network: IpNet = "10.0.0.7/32".parse().expect("network");
         assert_ne!(keys.of(network), other.of(network));
+    }
+
+    #[test]
+    fn identities_tell_users_and_keys_apart() {
+        let keys = BatchKeys::new();
+        let value = HeaderValue::from_static;
+        let (alice, bob) = (value("alice"), value("bob"));
+        assert_eq!(keys.identity(None, None), 0, "no identity tracked");
+        assert_eq!(
+            keys.identity(Some(&alice), None),
+            keys.identity(Some(&value("alice")), None)
+        );
+        let distinct: std::collections::HashSet<u32> = [
+            keys.identity(None, None),
+            keys.identity(Some(&alice), None),
+            keys.identity(Some(&bob), None),
+            keys.identity(None, Some(&alice)),
+            keys.identity(Some(&alice), Some(&bob)),
+            keys.identity(Some(&bob), Some(&alice)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(distinct.len(), 6, "a user is not a key of the same value");
     }
 }
