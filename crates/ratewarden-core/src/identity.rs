@@ -135,28 +135,59 @@ pub fn client_address<'a>(
             via_trusted_proxy: false,
         };
     }
-    // Entries from all header lines, in order; walked from the right.
-    let entries: Vec<&[u8]> = values.flat_map(|v| v.split(|&b| b == b',')).collect();
     let mut client = peer;
+    walk_vouched(header, values, trusted, |ip| client = ip);
+    ClientAddress {
+        ip: client,
+        spoofed_forwarding: false,
+        via_trusted_proxy: true,
+    }
+}
+
+/// The addresses a request from `peer` passed through that the gateway can vouch for,
+/// in `X-Forwarded-For` order: the client as [`client_address`] identifies it, each
+/// trusted proxy between it and the peer, and the peer. What a client wrote to the left
+/// of its own address (anything, from anyone) is not among them; from a peer that is
+/// not a trusted proxy, only the peer is.
+pub fn vouched_chain<'a>(
+    peer: IpAddr,
+    header: ForwardingHeader,
+    values: impl IntoIterator<Item = &'a [u8]>,
+    trusted: &TrustedProxies,
+) -> Vec<IpAddr> {
+    let peer = canonical_ip(peer);
+    let mut chain = vec![peer];
+    if trusted.contains(peer) {
+        walk_vouched(header, values, trusted, |ip| chain.push(ip));
+    }
+    chain.reverse();
+    chain
+}
+
+/// Walks the forwarding header a trusted peer sent from the right, calling `visit` with
+/// each address up to and including the first that is not trusted; an entry that is no
+/// address (`unknown`, `_hidden`, junk) ends the walk before it.
+fn walk_vouched<'a>(
+    header: ForwardingHeader,
+    values: impl IntoIterator<Item = &'a [u8]>,
+    trusted: &TrustedProxies,
+    mut visit: impl FnMut(IpAddr),
+) {
+    // Entries from all header lines, in order; walked from the right.
+    let entries: Vec<&[u8]> = values
+        .into_iter()
+        .flat_map(|v| v.split(|&b| b == b','))
+        .collect();
     for entry in entries.iter().rev() {
         let parsed = match header {
             ForwardingHeader::XForwardedFor => parse_address(trim(entry)),
             ForwardingHeader::Forwarded => forwarded_for(entry).and_then(parse_address),
         };
-        match parsed {
-            Some(ip) => {
-                client = ip;
-                if !trusted.contains(ip) {
-                    break;
-                }
-            }
-            None => break,
+        let Some(ip) = parsed else { break };
+        visit(ip);
+        if !trusted.contains(ip) {
+            break;
         }
-    }
-    ClientAddress {
-        ip: client,
-        spoofed_forwarding: false,
-        via_trusted_proxy: true,
     }
 }
 
@@ -410,6 +441,82 @@ mod tests {
             }
             for header in [ForwardingHeader::XForwardedFor, ForwardingHeader::Forwarded] {
                 let _ = client_address(ip("10.0.0.1"), header, [value.as_slice()], &proxies);
+                let _ = vouched_chain(ip("10.0.0.1"), header, [value.as_slice()], &proxies);
+            }
+        }
+    }
+
+    fn chain(peer: &str, values: &[&str], proxies: &TrustedProxies) -> Vec<String> {
+        vouched_chain(
+            ip(peer),
+            ForwardingHeader::XForwardedFor,
+            values.iter().map(|v| v.as_bytes()),
+            proxies,
+        )
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+
+    #[test]
+    fn the_vouched_chain_runs_from_the_client_to_the_peer() {
+        let proxies = trusted(&["10.0.0.0/8"]);
+        // What the client wrote left of itself is dropped; the peer is appended.
+        assert_eq!(
+            chain("10.0.0.1", &["6.6.6.6, 203.0.113.7, 10.1.1.1"], &proxies),
+            ["203.0.113.7", "10.1.1.1", "10.0.0.1"]
+        );
+        // Several header lines are one list; mapped addresses are IPv4.
+        assert_eq!(
+            chain(
+                "::ffff:10.0.0.1",
+                &["203.0.113.7", "::ffff:10.1.1.1"],
+                &proxies
+            ),
+            ["203.0.113.7", "10.1.1.1", "10.0.0.1"]
+        );
+        // Junk ends the walk at the last readable hop.
+        assert_eq!(
+            chain("10.0.0.1", &["203.0.113.7, unknown, 10.1.1.1"], &proxies),
+            ["10.1.1.1", "10.0.0.1"]
+        );
+        // From an untrusted peer, the peer alone.
+        assert_eq!(
+            chain("198.51.100.2", &["203.0.113.7, 10.1.1.1"], &proxies),
+            ["198.51.100.2"]
+        );
+        assert_eq!(chain("10.0.0.1", &[], &proxies), ["10.0.0.1"]);
+        let forwarded = vouched_chain(
+            ip("10.0.0.1"),
+            ForwardingHeader::Forwarded,
+            [br#"for=6.6.6.6, for="[2001:db8::17]:4711";proto=https"#.as_slice()],
+            &proxies,
+        );
+        assert_eq!(forwarded, [ip("2001:db8::17"), ip("10.0.0.1")]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_vouched_chain_starts_at_the_identified_client_and_ends_at_the_peer(
+            peer in 0_u8..4,
+            entries in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "10.0.0.1", "10.0.0.2", "203.0.113.7", "[2001:db8::1]:80", "unknown",
+                    "::ffff:10.0.0.3", "junk", " 198.51.100.9 ", "",
+                ]),
+                0..6,
+            ),
+        ) {
+            let proxies = trusted(&["10.0.0.0/8"]);
+            let peer = ["10.0.0.9", "203.0.113.1", "::ffff:10.0.0.8", "2001:db8::2"][usize::from(peer)];
+            let value = entries.join(",");
+            for header in [ForwardingHeader::XForwardedFor, ForwardingHeader::Forwarded] {
+                let client = client_address(ip(peer), header, [value.as_bytes()], &proxies);
+                let chain = vouched_chain(ip(peer), header, [value.as_bytes()], &proxies);
+                proptest::prop_assert_eq!(chain.first().copied(), Some(client.ip));
+                proptest::prop_assert_eq!(chain.last().copied(), Some(canonical_ip(ip(peer))));
+                // Everything after the client is a trusted proxy.
+                proptest::prop_assert!(chain[1..].iter().all(|&hop| proxies.contains(hop)));
             }
         }
     }

@@ -139,9 +139,11 @@ fn a_trusted_proxy_chain_is_honoured() {
             .collect();
         assert_eq!(statuses, [200, 200, 429], "{client}");
     }
+    // The upstream hears the chain the proxies vouch for, our peer appended; the
+    // address the client wrote left of its own is dropped.
     assert_eq!(
         upstream.last_forwarded_for().as_deref(),
-        Some("203.0.113.2")
+        Some("203.0.113.2, 127.0.0.9, 127.0.0.4")
     );
     // A trusted proxy (a CDN) is trusted with the other client address headers too.
     assert!(

@@ -328,11 +328,16 @@ impl Upstream {
             is_gateway_only_or_client_address
         };
         strip_headers(&mut parts.headers, gateway_only);
-        let address = match client.ip {
-            IpAddr::V4(v4) => HeaderValue::from_str(DottedQuad::new(v4).as_str()),
-            IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()),
+        // Through trusted proxies: the chain from the client to our peer (see
+        // `VouchedChain`). Else the client, who is our peer.
+        let forwarded_for = match parts.extensions.remove::<VouchedChain>() {
+            Some(chain) => Ok(chain.0),
+            None => match client.ip {
+                IpAddr::V4(v4) => HeaderValue::from_str(DottedQuad::new(v4).as_str()),
+                IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()),
+            },
         };
-        if let Ok(v) = address {
+        if let Ok(v) = forwarded_for {
             parts.headers.insert(&X_FORWARDED_FOR, v);
         }
         if let Some(challenge) = parts.extensions.remove::<Challenge>() {
@@ -375,6 +380,14 @@ pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 
 /// The header that tells the upstream to challenge a login (CAPTCHA, second factor).
 pub static CHALLENGE: HeaderName = HeaderName::from_static("x-ratewarden-challenge");
+
+/// A request extension, on requests that came through trusted proxies: the
+/// `X-Forwarded-For` the upstream should get. It is what the proxies vouch for, with our
+/// peer appended (`client, proxy1, proxy2`): the entries a client wrote left of its own
+/// address are dropped, so an upstream that reads the leftmost entry, or counts its
+/// proxies from the right, finds the client the rules saw.
+#[derive(Clone, Debug)]
+pub struct VouchedChain(pub HeaderValue);
 
 /// A request extension: the value of [`CHALLENGE`] the upstream should get. Whatever
 /// the client sent in that header is always removed first.

@@ -1,7 +1,7 @@
 //! One request, start to finish: refuse what cannot be read, identify the client,
 //! evaluate the policy, ask the store once, then answer or forward.
 
-use super::forward::X_FORWARDED_FOR;
+use super::forward::{VouchedChain, X_FORWARDED_FOR};
 use super::limiter::Verdict;
 use super::login;
 use super::rate_limit_headers::{self, RuleOutcome};
@@ -14,7 +14,9 @@ use http::header::HOST;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use ratewarden_core::clock::Clock;
-use ratewarden_core::identity::{client_address, client_network, ForwardingHeader};
+use ratewarden_core::identity::{
+    client_address, client_network, vouched_chain, ForwardingHeader, TrustedProxies,
+};
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, RequestFacts, Rule};
 use ratewarden_core::threat::{Observation, RequestOutcome};
@@ -30,7 +32,7 @@ type Few<T> = smallvec::SmallVec<[T; 4]>;
 pub async fn handle(
     worker: &Worker,
     peer: SocketAddr,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<Body> {
     let (gateway, upstream) = (&*worker.gateway, &*worker.upstream);
     let metrics = &gateway.metrics;
@@ -47,7 +49,6 @@ pub async fn handle(
     // Transfer-Encoding and Content-Length come, it drops the length, reads the chunked
     // body and closes the connection after answering (RFC 9112, section 6.3), so no
     // second request can hide in the first one's body.
-    let headers = request.headers();
     let path = match CanonicalPath::parse(request.uri().path()) {
         Ok(p) => p,
         Err(e) => return refuse("bad_path", &format!("unreadable path: {e}")),
@@ -59,12 +60,17 @@ pub async fn handle(
     let client = client_address(
         peer.ip(),
         forwarding,
-        headers
+        request
+            .headers()
             .get_all(forwarding_header(forwarding))
             .iter()
             .map(|v| v.as_bytes()),
         &clients.trusted_proxies,
     );
+    if client.via_trusted_proxy {
+        vouch_for_the_chain(&mut request, peer, forwarding, &clients.trusted_proxies);
+    }
+    let headers = request.headers();
     if client.spoofed_forwarding {
         metrics.spoofed_forwarding.inc();
     }
@@ -428,6 +434,37 @@ fn delay_for(enforced: &[&(&Rule, String)], decisions: &Decisions) -> std::time:
         }
     }
     wait.to_duration()
+}
+
+/// Tells the upstream request which `X-Forwarded-For` to carry: the chain the trusted
+/// proxies vouch for, ending with our peer (see [`VouchedChain`]). Out of the hot path:
+/// most gateways' peers are the clients themselves.
+#[cold]
+#[inline(never)]
+fn vouch_for_the_chain(
+    request: &mut Request<Incoming>,
+    peer: SocketAddr,
+    forwarding: ForwardingHeader,
+    trusted: &TrustedProxies,
+) {
+    let chain = vouched_chain(
+        peer.ip(),
+        forwarding,
+        request
+            .headers()
+            .get_all(forwarding_header(forwarding))
+            .iter()
+            .map(|v| v.as_bytes()),
+        trusted,
+    );
+    let text = chain
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(value) = http::HeaderValue::from_str(&text) {
+        request.extensions_mut().insert(VouchedChain(value));
+    }
 }
 
 /// The forwarding header's name, parsed once: a lookup by text would parse it again on
