@@ -15,10 +15,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use ratewarden_core::clock::Clock;
 use ratewarden_core::identity::{
-    client_address, client_network, vouched_chain, ForwardingHeader, TrustedProxies,
+    client_address, client_network, vouched_chain, ClientAddress, ForwardingHeader,
 };
 use ratewarden_core::path::CanonicalPath;
-use ratewarden_core::policy::{Action, RequestFacts, Rule};
+use ratewarden_core::policy::{Action, ClientPolicy, RequestFacts, Rule};
 use ratewarden_core::threat::{Observation, RequestOutcome};
 use ratewarden_core::Limit;
 use ratewarden_detect::Source;
@@ -67,9 +67,6 @@ pub async fn handle(
             .map(|v| v.as_bytes()),
         &clients.trusted_proxies,
     );
-    if client.via_trusted_proxy {
-        vouch_for_the_chain(&mut request, peer, forwarding, &clients.trusted_proxies);
-    }
     let headers = request.headers();
     if client.spoofed_forwarding {
         metrics.spoofed_forwarding.inc();
@@ -92,6 +89,7 @@ pub async fn handle(
     };
     if allow_listed {
         metrics.allow_listed.inc();
+        vouch_for_the_chain(&mut request, client, peer, clients);
         return Box::pin(upstream.forward(request, client, metrics)).await;
     }
     let network = client_network(client.ip, clients.ipv6_prefix);
@@ -193,6 +191,7 @@ pub async fn handle(
             for (rule, _) in &enforced {
                 worker.count(rule, "unchecked");
             }
+            vouch_for_the_chain(&mut request, client, peer, clients);
             return Box::pin(upstream.forward(request, client, metrics)).await;
         }
         Verdict::Refused(retry_after) => {
@@ -346,6 +345,7 @@ pub async fn handle(
         .filter(|a| a.counts_upstream() || login_route.is_some())
         .map(|a| a.head(&request));
     let trigger = defended.as_ref().map(|_| trigger(&request, client.ip));
+    vouch_for_the_chain(&mut request, client, peer, clients);
     let (mut response, login) = match login_route.zip(gateway.logins.as_ref()) {
         Some((route, guard)) => {
             let address = client_label(client.ip, network);
@@ -436,17 +436,25 @@ fn delay_for(enforced: &[&(&Rule, String)], decisions: &Decisions) -> std::time:
     wait.to_duration()
 }
 
-/// Tells the upstream request which `X-Forwarded-For` to carry: the chain the trusted
-/// proxies vouch for, ending with our peer (see [`VouchedChain`]). Out of the hot path:
-/// most gateways' peers are the clients themselves.
-#[cold]
-#[inline(never)]
+/// For a request about to be forwarded that came through trusted proxies, tells the
+/// upstream request which `X-Forwarded-For` to carry: the chain the proxies vouch for,
+/// ending with our peer (see [`VouchedChain`]). Only then: a 429 is not forwarded.
+#[inline]
 fn vouch_for_the_chain(
     request: &mut Request<Incoming>,
+    client: ClientAddress,
     peer: SocketAddr,
-    forwarding: ForwardingHeader,
-    trusted: &TrustedProxies,
+    clients: &ClientPolicy,
 ) {
+    if client.via_trusted_proxy {
+        attach_vouched_chain(request, peer, clients);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn attach_vouched_chain(request: &mut Request<Incoming>, peer: SocketAddr, clients: &ClientPolicy) {
+    let forwarding = clients.forwarding_header;
     let chain = vouched_chain(
         peer.ip(),
         forwarding,
@@ -455,7 +463,7 @@ fn vouch_for_the_chain(
             .get_all(forwarding_header(forwarding))
             .iter()
             .map(|v| v.as_bytes()),
-        trusted,
+        &clients.trusted_proxies,
     );
     let text = chain
         .iter()
