@@ -123,15 +123,15 @@ pub struct ClientAddress {
 pub fn client_address<'a>(
     peer: IpAddr,
     header: ForwardingHeader,
-    values: impl IntoIterator<Item = &'a [u8]>,
+    values: impl IntoIterator<Item = &'a [u8], IntoIter: DoubleEndedIterator>,
     trusted: &TrustedProxies,
 ) -> ClientAddress {
     let peer = canonical_ip(peer);
-    let mut values = values.into_iter().peekable();
+    let mut values = values.into_iter();
     if !trusted.contains(peer) {
         return ClientAddress {
             ip: peer,
-            spoofed_forwarding: values.peek().is_some(),
+            spoofed_forwarding: values.next().is_some(),
             via_trusted_proxy: false,
         };
     }
@@ -152,7 +152,7 @@ pub fn client_address<'a>(
 pub fn vouched_chain<'a>(
     peer: IpAddr,
     header: ForwardingHeader,
-    values: impl IntoIterator<Item = &'a [u8]>,
+    values: impl IntoIterator<Item = &'a [u8], IntoIter: DoubleEndedIterator>,
     trusted: &TrustedProxies,
 ) -> Vec<IpAddr> {
     let peer = canonical_ip(peer);
@@ -169,16 +169,17 @@ pub fn vouched_chain<'a>(
 /// address (`unknown`, `_hidden`, junk) ends the walk before it.
 fn walk_vouched<'a>(
     header: ForwardingHeader,
-    values: impl IntoIterator<Item = &'a [u8]>,
+    values: impl IntoIterator<Item = &'a [u8], IntoIter: DoubleEndedIterator>,
     trusted: &TrustedProxies,
     mut visit: impl FnMut(IpAddr),
 ) {
-    // Entries from all header lines, in order; walked from the right.
-    let entries: Vec<&[u8]> = values
+    // Entries of all header lines as one list, from the right; read in place (no list
+    // is built: this runs for every request that comes through a proxy).
+    let entries = values
         .into_iter()
-        .flat_map(|v| v.split(|&b| b == b','))
-        .collect();
-    for entry in entries.iter().rev() {
+        .rev()
+        .flat_map(|v| v.rsplit(|&b| b == b','));
+    for entry in entries {
         let parsed = match header {
             ForwardingHeader::XForwardedFor => parse_address(trim(entry)),
             ForwardingHeader::Forwarded => forwarded_for(entry).and_then(parse_address),
