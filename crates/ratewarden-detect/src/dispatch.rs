@@ -190,6 +190,9 @@ struct Lane {
 struct LaneBatches {
     counts: HashMap<u64, Tally, ClientKeys>,
     opened: HashMap<u64, Opened, ClientKeys>,
+    /// The clients a flush takes, listed before they are taken: kept from flush to
+    /// flush (see [`count_forever`] on why).
+    due_clients: Vec<u64>,
 }
 
 /// A batch's first identity and its count.
@@ -306,22 +309,31 @@ impl LaneBatches {
     }
 
     /// The batches to count at `now`: every one when `all`, else those not waiting.
-    fn take_due(&mut self, now: Instant, all: bool) -> Vec<(u64, Pending)> {
-        let due: Vec<u64> = self
-            .opened
-            .iter()
-            .filter(|(_, o)| all || o.not_before.is_none_or(|t| t <= now))
-            .map(|(&client, _)| client)
-            .collect();
-        let taken = due
-            .into_iter()
-            .filter_map(|client| self.take(client).map(|p| (client, p)))
-            .collect();
+    /// Hands each batch to count at `now` to `into` (every one when `all`, else those
+    /// not waiting) and says how many it handed.
+    fn take_due(&mut self, now: Instant, all: bool, mut into: impl FnMut(u64, Pending)) -> usize {
+        let mut due = std::mem::take(&mut self.due_clients);
+        due.clear();
+        due.extend(
+            self.opened
+                .iter()
+                .filter(|(_, o)| all || o.not_before.is_none_or(|t| t <= now))
+                .map(|(&client, _)| client),
+        );
+        let mut taken = 0;
+        for &client in &due {
+            if let Some(batch) = self.take(client) {
+                into(client, batch);
+                taken += 1;
+            }
+        }
         // After a flood, give back what it made the maps grow to.
         if self.counts.capacity() > 4 * self.counts.len().max(1024) {
             self.counts.shrink_to(2 * self.counts.len());
             self.opened.shrink_to(2 * self.opened.len());
+            due.shrink_to(2 * self.counts.len());
         }
+        self.due_clients = due;
         taken
     }
 }
@@ -413,29 +425,24 @@ impl Waiting {
     /// Takes the batches to count now, merged per client across lanes: those not
     /// waiting, and every one of a [crowded](CROWDED) lane. Each identity in the merged
     /// batch keeps the description of the first lane that saw it.
-    fn due(&self, now: Instant) -> HashMap<u64, Pending, ClientKeys> {
+    fn due(&self, now: Instant, due: &mut HashMap<u64, Pending, ClientKeys>) {
         for shard in &self.quiet {
             shard.lock().retain(|_, until| *until > now);
         }
-        let mut due: HashMap<u64, Pending, ClientKeys> = HashMap::default();
         for lane in &self.lanes {
             let mut pending = lane.pending.lock();
             let crowded = pending.len() >= CROWDED;
-            let taken = pending.take_due(now, crowded);
-            drop(pending);
-            self.total.fetch_sub(taken.len(), Ordering::Relaxed);
-            for (client, batch) in taken {
-                match due.entry(client) {
-                    std::collections::hash_map::Entry::Occupied(mut first) => {
-                        first.get_mut().merge(batch);
-                    }
-                    std::collections::hash_map::Entry::Vacant(slot) => {
-                        slot.insert(batch);
-                    }
+            let taken = pending.take_due(now, crowded, |client, batch| match due.entry(client) {
+                std::collections::hash_map::Entry::Occupied(mut first) => {
+                    first.get_mut().merge(batch);
                 }
-            }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(batch);
+                }
+            });
+            drop(pending);
+            self.total.fetch_sub(taken, Ordering::Relaxed);
         }
-        due
     }
 }
 
@@ -590,9 +597,22 @@ async fn count_forever<S: Store, C: Clock>(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut ticks = tokio::time::interval(FLUSH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The batches of one flush. Kept, with the lanes' lists of due clients, from flush
+    // to flush: in a flood, a flush's 10,000 batches made these grow afresh each time,
+    // on memory the allocator had handed back to the system since the last one, and
+    // the page faults were a fifth of alerting's CPU (perf, 10,000-client flood).
+    let mut due: HashMap<u64, Pending, ClientKeys> = HashMap::default();
+    // The most batches a recent flush held, decaying by a sixteenth a flush: when the
+    // map is far larger (some 20 s after a flood), its memory is given back.
+    let mut recent_peak = 0_usize;
     loop {
         ticks.tick().await;
-        for (client, p) in waiting.due(Instant::now()) {
+        waiting.due(Instant::now(), &mut due);
+        recent_peak = due.len().max(recent_peak - recent_peak / 16);
+        if due.capacity() > 4 * recent_peak.max(1024) {
+            due.shrink_to(2 * recent_peak);
+        }
+        for (client, p) in due.drain() {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 return;
             };
@@ -681,8 +701,10 @@ async fn deliver_forever(
         metrics.delivery_counter(&name, "sent"),
         metrics.delivery_counter(&name, "failed"),
     );
+    let mut alerts = Vec::new();
     loop {
-        let alerts = outlet.pop_up_to(sink.batch()).await;
+        alerts.clear();
+        outlet.pop_up_to(sink.batch(), &mut alerts).await;
         let delivery = sink.deliver(&alerts).await;
         sent.inc_by(delivery.sent);
         if let Some((n, error)) = delivery.failed {
@@ -732,6 +754,13 @@ mod tests {
         waiting.total.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// What a flush would count now.
+    fn due_of(waiting: &Waiting, now: Instant) -> HashMap<u64, Pending, ClientKeys> {
+        let mut due = HashMap::default();
+        waiting.due(now, &mut due);
+        due
+    }
+
     fn waiting_in_all_lanes(waiting: &Waiting) -> usize {
         waiting.lanes.iter().map(|l| l.pending.lock().len()).sum()
     }
@@ -754,7 +783,7 @@ mod tests {
             .lock()
             .insert(2, now + Duration::from_secs(3));
         waiting.quiet_shard(4).lock().insert(4, now);
-        assert_eq!(sorted_keys(&waiting.due(now)), [1, 3]);
+        assert_eq!(sorted_keys(&due_of(&waiting, now)), [1, 3]);
         assert!(
             waiting.lanes[1].pending.lock().counts.contains_key(&2),
             "still waiting"
@@ -766,7 +795,7 @@ mod tests {
             .flat_map(|shard| shard.lock().keys().copied().collect::<Vec<_>>())
             .collect();
         assert_eq!(quiet, [2], "expired entries go");
-        let later = waiting.due(now + Duration::from_secs(3));
+        let later = due_of(&waiting, now + Duration::from_secs(3));
         assert_eq!(sorted_keys(&later), [2]);
         assert_eq!(waiting_in_all_lanes(&waiting), 0);
     }
@@ -782,7 +811,7 @@ mod tests {
         // Another lane, not crowded: its batches keep waiting.
         open(&waiting, 4, CROWDED as u64, pending(later));
         assert_eq!(
-            waiting.due(now).len(),
+            due_of(&waiting, now).len(),
             CROWDED,
             "a crowded lane: all its batches are counted"
         );
@@ -796,7 +825,7 @@ mod tests {
         for (lane, count) in [(0, 3), (5, 4), (15, 1)] {
             open(&waiting, lane, 42, by(0, count, None));
         }
-        let due = waiting.due(Instant::now());
+        let due = due_of(&waiting, Instant::now());
         assert_eq!(sorted_keys(&due), [42]);
         assert_eq!(counts_by_identity(&due[&42]), [(0, 8)]);
         assert_eq!(due[&42].total(), 8);
@@ -820,7 +849,7 @@ mod tests {
         });
         second_lane.unattributed = 5;
         open(&waiting, 5, 42, second_lane);
-        let due = waiting.due(Instant::now());
+        let due = due_of(&waiting, Instant::now());
         assert_eq!(counts_by_identity(&due[&42]), [(1, 3), (2, 5), (3, 2)]);
         assert_eq!(due[&42].unattributed, 5);
         assert_eq!(due[&42].total(), 15);
@@ -842,7 +871,7 @@ mod tests {
         assert_eq!(alerting.waiting.total.load(Ordering::Relaxed), 1);
         // Once the batch's room is taken, other identities need no description.
         assert!(alerting.report_repeat(7, 99, Source::Gateway));
-        let due = alerting.waiting.due(Instant::now());
+        let due = due_of(&alerting.waiting, Instant::now());
         let batch = &due[&7];
         let expected: Vec<(u32, u32)> = (1..=IDENTITIES_PER_BATCH as u32)
             .map(|identity| (identity, 3))
@@ -862,11 +891,16 @@ mod tests {
         let mut lane = LaneBatches::default();
         lane.open(1, by(10, 1, Some(now + Duration::from_secs(3))));
         assert_eq!(lane.repeat(1, 10), Repeat::Counted);
-        assert!(lane.take_due(now, false).is_empty(), "quiet: it waits");
+        let take_due = |lane: &mut LaneBatches| {
+            let mut due = Vec::new();
+            lane.take_due(now, false, |client, batch| due.push((client, batch)));
+            due
+        };
+        assert!(take_due(&mut lane).is_empty(), "quiet: it waits");
         assert_eq!(lane.repeat(1, 11), Repeat::NewIdentity);
         lane.add_identity(1, 11, undescribed());
         assert_eq!(lane.repeat(1, 11), Repeat::Counted);
-        let due = lane.take_due(now, false);
+        let due = take_due(&mut lane);
         assert_eq!(due.len(), 1, "another identity may be alerted on at once");
         assert_eq!(counts_by_identity(&due[0].1), [(10, 2), (11, 2)]);
     }
@@ -909,7 +943,7 @@ mod tests {
             }
         });
         assert_eq!(alerting.from_gateway.get(), THREADS * CLIENTS * ROUNDS);
-        let due = alerting.waiting.due(Instant::now());
+        let due = due_of(&alerting.waiting, Instant::now());
         assert_eq!(due.len() as u64, CLIENTS);
         let counted: u64 = due.values().map(|p| u64::from(p.total())).sum();
         assert_eq!(
@@ -940,7 +974,7 @@ mod tests {
         // A client already waiting is still counted in full.
         alerting.report(0, 0, Source::Gateway, describe);
         assert_eq!(alerting.dropped.get(), 10);
-        let due = alerting.waiting.due(Instant::now());
+        let due = due_of(&alerting.waiting, Instant::now());
         assert_eq!(due.len(), MAX_PENDING);
         assert_eq!(due[&0].total(), 2);
         // The flush made room again.

@@ -71,14 +71,16 @@ impl<T: Urgency> BoundedQueue<T> {
         }
     }
 
-    /// The oldest items, at most `max` (at least one), waiting for the first: what
-    /// queued up while the consumer was busy comes out at once, and nothing waits for
-    /// a batch to fill.
-    pub async fn pop_up_to(&self, max: usize) -> Vec<T> {
+    /// Moves the oldest items, at most `max` (at least one), to the end of `batch`,
+    /// waiting for the first: what queued up while the consumer was busy comes out at
+    /// once, and nothing waits for a batch to fill. The consumer keeps `batch` from one
+    /// call to the next, so a flood's batches reuse its memory.
+    pub async fn pop_up_to(&self, max: usize, batch: &mut Vec<T>) {
         let first = self.pop().await;
         let mut items = self.items.lock();
         let more = items.len().min(max.saturating_sub(1));
-        std::iter::once(first).chain(items.drain(..more)).collect()
+        batch.push(first);
+        batch.extend(items.drain(..more));
     }
 
     /// Items held now.
@@ -130,9 +132,13 @@ mod tests {
         }
         let q = &q;
         let pop = |max| async move {
-            let batch = tokio::time::timeout(std::time::Duration::from_secs(5), q.pop_up_to(max))
-                .await
-                .expect("items were there: no waiting");
+            let mut batch = Vec::new();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                q.pop_up_to(max, &mut batch),
+            )
+            .await
+            .expect("items were there: no waiting");
             batch.into_iter().map(|i| i.1).collect::<Vec<u32>>()
         };
         assert_eq!(pop(3).await, [1, 2, 3]);
