@@ -199,6 +199,61 @@ fn a_held_attempt_is_delayed_then_forwarded() {
 }
 
 #[test]
+fn a_full_hold_queue_answers_503_at_once_without_blaming_the_client() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = std::sync::Arc::new(Gateway::start(
+        &config(
+            &app,
+            r#"progressive_delay = { after = 1, base = "2s", max = "5s" }"#,
+            "",
+        )
+        .replacen("[server]\n", "[server]\nmax_delayed = 1\n", 1),
+    ));
+    assert_eq!(gw.login("127.0.5.9", "gina", "a").status, 401);
+    // Two more attempts at once: the first is held for the delay, and takes the only
+    // place; the second finds none.
+    let handles: Vec<_> = (0..2_u64)
+        .map(|i| {
+            let gw = gw.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300 * i));
+                let started = Instant::now();
+                (gw.login("127.0.5.9", "gina", "b"), started.elapsed())
+            })
+        })
+        .collect();
+    let answers: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .collect();
+    let (held, held_for) = &answers[0];
+    assert_eq!(held.status, 401, "held, then forwarded: {}", held.body);
+    assert!(*held_for >= Duration::from_millis(1500), "{held_for:?}");
+    let (refused, refused_after) = &answers[1];
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        *refused_after < Duration::from_secs(1),
+        "refused at once, not held: {refused_after:?}"
+    );
+    assert!(retry_after(refused) >= 1);
+    assert!(
+        refused.body.contains("delay_queue_full"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            r#"ratewarden_login_attempts_total{login="web_login",result="delay_queue_full"}"#
+        ),
+        1.0
+    );
+    // The refusal was the gateway's capacity, not the account's conduct: the right
+    // password still goes through (held while a delay runs).
+    assert_eq!(gw.login("127.0.5.9", "gina", GOOD_PASSWORD).status, 200);
+}
+
+#[test]
 fn the_challenge_header_comes_only_from_the_gateway() {
     let app = LoginApp::start(Duration::ZERO);
     let gw = Gateway::start(&config(&app, "challenge_after = 2", ""));
