@@ -309,7 +309,7 @@ impl LaneBatches {
     }
 
     /// The batches to count at `now`: every one when `all`, else those not waiting.
-    /// Hands each batch to count at `now` to `into` (every one when `all`, else those
+    /// Hands the batches to count at `now` to `into` (every one when `all`, else those
     /// not waiting) and says how many it handed.
     fn take_due(&mut self, now: Instant, all: bool, mut into: impl FnMut(u64, Pending)) -> usize {
         let mut due = std::mem::take(&mut self.due_clients);
@@ -397,12 +397,31 @@ impl std::hash::Hasher for ClientKey {
     }
 }
 
+/// A client whose every counted identity was in its alert cooldown at its last count:
+/// until when its next batch may wait, and for which of its identities that holds. A
+/// batch that another identity opens (a user not seen before behind the same address)
+/// is counted at the next flush: nothing is known to keep that one quiet.
+#[derive(Clone, Copy, Debug)]
+struct Quiet {
+    until: Instant,
+    identities: [u32; IDENTITIES_PER_BATCH],
+    known: u8,
+}
+
+impl Quiet {
+    fn covers(&self, identity: u32) -> bool {
+        self.identities[..usize::from(self.known)].contains(&identity)
+    }
+}
+
+/// A shard of the quiet clients.
+type QuietShard = Mutex<HashMap<u64, Quiet, ClientKeys>>;
+
 /// Where violations wait to be counted, shared by the request path and the flush.
 struct Waiting {
     lanes: Vec<Lane>,
-    /// Clients whose every identity was in its alert cooldown at their last count, and
-    /// until when their next batch may wait; sharded by client.
-    quiet: Vec<Mutex<HashMap<u64, Instant, ClientKeys>>>,
+    /// Quiet clients, sharded by client.
+    quiet: Vec<QuietShard>,
     /// Batches waiting in all lanes.
     total: AtomicUsize,
 }
@@ -416,32 +435,67 @@ impl Waiting {
         }
     }
 
-    fn quiet_shard(&self, client: u64) -> &Mutex<HashMap<u64, Instant, ClientKeys>> {
+    fn quiet_shard(&self, client: u64) -> &QuietShard {
         // From the middle bits: the maps place keys by their low bits and tag them
         // with their top ones, which must stay varied within a shard.
         &self.quiet[((client >> 32) % SHARDS as u64) as usize]
     }
 
-    /// Takes the batches to count now, merged per client across lanes: those not
-    /// waiting, and every one of a [crowded](CROWDED) lane. Each identity in the merged
-    /// batch keeps the description of the first lane that saw it.
-    fn due(&self, now: Instant, due: &mut HashMap<u64, Pending, ClientKeys>) {
+    /// Takes the batches to count now into `flush`, merged per client across lanes:
+    /// those not waiting, and every one of a [crowded](CROWDED) lane. Each identity in
+    /// the merged batch keeps the description of the first lane that saw it.
+    fn due(&self, now: Instant, flush: &mut Flush) {
         for shard in &self.quiet {
-            shard.lock().retain(|_, until| *until > now);
+            shard.lock().retain(|_, quiet| quiet.until > now);
         }
         for lane in &self.lanes {
             let mut pending = lane.pending.lock();
             let crowded = pending.len() >= CROWDED;
-            let taken = pending.take_due(now, crowded, |client, batch| match due.entry(client) {
-                std::collections::hash_map::Entry::Occupied(mut first) => {
-                    first.get_mut().merge(batch);
-                }
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(batch);
-                }
+            let taken = pending.take_due(now, crowded, |client, batch| {
+                flush.taken.push((client, batch));
             });
+            // Merged after the lane is unlocked: its thread may be reporting.
             drop(pending);
             self.total.fetch_sub(taken, Ordering::Relaxed);
+            for (client, batch) in flush.taken.drain(..) {
+                match flush.batches.entry(client) {
+                    std::collections::hash_map::Entry::Occupied(mut first) => {
+                        first.get_mut().merge(batch);
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(batch);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What one flush counts, and the memory it keeps from flush to flush: in a flood, a
+/// flush's 10,000 batches made its map grow afresh each time, on memory the allocator
+/// had handed back to the system since the last one, and the page faults were a fifth
+/// of alerting's CPU (perf, 10,000-client flood).
+#[derive(Default)]
+struct Flush {
+    /// The batches, merged per client.
+    batches: HashMap<u64, Pending, ClientKeys>,
+    /// One lane's batches, taken under its lock and merged after.
+    taken: Vec<(u64, Pending)>,
+    /// The most batches a recent flush held, decaying by a sixteenth a flush.
+    recent_peak: usize,
+}
+
+impl Flush {
+    /// Gives memory back when the map is far larger than recent flushes needed: some
+    /// 8 s after a flood. A flood of quiet clients, counted every 5 s, keeps it.
+    fn fit(&mut self) {
+        self.recent_peak = self
+            .batches
+            .len()
+            .max(self.recent_peak - self.recent_peak / 16);
+        if self.batches.capacity() > 4 * self.recent_peak.max(1024) {
+            self.batches.shrink_to(2 * self.recent_peak);
+            self.taken.shrink_to(2 * self.recent_peak);
         }
     }
 }
@@ -540,7 +594,8 @@ impl Alerting {
             .quiet_shard(client)
             .lock()
             .get(&client)
-            .copied();
+            .filter(|quiet| quiet.covers(identity))
+            .map(|quiet| quiet.until);
         pending.open(
             client,
             Pending {
@@ -597,22 +652,12 @@ async fn count_forever<S: Store, C: Clock>(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut ticks = tokio::time::interval(FLUSH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The batches of one flush. Kept, with the lanes' lists of due clients, from flush
-    // to flush: in a flood, a flush's 10,000 batches made these grow afresh each time,
-    // on memory the allocator had handed back to the system since the last one, and
-    // the page faults were a fifth of alerting's CPU (perf, 10,000-client flood).
-    let mut due: HashMap<u64, Pending, ClientKeys> = HashMap::default();
-    // The most batches a recent flush held, decaying by a sixteenth a flush: when the
-    // map is far larger (some 20 s after a flood), its memory is given back.
-    let mut recent_peak = 0_usize;
+    let mut flush = Flush::default();
     loop {
         ticks.tick().await;
-        waiting.due(Instant::now(), &mut due);
-        recent_peak = due.len().max(recent_peak - recent_peak / 16);
-        if due.capacity() > 4 * recent_peak.max(1024) {
-            due.shrink_to(2 * recent_peak);
-        }
-        for (client, p) in due.drain() {
+        waiting.due(Instant::now(), &mut flush);
+        flush.fit();
+        for (client, p) in flush.batches.drain() {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 return;
             };
@@ -625,23 +670,41 @@ async fn count_forever<S: Store, C: Clock>(
             tokio::spawn(async move {
                 let cooldown = tracker.settings().cooldown;
                 let mut quiet_for = None::<Duration>;
-                // The network is counted once for every violation of the batch (with
-                // its first identity's description), each identity for its own.
-                let mut network = p.total();
-                for described in std::iter::once(p.first).chain(p.others) {
+                // The network is counted once for every violation of the batch, with
+                // the description of the identity that committed most of them; each
+                // identity for its own.
+                let network = p.total();
+                let most = std::iter::once(&p.first)
+                    .chain(&p.others)
+                    .enumerate()
+                    .max_by_key(|&(i, d)| (d.count, std::cmp::Reverse(i)))
+                    .map_or(0, |(i, _)| i);
+                let mut identities = [0; IDENTITIES_PER_BATCH];
+                let mut known = 0_u8;
+                for (i, described) in std::iter::once(p.first).chain(p.others).enumerate() {
+                    identities[usize::from(known)] = described.identity;
+                    known += 1;
                     let violation = (described.describe)();
                     let own = described.count;
+                    let network = if i == most { network } else { 0 };
                     for outcome in tracker.observe(&violation, network, own).await {
                         let quiet = outcome.quiet_for(cooldown);
                         quiet_for = Some(quiet_for.map_or(quiet, |q| q.min(quiet)));
                         emit(outcome, &violation, &tracker, &outlets, &metrics);
                     }
-                    network = 0;
                 }
                 if let Some(wait) = quiet_for.and_then(quiet_wait) {
                     let mut quiet = waiting.quiet_shard(client).lock();
                     if quiet.len() < MAX_QUIET {
-                        quiet.insert(client, Instant::now() + wait);
+                        let until = Instant::now() + wait;
+                        quiet.insert(
+                            client,
+                            Quiet {
+                                until,
+                                identities,
+                                known,
+                            },
+                        );
                     }
                 }
                 drop(permit);
@@ -756,9 +819,21 @@ mod tests {
 
     /// What a flush would count now.
     fn due_of(waiting: &Waiting, now: Instant) -> HashMap<u64, Pending, ClientKeys> {
-        let mut due = HashMap::default();
-        waiting.due(now, &mut due);
-        due
+        let mut flush = Flush::default();
+        waiting.due(now, &mut flush);
+        assert!(flush.taken.is_empty());
+        flush.batches
+    }
+
+    /// Quiet until `until` for the identities given.
+    fn quiet(until: Instant, identities: &[u32]) -> Quiet {
+        let mut quiet = Quiet {
+            until,
+            identities: [0; IDENTITIES_PER_BATCH],
+            known: identities.len() as u8,
+        };
+        quiet.identities[..identities.len()].copy_from_slice(identities);
+        quiet
     }
 
     fn waiting_in_all_lanes(waiting: &Waiting) -> usize {
@@ -781,8 +856,8 @@ mod tests {
         waiting
             .quiet_shard(2)
             .lock()
-            .insert(2, now + Duration::from_secs(3));
-        waiting.quiet_shard(4).lock().insert(4, now);
+            .insert(2, quiet(now + Duration::from_secs(3), &[0]));
+        waiting.quiet_shard(4).lock().insert(4, quiet(now, &[0]));
         assert_eq!(sorted_keys(&due_of(&waiting, now)), [1, 3]);
         assert!(
             waiting.lanes[1].pending.lock().counts.contains_key(&2),
@@ -883,6 +958,26 @@ mod tests {
         );
         assert_eq!(batch.total(), 61, "every violation counted for the network");
         assert_eq!(alerting.from_gateway.get(), 61);
+    }
+
+    #[test]
+    fn only_the_identities_known_to_be_quiet_wait() {
+        let alerting = bare_alerting();
+        let now = Instant::now();
+        let later = now + Duration::from_secs(3);
+        for client in [5, 6] {
+            alerting
+                .waiting
+                .quiet_shard(client)
+                .lock()
+                .insert(client, quiet(later, &[1, 2]));
+        }
+        let describe = || unreachable!("not described in this test");
+        // Client 5's batch is opened by a quiet identity, client 6's by a new one.
+        alerting.report(5, 2, Source::Gateway, describe);
+        alerting.report(6, 3, Source::Gateway, describe);
+        assert_eq!(sorted_keys(&due_of(&alerting.waiting, now)), [6]);
+        assert_eq!(sorted_keys(&due_of(&alerting.waiting, later)), [5]);
     }
 
     #[test]

@@ -569,7 +569,13 @@ fn users_behind_one_address_are_counted_each_on_their_own() {
     assert_eq!(bobs["user"], bob.as_str(), "described by bob's own request");
     assert_eq!(bobs["path"], "/api/b");
     assert!(
-        gw.log().contains(&alice),
+        gw.log()
+            .lines()
+            .any(|l| l.contains("rate limit violation") && l.contains(&alice)),
         "alice's one violation is warned about under her own pseudonym"
     );
+    // The address's alert is described by the user who committed most of its
+    // violations.
+    let address = alerts.iter().find(|a| a["identity"] == "ip").unwrap();
+    assert_eq!(address["user"], bob.as_str());
 }

@@ -296,17 +296,24 @@ impl BatchKeys {
         hasher.finish()
     }
 
-    /// Which user id and API key (those tracked) a violation is counted for: equal
-    /// values, equal identities. 32 bits are enough to tell apart the few identities
-    /// of one network's batch; two that share a value anyway are counted as one.
+    /// Which user id and API key (those tracked) a violation is counted for: values
+    /// that the alert would show as one pseudonym (the same first bytes, blanks around
+    /// them aside) are one identity. 32 bits are enough to tell apart the few
+    /// identities of one network's batch; two that share a value anyway are counted as
+    /// one. 0 is no identity at all.
     fn identity(&self, user: Option<&HeaderValue>, api_key: Option<&HeaderValue>) -> u32 {
+        fn as_named(value: Option<&HeaderValue>) -> Option<&[u8]> {
+            let bytes = value?.as_bytes();
+            Some(bytes[..bytes.len().min(KEPT)].trim_ascii()).filter(|v| !v.is_empty())
+        }
+        let (user, api_key) = (as_named(user), as_named(api_key));
         if user.is_none() && api_key.is_none() {
             return 0;
         }
         let mut hasher = FoldHasher::with_seed(self.seed, &self.shared);
-        user.map(HeaderValue::as_bytes).hash(&mut hasher);
-        api_key.map(HeaderValue::as_bytes).hash(&mut hasher);
-        (hasher.finish() >> 32) as u32
+        user.hash(&mut hasher);
+        api_key.hash(&mut hasher);
+        ((hasher.finish() >> 32) as u32).max(1)
     }
 }
 
@@ -399,9 +406,11 @@ mod tests {
         let value = HeaderValue::from_static;
         let (alice, bob) = (value("alice"), value("bob"));
         assert_eq!(keys.identity(None, None), 0, "no identity tracked");
+        assert_eq!(keys.identity(Some(&value("  ")), None), 0, "a blank one");
         assert_eq!(
             keys.identity(Some(&alice), None),
-            keys.identity(Some(&value("alice")), None)
+            keys.identity(Some(&value(" alice ")), None),
+            "one pseudonym, one identity"
         );
         let distinct: std::collections::HashSet<u32> = [
             keys.identity(None, None),
