@@ -345,7 +345,10 @@ const SHARDS: usize = 16;
 /// Batches waiting for the next flush, over all lanes; beyond, violations that would
 /// open a batch are dropped (and counted) until the flush. Every request thread may
 /// see every client of a flood, so a client can hold a batch in each lane: this is
-/// room for 20,000 clients on three request threads.
+/// room for 20,000 clients on three request threads. A batch holds up to
+/// [`IDENTITIES_PER_BATCH`] descriptions (each a few hundred bytes to 2 KB), but a
+/// description is only added to a batch that is counted at the next flush, so what
+/// they hold is bounded by the requests of one flush interval as much as by this.
 const MAX_PENDING: usize = 60_000;
 /// A lane this full has all its batches counted at the next flush, waiting or not, so
 /// waiting batches never crowd out new clients.
