@@ -60,11 +60,7 @@ pub async fn handle(
     let client = client_address(
         peer.ip(),
         forwarding,
-        request
-            .headers()
-            .get_all(forwarding_header(forwarding))
-            .iter()
-            .map(|v| v.as_bytes()),
+        forwarding_values(request.headers(), forwarding),
         &clients.trusted_proxies,
     );
     let headers = request.headers();
@@ -460,11 +456,7 @@ fn attach_vouched_chain(request: &mut Request<Incoming>, peer: SocketAddr, clien
     let chain = vouched_chain(
         peer.ip(),
         forwarding,
-        request
-            .headers()
-            .get_all(forwarding_header(forwarding))
-            .iter()
-            .map(|v| v.as_bytes()),
+        forwarding_values(request.headers(), forwarding),
         &clients.trusted_proxies,
     );
     let mut text = String::with_capacity(chain.len() * 17);
@@ -482,6 +474,17 @@ fn attach_vouched_chain(request: &mut Request<Incoming>, peer: SocketAddr, clien
     if let Ok(value) = http::HeaderValue::try_from(text) {
         request.extensions_mut().insert(VouchedChain(value));
     }
+}
+
+/// The values of the forwarding header, in the order received.
+fn forwarding_values(
+    headers: &http::HeaderMap,
+    forwarding: ForwardingHeader,
+) -> impl DoubleEndedIterator<Item = &[u8]> {
+    headers
+        .get_all(forwarding_header(forwarding))
+        .iter()
+        .map(|v| v.as_bytes())
 }
 
 /// The forwarding header's name, parsed once: a lookup by text would parse it again on
