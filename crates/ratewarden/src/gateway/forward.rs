@@ -383,9 +383,9 @@ pub static CHALLENGE: HeaderName = HeaderName::from_static("x-ratewarden-challen
 
 /// A request extension, on requests that came through trusted proxies: the
 /// `X-Forwarded-For` the upstream should get. It is what the proxies vouch for, with our
-/// peer appended (`client, proxy1, proxy2`): the entries a client wrote left of its own
-/// address are dropped, so an upstream that reads the leftmost entry, or counts its
-/// proxies from the right, finds the client the rules saw.
+/// peer appended (`client, proxy1, proxy2`): the entries left of the identified client
+/// are dropped, so an upstream that reads the leftmost entry, or counts its proxies
+/// from the right, finds the client the rules saw.
 #[derive(Clone, Debug)]
 pub struct VouchedChain(pub HeaderValue);
 
