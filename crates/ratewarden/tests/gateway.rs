@@ -157,6 +157,27 @@ fn a_trusted_proxy_chain_is_honoured() {
 }
 
 #[test]
+fn an_allow_listed_client_behind_a_proxy_reaches_the_upstream_with_the_chain() {
+    let dir = support::temp_dir();
+    std::fs::write(dir.join("allow.txt"), "203.0.113.50\n").expect("write allow list");
+    let (gw, upstream) = start(&format!(
+        "[clients]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[reputation]\nallow = [\"{}\"]\n{AUTH_RULES}",
+        dir.join("allow.txt").display()
+    ));
+    let reply = gw.get(
+        "127.0.0.4",
+        "/api/v1/auth/x",
+        &[("X-Forwarded-For", "6.6.6.6, 203.0.113.50, 127.0.0.9")],
+    );
+    assert_eq!(reply.status, 200);
+    assert!(gw.metrics().contains("ratewarden_allow_listed_total 1"));
+    assert_eq!(
+        upstream.last_forwarded_for().as_deref(),
+        Some("203.0.113.50, 127.0.0.9, 127.0.0.4")
+    );
+}
+
+#[test]
 fn every_spelling_of_a_limited_path_is_limited() {
     let (gw, _upstream) = start(AUTH_RULES);
     let variants = [
