@@ -489,8 +489,9 @@ struct Flush {
 }
 
 impl Flush {
-    /// Gives memory back when the map is far larger than recent flushes needed: some
-    /// 8 s after a flood. A flood of quiet clients, counted every 5 s, keeps it.
+    /// Gives memory back when the map is far larger than recent flushes needed: by the
+    /// decay, some 16 flushes (8 s) after a flood of 10,000 clients. A flood of quiet
+    /// clients, counted every 5 s, keeps it.
     fn fit(&mut self) {
         self.recent_peak = self
             .batches
@@ -685,8 +686,11 @@ async fn count_forever<S: Store, C: Clock>(
                 let mut identities = [0; IDENTITIES_PER_BATCH];
                 let mut known = 0_u8;
                 for (i, described) in std::iter::once(p.first).chain(p.others).enumerate() {
-                    identities[usize::from(known)] = described.identity;
-                    known += 1;
+                    // At most IDENTITIES_PER_BATCH by construction (`Pending::add`).
+                    if let Some(slot) = identities.get_mut(usize::from(known)) {
+                        *slot = described.identity;
+                        known += 1;
+                    }
                     let violation = (described.describe)();
                     let own = described.count;
                     let network = if i == most { network } else { 0 };
