@@ -44,20 +44,7 @@ LUA
 gateway() { # name abuse-section [binary] -> "port admin"
   local port admin
   port=$(free_port); admin=$(free_port)
-  cat >"$WORK/$1.toml" <<CONF
-[server]
-listen = "127.0.0.1:$port"
-upstream = "http://127.0.0.1:$RECEIVER"
-admin_listen = "127.0.0.1:$admin"
-[clients]
-trusted_proxies = ["127.0.0.1/32"]
-[[rules]]
-name = "api"
-match = { path_prefix = "/api/" }
-rate = "1/h"
-burst = 1
-$2
-CONF
+  bench_flood_toml "$WORK/$1.toml" "$port" "$admin" "$RECEIVER" "$2"
   RUST_LOG=warn "${3:-target/release/ratewarden}" serve --config "$WORK/$1.toml" >/dev/null 2>&1 &
   echo $! >"$WORK/$1.pid"
   wait_port "$port"; wait_port "$admin"
@@ -76,18 +63,8 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 cpu_per_request() { # ticks requests
   python3 -c "print(f'{$1 * 1e6 / $(getconf CLK_TCK) / $2:.1f}')"
 }
-metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($0, m) == 1 {print $NF}' | head -1; }
 
-ABUSE="
-[abuse]
-window = \"1h\"
-alert_after = 3
-cooldown = \"10m\"
-[[alerts]]
-kind = \"webhook\"
-url = \"http://127.0.0.1:$RECEIVER/hooks\"
-[[alerts]]
-kind = \"log\""
+ABUSE=$(bench_abuse_section "$RECEIVER")
 
 # Milliseconds of CPU the alerting threads of process PID used: the main runtime's
 # workers, where alerting runs (requests are served on threads of their own).
@@ -124,11 +101,11 @@ round() { # index of the set-up to start with
     printf -v "CPU_$setup" '%s' "$(cpu_per_request "$(cpu_ticks "$pid")" "$requests")"
     printf -v "ALERTING_$setup" '%s' "$(alerting_ms "$pid")"
     if [ "$setup" = on ]; then
-      METRICS="$(metric "$admin" 'ratewarden_abuse_violations_total{source="gateway"}')"
-      METRICS+=" | $(metric "$admin" 'ratewarden_abuse_violations_dropped_total')"
-      METRICS+=" | $(metric "$admin" 'ratewarden_abuse_alerts_raised_total') |"
+      METRICS="$(bench_metric "$admin" 'ratewarden_abuse_violations_total{source="gateway"}')"
+      METRICS+=" | $(bench_metric "$admin" 'ratewarden_abuse_violations_dropped_total')"
+      METRICS+=" | $(bench_metric "$admin" 'ratewarden_abuse_alerts_raised_total') |"
       for outcome in sent dropped failed; do
-        METRICS+=" $(metric "$admin" "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\",outcome=\"$outcome\"}") /"
+        METRICS+=" $(bench_metric "$admin" "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\",outcome=\"$outcome\"}") /"
       done
       METRICS="${METRICS% /}"
     fi

@@ -27,41 +27,6 @@ bench_workdir
 UPSTREAM=$(free_port)
 ok_nginx "$UPSTREAM"
 
-# Sends N GETs over 10 keep-alive connections; prints the status counts.
-cat >"$WORK/client.py" <<'PY'
-import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-request = b"GET /api/items HTTP/1.1\r\nHost: api.test\r\nUser-Agent: bench\r\n\r\n"
-conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
-pending = [b""] * len(conns)
-statuses = {}
-def answer(i):
-    buf = pending[i]
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            head = buf[:end].decode("latin-1").split("\r\n")
-            length = next((int(l.split(":", 1)[1]) for l in head[1:]
-                           if l.lower().startswith("content-length:")), 0)
-            if len(buf) >= end + 4 + length:
-                pending[i] = buf[end + 4 + length:]
-                return head[0].split(" ")[1]
-        data = conns[i].recv(65536)
-        if not data:
-            sys.exit("connection closed")
-        buf += data
-sent = 0
-while sent < n:
-    batch = min(len(conns), n - sent)
-    for i in range(batch):
-        conns[i].sendall(request)
-    for i in range(batch):
-        status = answer(i)
-        statuses[status] = statuses.get(status, 0) + 1
-    sent += batch
-print(" ".join(f"{k}:{v}" for k, v in sorted(statuses.items())))
-PY
-
 # count LABEL PORT COMMAND... -> "LABEL|instructions per request|statuses"
 count() {
   local label=$1 port=$2
@@ -71,10 +36,10 @@ count() {
   local pid=$!
   echo "$pid" >"$WORK/$port.pid"
   for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  python3 "$WORK/client.py" "$port" 500 >/dev/null
+  python3 scripts/bench_requests.py "$port" 500 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   local statuses
-  statuses=$(python3 "$WORK/client.py" "$port" "$REQUESTS")
+  statuses=$(python3 scripts/bench_requests.py "$port" "$REQUESTS")
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -INT "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true

@@ -74,3 +74,44 @@ rate = "$4"
 burst = $5
 CONF
 }
+
+# Writes FILE: the alerting benches' gateway on 127.0.0.1:PORT (admin on ADMIN) in front
+# of 127.0.0.1:UPSTREAM. Every request comes through a trusted proxy (127.0.0.1) naming
+# its client in X-Forwarded-For, and each client is admitted once an hour, so a flood
+# is nearly all 429s. EXTRA (the [abuse] section, or nothing) is appended.
+bench_flood_toml() { # file port admin upstream extra
+  cat >"$1" <<CONF
+[server]
+listen = "127.0.0.1:$2"
+upstream = "http://127.0.0.1:$4"
+admin_listen = "127.0.0.1:$3"
+[clients]
+trusted_proxies = ["127.0.0.1/32"]
+[[rules]]
+name = "api"
+match = { path_prefix = "/api/" }
+rate = "1/h"
+burst = 1
+$5
+CONF
+}
+
+# The [abuse] section of "alerting on": an alert at a client's 3rd violation, one per
+# client per 10 minutes, to a webhook at 127.0.0.1:RECEIVER and to the log.
+bench_abuse_section() { # receiver port
+  cat <<CONF
+[abuse]
+window = "1h"
+alert_after = 3
+cooldown = "10m"
+[[alerts]]
+kind = "webhook"
+url = "http://127.0.0.1:$1/hooks"
+[[alerts]]
+kind = "log"
+CONF
+}
+
+# The value of the first sample of METRIC (a name with its labels, as printed) on the
+# admin port ADMIN.
+bench_metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($0, m) == 1 {print $NF}' | head -1; }
