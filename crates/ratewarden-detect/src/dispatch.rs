@@ -27,8 +27,10 @@ use prometheus_client::registry::Registry;
 use ratewarden_core::clock::Clock;
 use ratewarden_store::Store;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 // The flush ticks' own clock (tokio's): waits are counted in ticks, not decisions.
 use tokio::time::Instant;
@@ -671,7 +673,7 @@ async fn count_forever<S: Store, C: Clock>(
                 metrics.clone(),
                 waiting.clone(),
             );
-            tokio::spawn(async move {
+            let mut batch = Box::pin(async move {
                 let cooldown = tracker.settings().cooldown;
                 let mut quiet_for = None::<Duration>;
                 // The network is counted once for every violation of the batch, with
@@ -716,6 +718,13 @@ async fn count_forever<S: Store, C: Clock>(
                 }
                 drop(permit);
             });
+            // Counted in memory, a batch never waits: it is done here, without a task
+            // of its own. One that waits (on Redis) goes on as a task, so the batches
+            // after it need not wait for it.
+            let counted = std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await;
+            if counted.is_pending() {
+                tokio::spawn(batch);
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 mod support;
 
 use ratewarden_detect::privacy::hmac_hex;
+use ratewarden_testkit::RedisServer;
 use std::time::{Duration, Instant};
 use support::{eventually, free_port, Gateway, Receiver, Upstream};
 
@@ -578,4 +579,46 @@ fn users_behind_one_address_are_counted_each_on_their_own() {
     // violations.
     let address = alerts.iter().find(|a| a["identity"] == "ip").unwrap();
     assert_eq!(address["user"], bob.as_str());
+}
+
+/// Several instances agree: on one Redis, a client's violations at either instance
+/// add up to one count, and one cooldown holds for both. (Counting in Redis waits on
+/// the network, so this also runs the batches that go on as tasks of their own.)
+#[test]
+fn two_instances_on_one_redis_count_a_client_together_and_alert_once() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start();
+    let webhook = Receiver::start(200, Duration::ZERO);
+    let sentry = Receiver::start(200, Duration::ZERO);
+    let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
+    let config = || config(upstream.port, webhook.port, sentry.port, "1h", &store);
+    let (a, b) = (Gateway::start(&config()), Gateway::start(&config()));
+    let client = "127.0.0.31";
+    let warnings = |gw: &Gateway| gw.log().matches("rate limit violation").count();
+    // The limiter's counters are shared too: one admission in all.
+    assert_eq!(a.get(client, "/api/x", &[]).status, 200);
+    for _ in 0..2 {
+        assert_eq!(a.get(client, "/api/x", &[]).status, 429);
+    }
+    eventually("two warnings at a", Duration::from_secs(5), || {
+        warnings(&a) >= 2
+    });
+    // The third violation, at the other instance: the alert.
+    assert_eq!(b.get(client, "/api/x", &[]).status, 429);
+    eventually("the alert", Duration::from_secs(5), || {
+        !webhook.alerts().is_empty()
+    });
+    assert_eq!(warnings(&b), 0, "b counted a 3rd violation, not a 1st");
+    // More at both, within the shared cooldown: counted, never alerted.
+    for gw in [&a, &b, &a, &b] {
+        assert_eq!(gw.get(client, "/api/x", &[]).status, 429);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let alerts = webhook.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["identity"], "ip");
+    assert_eq!(alerts[0]["identity_value"], client);
+    assert_eq!(alerts[0]["violations"], 3);
+    assert_eq!(warnings(&a), 2);
+    assert_eq!(warnings(&b), 0);
 }

@@ -11,6 +11,7 @@ use foldhash::SharedSeed;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use ipnet::IpNet;
 use ratewarden_core::clock::SystemClock;
+use ratewarden_core::identity::DottedQuad;
 use ratewarden_detect::sinks::{LogSink, NamedSink, SentrySink, WebhookSink};
 use ratewarden_detect::tracker::local_fallback;
 use ratewarden_detect::{
@@ -340,10 +341,9 @@ impl Describer {
             }
             Some(self.pseudonyms.as_ref()?.pseudonym(kind, value))
         };
-        let network = if client.is_ipv4() {
-            client.to_string()
-        } else {
-            network.to_string()
+        let network = match client {
+            IpAddr::V4(v4) => DottedQuad::new(v4).as_str().to_owned(),
+            IpAddr::V6(_) => network.to_string(),
         };
         Violation {
             at_nanos,
