@@ -2,10 +2,13 @@
 # What abuse alerting costs, in user-space instructions counted by valgrind's callgrind:
 # the gateway of scripts/bench-alerts.sh (every request through a trusted proxy, one
 # admitted per client per hour) under a flood from CLIENTS addresses, alerting off and
-# on. All threads are counted, alerting's included: the "on" count is taken after the
-# last alert was delivered and the waiting batches were flushed. Unlike the
-# throughput ratio of bench-alerts.sh, the figure does not move with the machine's
-# noise; it counts no kernel work and no waiting, so it complements that ratio.
+# on. All threads are counted, alerting's included: after the requests, both runs wait
+# alike (metrics polled every 2 s until every raised alert has been delivered and the
+# count holds still, then 6 s more, for batches of quiet clients, which wait up to 5 s)
+# before the count is taken. It moves much less with the machine's noise than the
+# throughput ratio of bench-alerts.sh (how a client's violations fall into batches
+# still depends on timing: a few hundred instructions per request between runs); it
+# counts no kernel work and no waiting, so it complements that ratio.
 #
 #   scripts/bench-alert-instructions.sh [CLIENTS] [REQUESTS_PER_CLIENT] [BINARY]
 #
@@ -17,6 +20,7 @@
 # share of the work is larger here than in the wrk flood, where the same client is
 # seen many times between two flushes. The ratio is an upper bound of alerting's cost.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
 . scripts/common.sh
@@ -24,6 +28,7 @@ CLIENTS=${1:-10000}
 PER_CLIENT=${2:-10}
 BINARY=${3:-target/release/ratewarden}
 REQUESTS=$((CLIENTS * PER_CLIENT))
+[ "$CLIENTS" -ge 1 ] && [ "$CLIENTS" -le 65536 ] || { echo "CLIENTS: 1 to 65536" >&2; exit 2; }
 ensure nginx valgrind -- nginx valgrind
 [ -n "${3:-}" ] || cargo build -q --release -p ratewarden
 bench_workdir
@@ -31,18 +36,37 @@ bench_workdir
 RECEIVER=$(free_port)
 ok_nginx "$RECEIVER"
 
-deliveries() { # admin port -> "raised sent dropped failed"
-  local out outcome
-  out=$(bench_metric "$1" ratewarden_abuse_alerts_raised_total)
-  for outcome in sent dropped failed; do
-    out+=" $(bench_metric "$1" "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\",outcome=\"$outcome\"}")"
+deliveries() { # admin port -> "raised sent dropped failed" (0 for a metric not there)
+  curl -s "http://127.0.0.1:$1/metrics" | awk '
+    $1 == "ratewarden_abuse_alerts_raised_total" {r = $2}
+    index($1, "ratewarden_abuse_alert_deliveries_total{sink=\"webhook\"") == 1 {
+      if ($1 ~ /outcome="sent"/) s = $2; else if ($1 ~ /outcome="dropped"/) d = $2; else if ($1 ~ /outcome="failed"/) f = $2
+    }
+    END {print r + 0, s + 0, d + 0, f + 0}'
+}
+
+# Until every raised alert has left the webhook's queue and the figures held still
+# for two polls; three minutes at most. Then 6 s for the batches of quiet clients.
+settle() { # admin port -> "raised sent dropped failed"
+  local alerts previous="" raised sent dropped failed settled=0
+  for _ in $(seq 90); do
+    sleep 2
+    alerts=$(deliveries "$1")
+    read -r raised sent dropped failed <<<"$alerts"
+    if [ "$alerts" = "$previous" ] && [ "$raised" = "$((sent + dropped + failed))" ]; then
+      settled=1
+      break
+    fi
+    previous=$alerts
   done
-  echo "$out"
+  [ "$settled" = 1 ] || echo "warning: alert deliveries still moving after 3 minutes" >&2
+  sleep 6
+  deliveries "$1"
 }
 
 # count SETUP EXTRA -> "instructions per request|statuses|raised sent dropped failed"
 count() {
-  local port admin pid out statuses alerts="- - - -" previous="" raised sent dropped failed
+  local port admin pid out statuses alerts
   port=$(free_port); admin=$(free_port)
   bench_flood_toml "$WORK/$1.toml" "$port" "$admin" "$RECEIVER" "$2"
   out="$WORK/callgrind.$1"
@@ -52,33 +76,28 @@ count() {
   echo "$pid" >"$WORK/$1.pid"
   for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   wait_port "$admin"
+  # Warm-up from addresses outside the flood's, one request each: nothing to alert on.
+  python3 scripts/bench_requests.py "$port" 500 500 10.1 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   statuses=$(python3 scripts/bench_requests.py "$port" "$REQUESTS" "$CLIENTS")
-  if [ -n "$2" ]; then
-    # Until every raised alert has left the webhook's queue and the count has held
-    # still for two polls (batches of quiet clients wait up to 5 s before they are
-    # counted); three minutes at most.
-    for _ in $(seq 90); do
-      sleep 2
-      alerts=$(deliveries "$admin")
-      read -r raised sent dropped failed <<<"$alerts"
-      [ "$alerts" = "$previous" ] && [ "$raised" = "$((${sent:-0} + ${dropped:-0} + ${failed:-0}))" ] && break
-      previous=$alerts
-    done
-    sleep 6
-    alerts=$(deliveries "$admin")
-  fi
+  local answered
+  answered=$(tr ' ' '\n' <<<"$statuses" | awk -F: '{n += $2} END {print n + 0}')
+  [ "$answered" = "$REQUESTS" ] || { echo "$1: $answered answers to $REQUESTS requests" >&2; exit 1; }
+  alerts=$(settle "$admin")
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -INT "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   # Every dump after the zeroing, all threads.
   local total
   total=$(cat "$out".* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s + 0}')
+  [ "$total" -gt 0 ] || { echo "$1: no callgrind counts in $out.*" >&2; exit 1; }
   echo "$((total / REQUESTS))|$statuses|$alerts"
 }
 
-IFS='|' read -r OFF OFF_STATUSES _ <<<"$(count off "")"
-IFS='|' read -r ON ON_STATUSES ON_ALERTS <<<"$(count on "$(bench_abuse_section "$RECEIVER")")"
+OFF_ROW=$(count off "")
+ON_ROW=$(count on "$(bench_abuse_section "$RECEIVER")")
+IFS='|' read -r OFF OFF_STATUSES _ <<<"$OFF_ROW"
+IFS='|' read -r ON ON_STATUSES ON_ALERTS <<<"$ON_ROW"
 read -r RAISED SENT DROPPED FAILED <<<"$ON_ALERTS"
 
 echo "callgrind, $CLIENTS clients x $PER_CLIENT requests ($REQUESTS), 10 keep-alive connections; $BINARY; $(valgrind --version); $(date -u +%Y-%m-%d)"

@@ -145,5 +145,7 @@ echo
 geomean() { python3 -c "import math, sys; r = [float(x) for x in sys.argv[1:]]; print(f'{math.exp(sum(map(math.log, r)) / len(r)):.3f}')" "$@"; }
 echo "median throughput ratio on / off: $(median "${RATIOS[@]}"); median CPU-per-request ratio on / off: $(median "${CPU_RATIOS[@]}")"
 echo "geometric mean of the throughput ratios on / off: $(geomean "${RATIOS[@]}")"
+[ $((ROUNDS % ${#SETUPS[@]})) = 0 ] ||
+  echo "(not every set-up started equally often: use a multiple of ${#SETUPS[@]} rounds to cancel the order effect)"
 [ -n "$BEFORE" ] && echo "before: median throughput ratio on / off: $(median "${BEFORE_RATIOS[@]}"); geometric mean: $(geomean "${BEFORE_RATIOS[@]}")"
 exit 0

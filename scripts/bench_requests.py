@@ -1,17 +1,21 @@
 """Sends GET requests to 127.0.0.1:PORT over 10 keep-alive connections, in lockstep
 (one request in flight per connection), and prints how many got each status.
 
-    python3 scripts/bench_requests.py PORT REQUESTS [CLIENTS]
+    python3 scripts/bench_requests.py PORT REQUESTS [CLIENTS [PREFIX]]
 
-With CLIENTS, request i carries `X-Forwarded-For: 10.0.x.y`, the address of client
-i % CLIENTS: each client's requests are spread over the whole run, as under a flood
-from that many addresses behind a trusted proxy.
+With CLIENTS (at most 65,536), request i carries `X-Forwarded-For: PREFIX.x.y`
+(PREFIX: 10.0 unless given), the address of client i % CLIENTS: each client's
+requests are spread over the whole run, as under a flood from that many addresses
+behind a trusted proxy.
 """
 import socket
 import sys
 
 port, n = int(sys.argv[1]), int(sys.argv[2])
 clients = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+prefix = sys.argv[4] if len(sys.argv) > 4 else "10.0"
+if clients > 65536:
+    sys.exit("at most 65,536 clients: one /16 of addresses")
 plain = b"GET /api/items HTTP/1.1\r\nHost: api.test\r\nUser-Agent: bench\r\n\r\n"
 
 
@@ -21,7 +25,7 @@ def request(i):
     c = i % clients
     return (
         "GET /api/items HTTP/1.1\r\nHost: api.test\r\nUser-Agent: bench\r\n"
-        f"X-Forwarded-For: 10.0.{c // 256}.{c % 256}\r\n\r\n"
+        f"X-Forwarded-For: {prefix}.{c // 256}.{c % 256}\r\n\r\n"
     ).encode()
 
 

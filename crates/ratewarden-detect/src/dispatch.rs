@@ -37,6 +37,9 @@ use tokio::time::Instant;
 
 /// Clients' batches counted at once (store round trips in flight).
 const IN_FLIGHT: usize = 32;
+/// How long a flush counts batches on its own task before it hands the rest to tasks
+/// of their own (see `count_forever`).
+const INLINE_FOR: Duration = Duration::from_millis(50);
 
 impl Urgency for Alert {
     fn severity(&self) -> Severity {
@@ -661,7 +664,8 @@ async fn count_forever<S: Store, C: Clock>(
     let mut flush = Flush::default();
     loop {
         ticks.tick().await;
-        waiting.due(Instant::now(), &mut flush);
+        let flush_started = Instant::now();
+        waiting.due(flush_started, &mut flush);
         flush.fit();
         for (client, p) in flush.batches.drain() {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -719,11 +723,28 @@ async fn count_forever<S: Store, C: Clock>(
                 drop(permit);
             });
             // Counted in memory, a batch never waits: it is done here, without a task
-            // of its own. One that waits (on Redis) goes on as a task, so the batches
-            // after it need not wait for it.
-            let counted = std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await;
-            if counted.is_pending() {
+            // of its own (a task per batch was the larger part of a flood's alerting
+            // work). One that waits (on Redis) goes on as a task, so the batches after
+            // it need not wait for it; so do all batches once this flush has worked
+            // INLINE_FOR, so a flood's batches still spread over the runtime's threads.
+            if flush_started.elapsed() >= INLINE_FOR {
                 tokio::spawn(batch);
+                continue;
+            }
+            let counted = std::future::poll_fn(|cx| {
+                // A batch that panics is lost, as it was on a task of its own; the
+                // flush, and alerting, go on.
+                Poll::Ready(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    || batch.as_mut().poll(cx),
+                )))
+            })
+            .await;
+            match counted {
+                Ok(Poll::Ready(())) => {}
+                Ok(Poll::Pending) => {
+                    tokio::spawn(batch);
+                }
+                Err(_) => tracing::error!("a batch of violations could not be counted"),
             }
         }
     }

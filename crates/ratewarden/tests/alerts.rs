@@ -590,9 +590,15 @@ fn two_instances_on_one_redis_count_a_client_together_and_alert_once() {
     let upstream = Upstream::start();
     let webhook = Receiver::start(200, Duration::ZERO);
     let sentry = Receiver::start(200, Duration::ZERO);
-    let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
+    // A timeout that covers connecting: a count that fell back to memory would not be
+    // shared.
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\n",
+        redis.url()
+    );
     let config = || config(upstream.port, webhook.port, sentry.port, "1h", &store);
-    let (a, b) = (Gateway::start(&config()), Gateway::start(&config()));
+    let a = Gateway::start(&config());
+    let b = Gateway::start(&config().replace("gw-test-1", "gw-test-2"));
     let client = "127.0.0.31";
     let warnings = |gw: &Gateway| gw.log().matches("rate limit violation").count();
     // The limiter's counters are shared too: one admission in all.
@@ -609,16 +615,18 @@ fn two_instances_on_one_redis_count_a_client_together_and_alert_once() {
         !webhook.alerts().is_empty()
     });
     assert_eq!(warnings(&b), 0, "b counted a 3rd violation, not a 1st");
-    // More at both, within the shared cooldown: counted, never alerted.
+    // More at both, within the cooldown: a's count (4, 5) reaches Redis at a's next
+    // flush and finds b's cooldown there; b's own batch waits its quiet time (5 s).
     for gw in [&a, &b, &a, &b] {
         assert_eq!(gw.get(client, "/api/x", &[]).status, 429);
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(6500));
     let alerts = webhook.alerts();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["identity"], "ip");
     assert_eq!(alerts[0]["identity_value"], client);
     assert_eq!(alerts[0]["violations"], 3);
+    assert_eq!(alerts[0]["instance"], "gw-test-2");
     assert_eq!(warnings(&a), 2);
     assert_eq!(warnings(&b), 0);
 }
