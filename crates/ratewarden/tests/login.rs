@@ -117,6 +117,44 @@ fn a_success_resets_the_failures() {
 }
 
 #[test]
+fn an_attempt_through_a_trusted_proxy_reaches_the_login_api_with_the_vouched_chain() {
+    let app = LoginApp::start(Duration::ZERO);
+    let gw = Gateway::start(&config(
+        &app,
+        "",
+        "[clients]\ntrusted_proxies = [\"127.0.0.0/8\"]",
+    ));
+    let body = serde_json::json!({ "username": "dave", "password": GOOD_PASSWORD });
+    let reply = gw.post(
+        "127.0.0.4",
+        "/api/v1/auth/login",
+        "application/json",
+        body.to_string().as_bytes(),
+        &[("X-Forwarded-For", "6.6.6.6, 203.0.113.60, 127.0.0.9")],
+    );
+    assert_eq!(reply.status, 200);
+    // Left of the identified client, what the client wrote is dropped; our peer is
+    // appended.
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].forwarded_for.as_deref(),
+        Some("203.0.113.60, 127.0.0.9, 127.0.0.4")
+    );
+    // From an untrusted peer, the header names the peer alone.
+    let untrusted = Gateway::start(&config(&app, "", ""));
+    let reply = untrusted.post(
+        "127.0.0.5",
+        "/api/v1/auth/login",
+        "application/json",
+        body.to_string().as_bytes(),
+        &[("X-Forwarded-For", "203.0.113.61")],
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(app.seen()[1].forwarded_for.as_deref(), Some("127.0.0.5"));
+}
+
+#[test]
 fn concurrent_guesses_never_exceed_the_failure_limit() {
     // The API takes 300 ms per answer, so twenty guesses fired at once all arrive
     // before any failure is known.

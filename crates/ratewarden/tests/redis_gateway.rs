@@ -190,6 +190,9 @@ fn outage(on_error: &str) -> (Gateway, RedisServer, Upstream) {
     let mut redis = RedisServer::start();
     let upstream = Upstream::start();
     let rules = r#"
+[clients]
+trusted_proxies = ["127.0.0.0/8"]
+
 [[rules]]
 name = "small"
 key = "ip"
@@ -220,7 +223,19 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
 #[test]
 fn redis_down_with_on_error_allow_lets_requests_through_and_recovers() {
-    let (gw, mut redis, _upstream) = outage("allow");
+    let (gw, mut redis, upstream) = outage("allow");
+    // Forwarded unchecked, a request from behind a trusted proxy still carries the
+    // chain the proxy vouches for, our peer appended.
+    let reply = gw.get(
+        "127.0.0.7",
+        "/a",
+        &[("X-Forwarded-For", "6.6.6.6, 203.0.113.70")],
+    );
+    assert_eq!(reply.status, 200, "fail open");
+    assert_eq!(
+        upstream.last_forwarded_for().as_deref(),
+        Some("203.0.113.70, 127.0.0.7")
+    );
     for _ in 0..20 {
         let (reply, took) = timed(&gw, "127.0.0.5");
         assert_eq!(reply.status, 200, "fail open");

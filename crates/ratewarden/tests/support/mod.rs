@@ -642,6 +642,8 @@ pub struct LoginSeen {
     pub body_len: usize,
     pub username: Option<String>,
     pub challenge: Option<String>,
+    /// Its `X-Forwarded-For`, when it had one.
+    pub forwarded_for: Option<String>,
 }
 
 impl LoginApp {
@@ -656,6 +658,11 @@ impl LoginApp {
                 let challenge = req
                     .headers()
                     .get("x-ratewarden-challenge")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let forwarded_for = req
+                    .headers()
+                    .get("x-forwarded-for")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 let body = req
@@ -689,6 +696,7 @@ impl LoginApp {
                         body_len: body.len(),
                         username: fields.as_ref().map(|f| f.0.clone()),
                         challenge,
+                        forwarded_for,
                     });
                 }
                 tokio::time::sleep(pause).await;
