@@ -331,13 +331,10 @@ impl Upstream {
         // Through trusted proxies: the chain from the client to our peer (see
         // `VouchedChain`). Else the client, who is our peer.
         let forwarded_for = match parts.extensions.remove::<VouchedChain>() {
-            Some(chain) => Ok(chain.0),
-            None => match client.ip {
-                IpAddr::V4(v4) => HeaderValue::from_str(DottedQuad::new(v4).as_str()),
-                IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()),
-            },
+            Some(chain) => Some(chain.0),
+            None => forwarded_for(&[client.ip]),
         };
-        if let Ok(v) = forwarded_for {
+        if let Some(v) = forwarded_for {
             parts.headers.insert(&X_FORWARDED_FOR, v);
         }
         if let Some(challenge) = parts.extensions.remove::<Challenge>() {
@@ -380,6 +377,24 @@ pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 
 /// The header that tells the upstream to challenge a login (CAPTCHA, second factor).
 pub static CHALLENGE: HeaderName = HeaderName::from_static("x-ratewarden-challenge");
+
+/// The `X-Forwarded-For` value that names `hops`, in order (`client, proxy1, peer`).
+pub(super) fn forwarded_for(hops: &[IpAddr]) -> Option<HeaderValue> {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(hops.len() * 17);
+    for (i, hop) in hops.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        match hop {
+            IpAddr::V4(v4) => text.push_str(DottedQuad::new(*v4).as_str()),
+            IpAddr::V6(v6) => {
+                let _ = write!(text, "{v6}");
+            }
+        }
+    }
+    HeaderValue::try_from(text).ok()
+}
 
 /// A request extension, on requests that came through trusted proxies: the
 /// `X-Forwarded-For` the upstream should get. It is what the proxies vouch for, with our

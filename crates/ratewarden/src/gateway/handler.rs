@@ -1,7 +1,7 @@
 //! One request, start to finish: refuse what cannot be read, identify the client,
 //! evaluate the policy, ask the store once, then answer or forward.
 
-use super::forward::{VouchedChain, X_FORWARDED_FOR};
+use super::forward::{forwarded_for, VouchedChain, X_FORWARDED_FOR};
 use super::limiter::Verdict;
 use super::login;
 use super::rate_limit_headers::{self, RuleOutcome};
@@ -15,7 +15,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use ratewarden_core::clock::Clock;
 use ratewarden_core::identity::{
-    client_address, client_network, vouched_chain, ClientAddress, DottedQuad, ForwardingHeader,
+    client_address, client_network, vouched_chain, ClientAddress, ForwardingHeader,
 };
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, ClientPolicy, RequestFacts, Rule};
@@ -451,7 +451,6 @@ fn vouch_for_the_chain(
 // in BENCHMARKS.md on what inlining into it cost).
 #[inline(never)]
 fn attach_vouched_chain(request: &mut Request<Incoming>, peer: SocketAddr, clients: &ClientPolicy) {
-    use std::fmt::Write;
     let forwarding = clients.forwarding_header;
     let chain = vouched_chain(
         peer.ip(),
@@ -459,19 +458,7 @@ fn attach_vouched_chain(request: &mut Request<Incoming>, peer: SocketAddr, clien
         forwarding_values(request.headers(), forwarding),
         &clients.trusted_proxies,
     );
-    let mut text = String::with_capacity(chain.len() * 17);
-    for (i, hop) in chain.iter().enumerate() {
-        if i > 0 {
-            text.push_str(", ");
-        }
-        match hop {
-            std::net::IpAddr::V4(v4) => text.push_str(DottedQuad::new(*v4).as_str()),
-            std::net::IpAddr::V6(v6) => {
-                let _ = write!(text, "{v6}");
-            }
-        }
-    }
-    if let Ok(value) = http::HeaderValue::try_from(text) {
+    if let Some(value) = forwarded_for(&chain) {
         request.extensions_mut().insert(VouchedChain(value));
     }
 }
