@@ -1,4 +1,4 @@
-//! Command-line arguments and logging setup.
+//! Command-line arguments.
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -51,20 +51,4 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line, for log pipelines.
     Json,
-}
-
-/// Logs go to stderr through `tracing`; `RUST_LOG` filters them (default `default_level`).
-pub fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // Colour codes only for a person at a terminal: in a log file or pipeline they are
-    // noise to every reader, and formatting them costs a flood's worth of alerts.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod demo;
 mod gateway;
+mod logging;
 mod login_scenario;
 mod metrics;
 mod scenario;
@@ -27,7 +28,7 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Scenario(_) | cli::Command::LoginScenario(_) => "error",
         _ => "info",
     };
-    cli::init_logging(cli.log_format, default_level);
+    logging::init(cli.log_format, default_level);
     match cli.command {
         cli::Command::Demo(args) => demo::run(&args),
         cli::Command::Scenario(args) => scenario::run(&args),
