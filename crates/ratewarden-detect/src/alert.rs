@@ -2,7 +2,9 @@
 //! violating.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 use uuid::Uuid;
 
 /// Which identity of a client is tracked.
@@ -177,5 +179,40 @@ impl Alert {
     /// from one gateway before and after a restart, never share one.
     pub fn new_id() -> Uuid {
         Uuid::new_v4()
+    }
+}
+
+/// An alert on its way to the sinks: one allocation that every sink's queue shares,
+/// and its JSON, written once, when the first sink that needs it asks (the log line and
+/// the webhook body carry the same text).
+#[derive(Debug)]
+pub struct Raised {
+    alert: Alert,
+    json: OnceLock<Box<RawValue>>,
+}
+
+impl Raised {
+    /// `alert`, ready to be shared by the sinks' queues.
+    pub fn new(alert: Alert) -> Arc<Raised> {
+        Arc::new(Raised {
+            alert,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// The alert as a JSON object.
+    pub fn json(&self) -> &RawValue {
+        self.json.get_or_init(|| {
+            // An alert holds only strings, numbers and lists: it always serialises.
+            serde_json::value::to_raw_value(&self.alert)
+                .unwrap_or_else(|_| RawValue::NULL.to_owned())
+        })
+    }
+}
+
+impl std::ops::Deref for Raised {
+    type Target = Alert;
+    fn deref(&self) -> &Alert {
+        &self.alert
     }
 }

@@ -15,7 +15,7 @@
 //! its own thread's lock (and, on a first violation, a shard of the quiet clients'),
 //! never an await. Nothing here changes a decision.
 
-use crate::alert::{Alert, Severity, Source, Violation};
+use crate::alert::{Alert, Raised, Severity, Source, Violation};
 use crate::queue::{BoundedQueue, Urgency};
 use crate::sinks::NamedSink;
 use crate::tracker::{Outcome, Tracker};
@@ -41,7 +41,7 @@ const IN_FLIGHT: usize = 32;
 /// of their own (see `count_forever`).
 const INLINE_FOR: Duration = Duration::from_millis(50);
 
-impl Urgency for Alert {
+impl Urgency for Arc<Raised> {
     fn severity(&self) -> Severity {
         self.severity
     }
@@ -519,7 +519,7 @@ impl Flush {
 #[derive(Clone)]
 pub struct Alerting {
     waiting: Arc<Waiting>,
-    outlets: Arc<Vec<Arc<BoundedQueue<Alert>>>>,
+    outlets: Arc<Vec<Arc<BoundedQueue<Arc<Raised>>>>>,
     raised: Counter,
     /// Counter handles per source, so a report takes no metric-family lock.
     from_gateway: Counter,
@@ -535,7 +535,7 @@ impl Alerting {
         metrics: AlertMetrics,
     ) -> Alerting {
         let capacity = tracker.settings().sink_queue;
-        let outlets: Arc<Vec<Arc<BoundedQueue<Alert>>>> = Arc::new(
+        let outlets: Arc<Vec<Arc<BoundedQueue<Arc<Raised>>>>> = Arc::new(
             sinks
                 .into_iter()
                 .map(|sink| {
@@ -639,8 +639,9 @@ impl Alerting {
     /// blocked) to every sink, through the same bounded queues.
     pub fn raise(&self, alert: Alert) {
         self.raised.inc();
+        let alert = Raised::new(alert);
         for outlet in self.outlets.iter() {
-            outlet.push(alert.clone());
+            outlet.push(Arc::clone(&alert));
         }
     }
 
@@ -655,7 +656,7 @@ impl Alerting {
 async fn count_forever<S: Store, C: Clock>(
     tracker: Arc<Tracker<S, C>>,
     waiting: Arc<Waiting>,
-    outlets: Arc<Vec<Arc<BoundedQueue<Alert>>>>,
+    outlets: Arc<Vec<Arc<BoundedQueue<Arc<Raised>>>>>,
     metrics: AlertMetrics,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
@@ -763,7 +764,7 @@ fn emit<S: Store, C: Clock>(
     outcome: Outcome,
     violation: &Violation,
     tracker: &Tracker<S, C>,
-    outlets: &[Arc<BoundedQueue<Alert>>],
+    outlets: &[Arc<BoundedQueue<Arc<Raised>>>],
     metrics: &AlertMetrics,
 ) {
     match outcome {
@@ -784,8 +785,9 @@ fn emit<S: Store, C: Clock>(
         ),
         Outcome::Alert(alert) => {
             metrics.raised.inc();
+            let alert = Raised::new(*alert);
             for outlet in outlets {
-                outlet.push((*alert).clone());
+                outlet.push(Arc::clone(&alert));
             }
         }
         Outcome::Suppressed { .. } => {}
@@ -794,7 +796,7 @@ fn emit<S: Store, C: Clock>(
 
 async fn deliver_forever(
     NamedSink { name, sink }: NamedSink,
-    outlet: Arc<BoundedQueue<Alert>>,
+    outlet: Arc<BoundedQueue<Arc<Raised>>>,
     metrics: AlertMetrics,
 ) {
     let (sent, failed) = (

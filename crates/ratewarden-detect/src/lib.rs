@@ -17,7 +17,9 @@ pub mod sanitize;
 pub mod sinks;
 pub mod tracker;
 
-pub use alert::{Alert, IdentityKind, LoginContext, Severity, Source, ThreatContext, Violation};
+pub use alert::{
+    Alert, IdentityKind, LoginContext, Raised, Severity, Source, ThreatContext, Violation,
+};
 pub use dispatch::{AlertMetrics, Alerting};
 pub use privacy::Pseudonymiser;
 pub use sanitize::Sanitiser;

@@ -1,6 +1,6 @@
 //! Alerts as log lines (target `ratewarden::alert`), one per alert, at warn level.
 
-use crate::alert::Alert;
+use crate::alert::Raised;
 
 /// Logs alerts.
 #[derive(Debug, Default)]
@@ -8,8 +8,7 @@ pub struct LogSink;
 
 impl LogSink {
     /// Writes one line. The alert holds only sanitised fields.
-    pub fn deliver(&self, alert: &Alert) {
-        let context = serde_json::to_string(alert).unwrap_or_default();
+    pub fn deliver(&self, alert: &Raised) {
         tracing::warn!(
             target: "ratewarden::alert",
             severity = ?alert.severity,
@@ -17,7 +16,7 @@ impl LogSink {
             client = %alert.identity_value,
             violations = alert.violations,
             window_seconds = alert.window_seconds,
-            alert = %context,
+            alert = %alert.json().get(),
             "{}",
             super::headline(alert)
         );

@@ -9,7 +9,8 @@ pub use self::log::LogSink;
 pub use self::sentry::SentrySink;
 pub use self::webhook::{WebhookSink, DEFAULT_BATCH};
 
-use crate::alert::Alert;
+use crate::alert::{Alert, Raised};
+use std::sync::Arc;
 
 /// A sink, or its settings, and its name (`[[alerts]] name`): the `sink` label of its
 /// delivery metrics, and named in its delivery-failure warnings.
@@ -43,7 +44,7 @@ impl Sink {
     }
 
     /// Delivers `alerts` (retrying as the sink sees fit) and says what became of them.
-    pub async fn deliver(&self, alerts: &[Alert]) -> Delivery {
+    pub async fn deliver(&self, alerts: &[Arc<Raised>]) -> Delivery {
         match self {
             Sink::Webhook(s) => s.deliver(alerts).await,
             Sink::Log(s) => {

@@ -14,10 +14,12 @@
 //! fails whole, except that a 413 has the batch sent again in halves.
 
 use super::Delivery;
-use crate::alert::Alert;
+use crate::alert::Raised;
 use crate::privacy::hmac_hex;
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::value::RawValue;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Attempts per POST.
@@ -34,7 +36,7 @@ const BODY_VERSION: u32 = 1;
 #[derive(Serialize)]
 struct Body<'a> {
     version: u32,
-    alerts: &'a [Alert],
+    alerts: Vec<&'a RawValue>,
 }
 
 /// A webhook destination.
@@ -80,10 +82,10 @@ impl WebhookSink {
     /// Delivers `alerts` in one POST, retrying. A receiver that answers 413 (its body
     /// limit) gets the batch again in halves, down to single alerts, rather than losing
     /// all of it.
-    pub async fn deliver(&self, alerts: &[Alert]) -> Delivery {
+    pub async fn deliver(&self, alerts: &[Arc<Raised>]) -> Delivery {
         let body = match serde_json::to_vec(&Body {
             version: BODY_VERSION,
-            alerts,
+            alerts: alerts.iter().map(|a| a.json()).collect(),
         }) {
             Ok(body) => Bytes::from(body),
             Err(e) => return Delivery::failed(alerts.len(), e.to_string()),
@@ -186,7 +188,7 @@ fn unix_seconds() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::{IdentityKind, Severity, Source};
+    use crate::alert::{Alert, IdentityKind, Severity, Source};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
 
@@ -271,7 +273,7 @@ mod tests {
         ])
         .await;
         let sink = WebhookSink::new(url, None, Duration::from_secs(5), 1).expect("sink");
-        let alert = alert();
+        let alert = Raised::new(alert());
         let delivery = sink.deliver(std::slice::from_ref(&alert)).await;
         assert_eq!(delivery.sent, 1, "delivered on the third attempt");
         let received = received.lock();
@@ -292,7 +294,7 @@ mod tests {
         // A retry would be answered 200 and count as delivered.
         let (url, received) = receiver(vec!["400 Bad Request", "200 OK"]).await;
         let sink = WebhookSink::new(url, None, Duration::from_secs(5), 1).expect("sink");
-        let delivery = sink.deliver(&[alert()]).await;
+        let delivery = sink.deliver(&[Raised::new(alert())]).await;
         let (failed, error) = delivery.failed.expect("not retried");
         assert_eq!((delivery.sent, failed), (0, 1));
         assert!(error.contains("400"), "{error}");
@@ -306,7 +308,8 @@ mod tests {
             .expect("sink");
         let mut second = alert();
         second.identity_value = "198.51.100.7".into();
-        assert_eq!(sink.deliver(&[alert(), second]).await.sent, 2);
+        let both = [Raised::new(alert()), Raised::new(second)];
+        assert_eq!(sink.deliver(&both).await.sent, 2);
         let received = received.lock();
         assert_eq!(received.len(), 1, "one POST");
         let body: serde_json::Value = serde_json::from_slice(&received[0].1).expect("JSON");
@@ -331,10 +334,12 @@ mod tests {
         ])
         .await;
         let sink = WebhookSink::new(url, None, Duration::from_secs(5), 100).expect("sink");
-        let alerts: Vec<Alert> = (1..=4)
-            .map(|i| Alert {
-                identity_value: format!("203.0.113.{i}"),
-                ..alert()
+        let alerts: Vec<Arc<Raised>> = (1..=4)
+            .map(|i| {
+                Raised::new(Alert {
+                    identity_value: format!("203.0.113.{i}"),
+                    ..alert()
+                })
             })
             .collect();
         let delivery = sink.deliver(&alerts).await;

@@ -694,7 +694,7 @@ pub fn alert_about(
 pub fn deliver(alerts: Option<&AbuseReporter>, alert: Alert) {
     match alerts {
         Some(reporter) => reporter.raise(alert),
-        None => LogSink.deliver(&alert),
+        None => LogSink.deliver(&ratewarden_detect::Raised::new(alert)),
     }
 }
 
