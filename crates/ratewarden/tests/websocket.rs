@@ -534,3 +534,55 @@ fn connect_is_refused_and_never_reaches_the_upstream() {
     );
     assert!(heads.lock().expect("heads").is_empty());
 }
+
+#[test]
+fn a_handshake_through_a_trusted_proxy_is_limited_as_its_client_and_forwards_the_vouched_chain() {
+    // 127.0.0.4 to 127.0.0.7 are the trusted proxies; 127.0.0.9 is not.
+    let (gw, heads) = start(&format!(
+        "[clients]\ntrusted_proxies = [\"127.0.0.4/30\"]\n{RULES}"
+    ));
+    let through = |peer: &str, chain: &str| {
+        let (head, stream) = handshake_from(
+            &gw,
+            peer,
+            "/chat",
+            &format!("{WEBSOCKET}X-Forwarded-For: {chain}\r\n"),
+        );
+        (status(&head), stream, last_seen(&heads))
+    };
+    let (status_1, _tunnel_1, seen) = through("127.0.0.4", "6.6.6.6, 203.0.113.60, 127.0.0.5");
+    assert_eq!(status_1, 101);
+    // The client (the first address from the right that is not a trusted proxy) and
+    // the proxies that vouch for it, with the peer appended; the spoofable part before
+    // the client is dropped.
+    assert!(
+        seen.contains("\r\nx-forwarded-for: 203.0.113.60, 127.0.0.5, 127.0.0.4\r\n"),
+        "{seen}"
+    );
+    // The same client through another proxy takes the rest of its burst (2), then is
+    // refused; another client through the same proxy is not.
+    let (status_2, _tunnel_2, _) = through("127.0.0.6", "203.0.113.60");
+    assert_eq!(status_2, 101);
+    let (status_3, _, _) = through("127.0.0.7", "203.0.113.60");
+    assert_eq!(status_3, 429);
+    let (status_4, _tunnel_4, seen) = through("127.0.0.4", "198.51.100.1");
+    assert_eq!(status_4, 101);
+    assert!(
+        seen.contains("\r\nx-forwarded-for: 198.51.100.1, 127.0.0.4\r\n"),
+        "{seen}"
+    );
+    // From a peer that is not trusted, the header is ignored: the upstream hears the
+    // peer alone, and the peer is the client limited.
+    let (status_5, _tunnel_5, seen) = through("127.0.0.9", "203.0.113.61");
+    assert_eq!(status_5, 101);
+    assert!(
+        seen.contains("\r\nx-forwarded-for: 127.0.0.9\r\n"),
+        "{seen}"
+    );
+    assert!(!seen.contains("203.0.113.61"), "{seen}");
+    assert_eq!(
+        heads.lock().expect("heads").len(),
+        4,
+        "the 429 never reached it"
+    );
+}
