@@ -203,7 +203,9 @@ impl Raised {
     /// The alert as a JSON object.
     pub fn json(&self) -> &RawValue {
         self.json.get_or_init(|| {
-            // An alert holds only strings, numbers and lists: it always serialises.
+            // serde_json fails only on maps with keys that are not strings and on
+            // Serialize impls that fail: an alert has neither. Were it ever to fail,
+            // every sink would get `null` rather than some an alert and some nothing.
             serde_json::value::to_raw_value(&self.alert)
                 .unwrap_or_else(|_| RawValue::NULL.to_owned())
         })

@@ -4,9 +4,12 @@
 //!
 //! A flood of rate-limit violations writes a warning line per violation below the alert
 //! threshold and a line per alert, so what a line costs is part of what alerting costs
-//! (BENCHMARKS.md, issue 5). The lines read exactly as tracing-subscriber's own, except
-//! that control characters are escaped in every value, not only in the message: a line
-//! break in a value logged from a request cannot forge a second line.
+//! (BENCHMARKS.md, issue 5). Without colours (a log file, a pipeline), the lines read as
+//! tracing-subscriber's own, except that control characters are escaped in every value,
+//! not only in the message, so a line break in a value cannot forge a second line, and
+//! that they are escaped as JSON escapes them (`\u001b`), so a JSON value logged as it
+//! is (the log sink's `alert=`) stays valid JSON. At a terminal, tracing-subscriber's
+//! own fields, in colour.
 
 use crate::cli::LogFormat;
 use std::cell::RefCell;
@@ -62,7 +65,7 @@ thread_local! {
 
 fn write_utc_micros(w: &mut impl fmt::Write, since_epoch: std::time::Duration) -> fmt::Result {
     let second = since_epoch.as_secs();
-    SECOND.with(|cached| {
+    let cached = SECOND.try_with(|cached| {
         let mut cached = cached.borrow_mut();
         if cached.0 != second {
             cached.1.clear();
@@ -70,7 +73,9 @@ fn write_utc_micros(w: &mut impl fmt::Write, since_epoch: std::time::Duration) -
             cached.0 = second;
         }
         w.write_str(&cached.1)
-    })?;
+    });
+    // A thread that logs while it ends, after its cache is gone: formatted afresh.
+    cached.unwrap_or_else(|_| write_second(w, second))?;
     let mut micros = since_epoch.subsec_micros();
     let mut digits = *b"000000Z";
     for digit in digits.iter_mut().take(6).rev() {
@@ -80,7 +85,8 @@ fn write_utc_micros(w: &mut impl fmt::Write, since_epoch: std::time::Duration) -
     w.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
 }
 
-/// `2026-12-07T18:15:12.` for the Unix second `second`.
+/// `2026-12-07T18:15:12.` for the Unix second `second`. A clock before 1970, or past
+/// 9999, reads as 1970-01-01 (the default timer writes those years out).
 fn write_second(w: &mut impl fmt::Write, second: u64) -> fmt::Result {
     let time = i64::try_from(second)
         .ok()
@@ -145,8 +151,11 @@ impl PlainVisitor<'_> {
         self.result.is_ok()
     }
 
+    /// Writes `value` escaped, unless a write has failed already (the line is dropped).
     fn escaped(&mut self, value: fmt::Arguments<'_>) {
-        self.result = Escaping(&mut self.writer).write_fmt(value);
+        if self.result.is_ok() {
+            self.result = Escaping(&mut self.writer).write_fmt(value);
+        }
     }
 }
 
@@ -183,9 +192,8 @@ impl Visit for PlainVisitor<'_> {
         if self.begin(field) {
             self.escaped(format_args!("{value}"));
             if let Some(source) = value.source() {
-                let name = field.name();
-                let name = name.strip_prefix("r#").unwrap_or(name);
-                self.escaped(format_args!(" {name}.sources=["));
+                // As the default writes it: the name as tracing gives it.
+                self.escaped(format_args!(" {}.sources=[", field.name()));
                 let mut next = Some(source);
                 let mut first = true;
                 while let (Some(error), Ok(())) = (next, self.result) {
@@ -206,8 +214,9 @@ impl Visit for PlainVisitor<'_> {
 }
 
 /// Passes text through with the characters a terminal or a log reader would act on
-/// written as escapes: C0 controls but the tab (`\x1b`, `\n`...), DEL and C1 controls
-/// (`\u{9b}`). Plain runs go through in one piece.
+/// written as JSON escapes (`\u001b`): C0 controls but the tab, DEL and C1 controls. A
+/// JSON text keeps its meaning (serde_json leaves DEL and C1 raw in strings). Plain runs
+/// go through in one piece.
 struct Escaping<'a, W: fmt::Write>(&'a mut W);
 
 impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
@@ -224,10 +233,8 @@ impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
                 let code = u32::from(c);
                 if c == '\t' || (0xa0..).contains(&code) {
                     self.0.write_char(c)?;
-                } else if code < 0x80 {
-                    write!(self.0, "\\x{code:02x}")?;
                 } else {
-                    write!(self.0, "\\u{{{code:x}}}")?;
+                    write!(self.0, "\\u{code:04x}")?;
                 }
             }
             rest = chars.as_str();
@@ -288,16 +295,19 @@ mod tests {
         (default.text(), plain.text())
     }
 
+    /// An error with a chain of sources.
     #[derive(Debug)]
-    struct Outer(std::io::Error);
-    impl fmt::Display for Outer {
+    struct Chain(&'static str, Option<Box<Chain>>);
+    impl fmt::Display for Chain {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("upstream unreachable")
+            f.write_str(self.0)
         }
     }
-    impl std::error::Error for Outer {
+    impl std::error::Error for Chain {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
+            self.1
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static))
         }
     }
 
@@ -311,6 +321,7 @@ mod tests {
                 client = %"203.0.113.7",
                 violations = 2_u64,
                 offset = -3_i64,
+                share = 0.5_f64,
                 authenticated = true,
                 rules = ?["auth", "api"],
                 path = %path,
@@ -318,21 +329,41 @@ mod tests {
                 "rate limit violation"
             );
             tracing::info!(listen = %"127.0.0.1:8080", "gateway listening on {}", 8080);
+            let refused = Chain(
+                "upstream unreachable",
+                Some(Box::new(Chain(
+                    "connect",
+                    Some(Box::new(Chain("refused", None))),
+                ))),
+            );
+            tracing::error!(error = &refused as &(dyn std::error::Error + 'static));
             tracing::error!(
-                error =
-                    &Outer(std::io::Error::other("refused")) as &(dyn std::error::Error + 'static)
+                r#type = &refused as &(dyn std::error::Error + 'static),
+                "typed"
             );
             tracing::warn!(empty = "");
+            let span = tracing::info_span!("connection", peer = %"127.0.0.1", id = 7_u64);
+            let _inside = span.enter();
+            span.record("id", 8_u64);
+            tracing::info!(status = 429_u64, "answered");
         });
         assert_eq!(plain, default);
-        assert_eq!(plain.lines().count(), 4, "{plain}");
+        assert_eq!(plain.lines().count(), 6, "{plain}");
         assert!(plain.contains(
             "ratewarden::abuse: rate limit violation identity=\"ip\" client=203.0.113.7 \
-             violations=2 offset=-3 authenticated=true rules=[\"auth\", \"api\"] \
-             path=/api/v1/auth/login type=\"x\""
+             violations=2 offset=-3 share=0.5 authenticated=true rules=[\"auth\", \"api\"] \
+             path=/api/v1/auth/login type=\"x\"\n"
         ));
         assert!(
-            plain.contains("upstream unreachable error.sources=[refused]"),
+            plain.contains("error=upstream unreachable error.sources=[connect, refused]\n"),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("typed type=upstream unreachable type.sources=[connect, refused]\n"),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("connection{peer=127.0.0.1 id=7 id=8}: ratewarden::logging::tests: answered status=429\n"),
             "{plain}"
         );
     }
@@ -340,13 +371,15 @@ mod tests {
     #[test]
     fn control_characters_are_escaped_in_messages_and_every_value() {
         let (default, plain) = both(|| {
-            let agent = "curl\n2026-12-07T00:00:00.000000Z  INFO forged\x1b[2J\u{9b}\tend";
+            let agent = "curl\n2026-12-07T00:00:00.000000Z  INFO forged\x1b[2J\r\x7f\u{85}\u{9f}\u{9b}\tend \u{a0}¢é";
             tracing::warn!(user_agent = %agent, quoted = agent, "seen {}", agent);
+            let failed = Chain("bad\x1b]0;title\x07", None);
+            tracing::warn!(error = &failed as &(dyn std::error::Error + 'static));
         });
-        assert_eq!(plain.lines().count(), 1, "{plain}");
+        assert_eq!(plain.lines().count(), 2, "{plain}");
         // The default escapes only the message's terminal controls, not its line break.
-        assert_eq!(default.lines().count(), 3, "{default}");
-        let escaped = "curl\\x0a2026-12-07T00:00:00.000000Z  INFO forged\\x1b[2J\\u{9b}\tend";
+        assert_eq!(default.lines().count(), 4, "{default}");
+        let escaped = "curl\\u000a2026-12-07T00:00:00.000000Z  INFO forged\\u001b[2J\\u000d\\u007f\\u0085\\u009f\\u009b\tend \u{a0}¢é";
         assert!(
             plain.contains(&format!("seen {escaped} user_agent={escaped} ")),
             "{plain}"
@@ -354,9 +387,32 @@ mod tests {
         // Debug-quoted strings arrive escaped by Rust already, and stay as they were.
         assert!(plain.contains(r#"quoted="curl\n2026"#), "{plain}");
         assert!(
-            !plain.contains('\x1b') && !plain.contains('\u{9b}'),
+            plain.contains("error=bad\\u001b]0;title\\u0007\n"),
             "{plain}"
         );
+        assert!(
+            !plain.contains(['\x1b', '\x07', '\r', '\x7f', '\u{85}', '\u{9b}', '\u{9f}']),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn a_json_value_logged_as_it_is_stays_valid_json_with_the_same_content() {
+        let value = serde_json::json!({"instance": "gw\u{7f}1\u{85}", "path": "/a\u{1b}b\nc"});
+        let text = value.to_string();
+        assert!(
+            text.contains('\u{7f}') && text.contains('\u{85}'),
+            "serde_json leaves them raw"
+        );
+        let (_, plain) = both(|| tracing::warn!(alert = %text, "alert"));
+        let logged = plain
+            .trim_end()
+            .split_once("alert=")
+            .map(|(_, json)| json)
+            .expect("the alert field");
+        assert!(!logged.contains(['\u{7f}', '\u{85}', '\n']), "{logged}");
+        let parsed: serde_json::Value = serde_json::from_str(logged).expect("valid JSON");
+        assert_eq!(parsed, value);
     }
 
     #[test]
@@ -372,21 +428,27 @@ mod tests {
         assert_eq!(at(1_700_000_000_000_000_999), "2023-11-14T22:13:20.000000Z");
         assert_eq!(at(1_700_000_001_999_999_999), "2023-11-14T22:13:21.999999Z");
         assert_eq!(at(1_709_164_800_000_001_000), "2024-02-29T00:00:00.000001Z");
+        // And back: the cache follows a clock that steps back.
         assert_eq!(at(1_700_000_000_000_007_000), "2023-11-14T22:13:20.000007Z");
     }
 
     #[test]
-    fn the_timer_writes_what_the_default_timer_writes_up_to_the_second() {
+    fn the_timer_reads_the_wall_clock_as_the_default_timer_does() {
+        let default = || {
+            let mut text = String::new();
+            tracing_subscriber::fmt::time::SystemTime
+                .format_time(&mut Writer::new(&mut text))
+                .expect("write");
+            text
+        };
+        let before = default();
         let mut ours = String::new();
         UtcMicros
             .format_time(&mut Writer::new(&mut ours))
             .expect("write");
-        let mut theirs = String::new();
-        tracing_subscriber::fmt::time::SystemTime
-            .format_time(&mut Writer::new(&mut theirs))
-            .expect("write");
-        assert_eq!(ours.len(), theirs.len(), "{ours} {theirs}");
-        // Both read the clock a moment apart: compare up to the minute.
-        assert_eq!(ours.get(..16), theirs.get(..16), "{ours} {theirs}");
+        let after = default();
+        // Same shape, and read between the two (the text sorts as the time does).
+        assert_eq!(ours.len(), before.len(), "{ours} {before}");
+        assert!(before <= ours && ours <= after, "{before} {ours} {after}");
     }
 }

@@ -559,8 +559,8 @@ fn a_handshake_through_a_trusted_proxy_is_limited_as_its_client_and_forwards_the
         seen.contains("\r\nx-forwarded-for: 203.0.113.60, 127.0.0.5, 127.0.0.4\r\n"),
         "{seen}"
     );
-    // The same client through another proxy takes the rest of its burst (2), then is
-    // refused; another client through the same proxy is not.
+    // The same client through another proxy takes the second of its burst of 2, then
+    // is refused; another client through the same proxy is not.
     let (status_2, _tunnel_2, _) = through("127.0.0.6", "203.0.113.60");
     assert_eq!(status_2, 101);
     let (status_3, _, _) = through("127.0.0.7", "203.0.113.60");
@@ -571,15 +571,16 @@ fn a_handshake_through_a_trusted_proxy_is_limited_as_its_client_and_forwards_the
         seen.contains("\r\nx-forwarded-for: 198.51.100.1, 127.0.0.4\r\n"),
         "{seen}"
     );
-    // From a peer that is not trusted, the header is ignored: the upstream hears the
-    // peer alone, and the peer is the client limited.
-    let (status_5, _tunnel_5, seen) = through("127.0.0.9", "203.0.113.61");
+    // From a peer that is not trusted, the header is ignored: the client it names is
+    // out of handshakes, but the peer, the client limited here, is not; and the
+    // upstream hears the peer alone.
+    let (status_5, _tunnel_5, seen) = through("127.0.0.9", "203.0.113.60");
     assert_eq!(status_5, 101);
     assert!(
         seen.contains("\r\nx-forwarded-for: 127.0.0.9\r\n"),
         "{seen}"
     );
-    assert!(!seen.contains("203.0.113.61"), "{seen}");
+    assert!(!seen.contains("203.0.113.60"), "{seen}");
     assert_eq!(
         heads.lock().expect("heads").len(),
         4,
