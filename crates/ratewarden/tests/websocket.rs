@@ -446,20 +446,31 @@ fn tunnels_count_under_the_connection_cap() {
 
 #[test]
 fn one_client_may_hold_only_so_many_tunnels_and_all_clients_so_many_in_all() {
-    let (gw, _) = start(&format!(
+    let (gw, heads) = start(&format!(
         "max_tunnels_per_client = 2\nmax_tunnels = 3\n{}",
         RULES.replace("burst = 2", "burst = 50")
     ));
+    let forwarded = || heads.lock().expect("heads").len();
+    // A handshake holds its place while it is forwarded, and gives it back when the
+    // upstream does not switch (here: to a protocol not offered, a 502).
+    for _ in 0..3 {
+        let (wrong, _) = handshake(&gw, "/switch/other", WEBSOCKET);
+        assert_eq!(status(&wrong), 502, "{wrong}");
+    }
+    assert_eq!(forwarded(), 3);
     let (a, a_stream) = handshake(&gw, "/chat", WEBSOCKET);
     let (b, _b) = handshake(&gw, "/chat", WEBSOCKET);
     let (c, _) = handshake(&gw, "/chat", WEBSOCKET);
     assert_eq!((status(&a), status(&b), status(&c)), (101, 101, 503), "{c}");
     assert!(c.to_ascii_lowercase().contains("\r\nretry-after: 5"), "{c}");
+    // Refused before it was forwarded: the upstream never opened a session for it.
+    assert_eq!(forwarded(), 5, "the refused handshake reached the upstream");
     // Another client is not held back by the first one's tunnels, but by the total.
     let (d, _d) = handshake_from(&gw, "127.0.7.1", "/chat", WEBSOCKET);
     assert_eq!(status(&d), 101, "{d}");
     let (e, _) = handshake_from(&gw, "127.0.7.2", "/chat", WEBSOCKET);
     assert_eq!(status(&e), 503, "{e}");
+    assert_eq!(forwarded(), 6, "the refused handshake reached the upstream");
     let metrics = gw.metrics();
     for reason in ["tunnel_limit_per_client", "tunnel_limit"] {
         assert!(

@@ -257,43 +257,52 @@ impl Upstream {
         client: ClientAddress,
         metrics: &'a Metrics,
     ) -> impl Future<Output = Response<Body>> + 'a {
-        let client_ip = client.ip;
         let (request, offer) = self.upstream_request(request, client);
+        if let Some(reason) = offer.as_deref().and_then(Offer::refusal) {
+            return Either::Left(std::future::ready(tunnel::refused(reason, metrics)));
+        }
         // Combinators, not `async`: see `exchange`.
-        tokio::time::timeout(self.timeout, self.exchange(request, metrics)).map(move |exchanged| {
-            match exchanged {
-                Ok(Ok((response, _lease)))
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
-                {
-                    // The upstream connection is the tunnel's now, never pooled again.
-                    tunnel::switched(&self.tunnels, client_ip, offer, response, metrics)
-                }
-                Ok(Ok((response, lease))) => {
-                    let (mut parts, body) = response.into_parts();
-                    strip_headers(&mut parts.headers, |_| false);
-                    let body = UpstreamBody::new(body, lease, self.timeout);
-                    Response::from_parts(parts, body.boxed())
-                }
-                Ok(Err(e)) => {
-                    metrics
-                        .upstream_errors
-                        .get_or_create(&UpstreamError { kind: "connect" })
-                        .inc();
-                    tracing::warn!(error = %e, "upstream request failed");
-                    upstream_failure(StatusCode::BAD_GATEWAY, "the upstream could not be reached")
-                }
-                Err(_) => {
-                    metrics
-                        .upstream_errors
-                        .get_or_create(&UpstreamError { kind: "timeout" })
-                        .inc();
-                    upstream_failure(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the upstream did not answer in time",
-                    )
-                }
-            }
-        })
+        Either::Right(
+            tokio::time::timeout(self.timeout, self.exchange(request, metrics)).map(
+                move |exchanged| {
+                    match exchanged {
+                        Ok(Ok((response, _lease)))
+                            if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                        {
+                            // The upstream connection is the tunnel's now, never pooled again.
+                            tunnel::switched(&self.tunnels, offer, response, metrics)
+                        }
+                        Ok(Ok((response, lease))) => {
+                            let (mut parts, body) = response.into_parts();
+                            strip_headers(&mut parts.headers, |_| false);
+                            let body = UpstreamBody::new(body, lease, self.timeout);
+                            Response::from_parts(parts, body.boxed())
+                        }
+                        Ok(Err(e)) => {
+                            metrics
+                                .upstream_errors
+                                .get_or_create(&UpstreamError { kind: "connect" })
+                                .inc();
+                            tracing::warn!(error = %e, "upstream request failed");
+                            upstream_failure(
+                                StatusCode::BAD_GATEWAY,
+                                "the upstream could not be reached",
+                            )
+                        }
+                        Err(_) => {
+                            metrics
+                                .upstream_errors
+                                .get_or_create(&UpstreamError { kind: "timeout" })
+                                .inc();
+                            upstream_failure(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                "the upstream did not answer in time",
+                            )
+                        }
+                    }
+                },
+            ),
+        )
     }
 
     /// The request as the upstream hears it: origin-form target, HTTP/1.1, hop-by-hop and
@@ -306,7 +315,7 @@ impl Upstream {
         client: ClientAddress,
     ) -> (Request<ForwardBody>, Option<Box<Offer>>) {
         let (mut parts, body) = request.into_parts();
-        let offer = self.tunnels.upgrades.offer(&mut parts, &body);
+        let offer = self.tunnels.offer(&mut parts, &body, client.ip);
         let client_authority = parts.uri.authority().cloned();
         // The upstream is sent the origin form (`/path?query`), as a client sends a
         // server. A clone shares the bytes hyper parsed: no copy, no second validation.

@@ -18,7 +18,10 @@
 //! closes: the place belongs to the client's socket (`super::connection::Socket`),
 //! which hyper hands over to the tunnel. A handshake buys a long-lived connection, so
 //! tunnels have limits of their own besides: `max_tunnels` in all and
-//! `max_tunnels_per_client` per client network (503 beyond).
+//! `max_tunnels_per_client` per client network. A handshake takes its place before it
+//! is forwarded and gives it back if the upstream does not switch; one beyond either
+//! limit is answered 503 and never reaches the upstream, which would otherwise open a
+//! session (and spend its own resources) for a tunnel the gateway then refuses.
 
 use super::forward::{list_items, strip_headers};
 use super::responses::upstream_failure;
@@ -153,23 +156,21 @@ pub struct Offer {
     /// The protocols offered to the upstream: those the client asked for that are
     /// allowed, in the client's order.
     protocols: HeaderValue,
+    /// The tunnel's place under the limits, held from the offer on; or why there is
+    /// none (the handshake is then refused, not forwarded).
+    place: Result<TunnelPlace, &'static str>,
 }
 
-impl Upgrades {
-    /// The allowed protocols (compared in any case).
-    pub fn new(protocols: &[String]) -> Upgrades {
-        Upgrades(protocols.into())
-    }
-
+impl Tunnels {
     /// Takes the client's pending upgrade out of a request and, when the request asks
-    /// for a protocol allowed here, returns what to offer the upstream.
+    /// for a protocol allowed here, returns what to offer the upstream, with the
+    /// tunnel's place under the limits taken for `client` (or the reason it could not
+    /// be: see [`Offer::refusal`]).
     ///
     /// hyper puts a pending upgrade in the extensions of an HTTP/1.1 request with an
     /// `Upgrade` header only, so for every other request this is one look at an empty
-    /// map. A request whose `Connection` does not list `upgrade` asks for nothing (RFC
-    /// 9110, section 7.8: an intermediary may have passed on an `Upgrade` meant for it).
-    /// The offer is boxed: requests that carry none (nearly all) keep a pointer's room
-    /// for it in the forwarding future, which moves with every request.
+    /// map. The offer is boxed: requests that carry none (nearly all) keep a pointer's
+    /// room for it in the forwarding future, which moves with every request.
     ///
     /// A request with a body is offered nothing: a WebSocket handshake has none, and
     /// hyper would hand the connection over only once the whole body had passed, so a
@@ -179,19 +180,45 @@ impl Upgrades {
         &self,
         parts: &mut http::request::Parts,
         body: &impl hyper::body::Body,
+        client: IpAddr,
     ) -> Option<Box<Offer>> {
-        let client = parts.extensions.remove::<OnUpgrade>()?;
+        let upgrade = parts.extensions.remove::<OnUpgrade>()?;
         if !body.is_end_stream() {
             return None;
         }
-        self.offer_for(client, &parts.headers)
+        self.offer_for(upgrade, &parts.headers, client)
     }
 
-    /// [`Upgrades::offer`] for a request hyper holds ready to switch: cold and out of
+    /// [`Tunnels::offer`] for a request hyper holds ready to switch: cold and out of
     /// line, like every part of a switch (see `responses::connect_refused`).
     #[cold]
     #[inline(never)]
-    fn offer_for(&self, client: OnUpgrade, headers: &HeaderMap) -> Option<Box<Offer>> {
+    fn offer_for(
+        &self,
+        upgrade: OnUpgrade,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> Option<Box<Offer>> {
+        let protocols = self.upgrades.protocols_for(headers)?;
+        Some(Box::new(Offer {
+            client: upgrade,
+            protocols,
+            place: self.limits.take(client),
+        }))
+    }
+}
+
+impl Upgrades {
+    /// The allowed protocols (compared in any case).
+    pub fn new(protocols: &[String]) -> Upgrades {
+        Upgrades(protocols.into())
+    }
+
+    /// The protocols to offer the upstream for a request with these headers: those it
+    /// asks for that are allowed, in its order; none when its `Connection` does not
+    /// list `upgrade` (RFC 9110, section 7.8: an intermediary may have passed on an
+    /// `Upgrade` meant for it).
+    fn protocols_for(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         if self.0.is_empty() || !lists_token(headers.get_all(CONNECTION), "upgrade") {
             return None;
         }
@@ -201,8 +228,7 @@ impl Upgrades {
         if offered.is_empty() {
             return None;
         }
-        let protocols = HeaderValue::from_str(&offered.join(", ")).ok()?;
-        Some(Box::new(Offer { client, protocols }))
+        HeaderValue::from_str(&offered.join(", ")).ok()
     }
 
     /// `websocket` allows `websocket` in any version; `name/version` only that version.
@@ -215,6 +241,12 @@ impl Upgrades {
 }
 
 impl Offer {
+    /// Why the tunnel cannot be had (a limit is reached), if it cannot: the handshake
+    /// is then answered with [`refused`] and not forwarded.
+    pub fn refusal(&self) -> Option<&'static str> {
+        self.place.as_ref().err().copied()
+    }
+
     /// Puts the offer on the upstream request, whose hop-by-hop headers were removed.
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.insert(UPGRADE, self.protocols.clone());
@@ -247,7 +279,6 @@ fn lists_token(values: http::header::GetAll<'_, HeaderValue>, token: &str) -> bo
 #[inline(never)]
 pub fn switched(
     tunnels: &Tunnels,
-    client: IpAddr,
     offer: Option<Box<Offer>>,
     mut response: Response<Incoming>,
     metrics: &Metrics,
@@ -271,14 +302,10 @@ pub fn switched(
     else {
         return refuse("the upstream switched to a protocol that was not offered");
     };
-    // The upstream has switched; the client may still be refused its tunnel (the
-    // upstream's connection is then closed).
-    let place = match tunnels.limits.take(client) {
+    // Taken with the offer; a refused offer was never forwarded.
+    let place = match offer.place {
         Ok(place) => place,
-        Err(reason) => {
-            metrics.refused.get_or_create(&Refusal { reason }).inc();
-            return super::responses::tunnel_limit(reason);
-        }
+        Err(reason) => return refused(reason, metrics),
     };
     let upstream = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
@@ -296,6 +323,14 @@ pub fn switched(
     metrics.tunnels.inc();
     tokio::spawn(tunnel.run(tunnels.stopping.clone()));
     Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
+}
+
+/// The answer to a handshake beyond a tunnel limit (`reason`), counted.
+#[cold]
+#[inline(never)]
+pub fn refused(reason: &'static str, metrics: &Metrics) -> Response<Body> {
+    metrics.refused.get_or_create(&Refusal { reason }).inc();
+    super::responses::tunnel_limit(reason)
 }
 
 /// Two connections to join once both have switched protocols.
