@@ -51,6 +51,8 @@ fn serve_one(mut stream: TcpStream, seen: &Heads) {
         }
         let switch_to = match path.strip_prefix("/switch/") {
             Some(name) => Some(name.to_owned()),
+            // An endpoint that answers a handshake without switching.
+            None if path == "/no-switch" => None,
             None if lower.contains("\r\nupgrade: websocket") => Some("websocket".to_owned()),
             None => None,
         };
@@ -451,26 +453,29 @@ fn one_client_may_hold_only_so_many_tunnels_and_all_clients_so_many_in_all() {
         RULES.replace("burst = 2", "burst = 50")
     ));
     let forwarded = || heads.lock().expect("heads").len();
-    // A handshake holds its place while it is forwarded, and gives it back when the
-    // upstream does not switch (here: to a protocol not offered, a 502).
-    for _ in 0..3 {
+    // A handshake the upstream does not switch gives its place back: answered as a
+    // plain request, or switched to a protocol not offered (a 502).
+    for _ in 0..2 {
+        let (plain, _) = handshake(&gw, "/no-switch", WEBSOCKET);
+        assert_eq!(status(&plain), 200, "{plain}");
         let (wrong, _) = handshake(&gw, "/switch/other", WEBSOCKET);
         assert_eq!(status(&wrong), 502, "{wrong}");
     }
-    assert_eq!(forwarded(), 3);
+    let forwarded = || forwarded() - 4;
+    assert_eq!(forwarded(), 0);
     let (a, a_stream) = handshake(&gw, "/chat", WEBSOCKET);
     let (b, _b) = handshake(&gw, "/chat", WEBSOCKET);
     let (c, _) = handshake(&gw, "/chat", WEBSOCKET);
     assert_eq!((status(&a), status(&b), status(&c)), (101, 101, 503), "{c}");
     assert!(c.to_ascii_lowercase().contains("\r\nretry-after: 5"), "{c}");
     // Refused before it was forwarded: the upstream never opened a session for it.
-    assert_eq!(forwarded(), 5, "the refused handshake reached the upstream");
+    assert_eq!(forwarded(), 2, "the refused handshake reached the upstream");
     // Another client is not held back by the first one's tunnels, but by the total.
     let (d, _d) = handshake_from(&gw, "127.0.7.1", "/chat", WEBSOCKET);
     assert_eq!(status(&d), 101, "{d}");
     let (e, _) = handshake_from(&gw, "127.0.7.2", "/chat", WEBSOCKET);
     assert_eq!(status(&e), 503, "{e}");
-    assert_eq!(forwarded(), 6, "the refused handshake reached the upstream");
+    assert_eq!(forwarded(), 3, "the refused handshake reached the upstream");
     let metrics = gw.metrics();
     for reason in ["tunnel_limit_per_client", "tunnel_limit"] {
         assert!(
@@ -596,5 +601,47 @@ fn a_handshake_through_a_trusted_proxy_is_limited_as_its_client_and_forwards_the
         heads.lock().expect("heads").len(),
         4,
         "the 429 never reached it"
+    );
+}
+
+#[test]
+fn a_handshake_holds_its_tunnel_place_while_it_is_forwarded() {
+    let (gw, heads) = start("max_tunnels_per_client = 1\n");
+    // The upstream never answers this one: it holds the client's one place until the
+    // upstream timeout (2 s) answers it 504.
+    let held = {
+        let address = gw.address();
+        std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(address).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            write!(
+                stream,
+                "GET /hold HTTP/1.1\r\nHost: api.test\r\n{WEBSOCKET}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .expect("write");
+            read_head(&mut stream).unwrap_or_default().0
+        })
+    };
+    eventually(
+        "the held handshake did not arrive",
+        Duration::from_secs(5),
+        || heads.lock().expect("heads").len() == 1,
+    );
+    let (refused, _) = handshake(&gw, "/chat", WEBSOCKET);
+    assert_eq!(status(&refused), 503, "{refused}");
+    assert_eq!(
+        heads.lock().expect("heads").len(),
+        1,
+        "the refused one was forwarded"
+    );
+    let timed_out = held.join().expect("held");
+    assert_eq!(status(&timed_out), 504, "{timed_out}");
+    let (admitted, _tunnel) = handshake(&gw, "/chat", WEBSOCKET);
+    assert_eq!(
+        status(&admitted),
+        101,
+        "the place came back after the 504: {admitted}"
     );
 }

@@ -236,7 +236,8 @@ impl Upstream {
     }
 
     /// Forwards `request` from `client` (as identified) and returns the upstream's
-    /// answer, or a 502/504 of our own.
+    /// answer, or a 502/504 of our own; or, for a WebSocket handshake beyond a tunnel
+    /// limit, a 503 without forwarding it.
     pub fn forward<'a>(
         &'a self,
         request: Request<Incoming>,
@@ -308,7 +309,8 @@ impl Upstream {
     /// The request as the upstream hears it: origin-form target, HTTP/1.1, hop-by-hop and
     /// gateway-only headers removed, `X-Forwarded-For` (and the login challenge) set;
     /// and the client's wish to switch protocols, when it asks for an allowed one (its
-    /// `Upgrade` then goes on, restricted to those).
+    /// `Upgrade` then goes on, restricted to those). The offer holds the tunnel's place
+    /// under the limits until the tunnel takes it or the offer is dropped.
     fn upstream_request(
         &self,
         request: Request<ForwardBody>,

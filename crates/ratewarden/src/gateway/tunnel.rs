@@ -21,7 +21,10 @@
 //! `max_tunnels_per_client` per client network. A handshake takes its place before it
 //! is forwarded and gives it back if the upstream does not switch; one beyond either
 //! limit is answered 503 and never reaches the upstream, which would otherwise open a
-//! session (and spend its own resources) for a tunnel the gateway then refuses.
+//! session (and spend its own resources) for a tunnel the gateway then refuses. So the
+//! limits count handshakes in flight (each for at most `upstream_timeout`) with the
+//! open tunnels, and a request that asks to switch is refused when they are full even
+//! if its endpoint would not have switched.
 
 use super::forward::{list_items, strip_headers};
 use super::responses::upstream_failure;
@@ -274,7 +277,7 @@ fn lists_token(values: http::header::GetAll<'_, HeaderValue>, token: &str) -> bo
 /// upstream's headers, and the tunnel started on this worker (it waits for both
 /// connections to be handed over); or a 502 when the switch was not one the client
 /// asked for and the gateway allows. The upstream connection belongs to the tunnel from
-/// here. Cold and out of line, as [`Upgrades::offer_for`].
+/// here. Cold and out of line, as [`Tunnels::offer_for`].
 #[cold]
 #[inline(never)]
 pub fn switched(
@@ -302,7 +305,8 @@ pub fn switched(
     else {
         return refuse("the upstream switched to a protocol that was not offered");
     };
-    // Taken with the offer; a refused offer was never forwarded.
+    // Taken with the offer; a refused offer is never forwarded (`forward_body`), so the
+    // refusal here only guards against a caller that forwards one anyway.
     let place = match offer.place {
         Ok(place) => place,
         Err(reason) => return refused(reason, metrics),

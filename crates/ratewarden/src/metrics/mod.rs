@@ -30,7 +30,8 @@ pub struct UpstreamError {
     pub kind: &'static str,
 }
 
-/// Why a request was refused before any rule ran.
+/// Why the gateway itself refused a request: before any rule ran, or (tunnel limits)
+/// before a WebSocket handshake the rules admitted was forwarded.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refusal {
     /// bad_path, bad_host, ambiguous_key_header, connect_method, deny_list, blocked,
@@ -168,7 +169,7 @@ impl Metrics {
         let refused = Family::<Refusal, Counter>::default();
         registry.register(
             "refused",
-            "Requests refused by the gateway itself, by reason (before any rule: bad path, host or key header, CONNECT, deny list, blocked, connection limit; after the upstream switched protocols: tunnel_limit, tunnel_limit_per_client)",
+            "Requests refused by the gateway itself, by reason (before any rule: bad path, host or key header, CONNECT, deny list, blocked, connection limit; before a WebSocket handshake is forwarded: tunnel_limit, tunnel_limit_per_client)",
             refused.clone(),
         );
         let reloads = Family::<RuleDecision, Counter>::default();
