@@ -207,6 +207,72 @@ pub fn rejection_headers(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use ratewarden_core::algorithm::{FixedWindow, Gcra};
+    use ratewarden_core::{Nanos, Rate};
+
+    fn decision(limit: u32, remaining: u32, reset_secs: u64) -> Decision {
+        Decision {
+            allowed: remaining > 0,
+            limit,
+            remaining,
+            reset_after: Nanos::from_secs(reset_secs),
+            retry_after: Nanos::ZERO,
+        }
+    }
+
+    #[test]
+    fn every_rule_is_an_item_and_the_speaker_fills_the_trio() {
+        let gcra = Limit::Gcra(
+            Gcra::new(Rate::new(5, Nanos::from_secs(1)).expect("rate"), 5).expect("gcra"),
+        );
+        let hourly = Limit::FixedWindow(
+            FixedWindow::new(Rate::new(3000, Nanos::from_secs(3600)).expect("rate"))
+                .expect("window"),
+        );
+        // Two rules, one with a long name: one item each, in the rules' order.
+        let long = "a".repeat(150);
+        let outcomes = [
+            RuleOutcome {
+                name: "auth",
+                limit: &gcra,
+                decision: decision(5, 0, 2),
+            },
+            RuleOutcome {
+                name: &long,
+                limit: &hourly,
+                decision: decision(3000, 2999, 1800),
+            },
+        ];
+        let mut headers = HeaderMap::new();
+        add_rate_limit_headers(&mut headers, &outcomes, 0);
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            get("ratelimit-policy").as_deref(),
+            Some(format!("\"auth\";q=5;w=1, \"{long}\";q=3000;w=3600").as_str())
+        );
+        assert_eq!(
+            get("ratelimit").as_deref(),
+            Some(format!("\"auth\";r=0;t=2, \"{long}\";r=2999;t=1800").as_str())
+        );
+        assert_eq!(get("x-ratelimit-limit").as_deref(), Some("5"));
+        assert_eq!(get("x-ratelimit-remaining").as_deref(), Some("0"));
+        assert_eq!(get("x-ratelimit-reset").as_deref(), Some("2"));
+
+        let rejected = rejection_headers(&outcomes[..1], 0, 2);
+        let get = |name: &str| rejected.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(get("ratelimit-policy"), Some("\"auth\";q=5;w=1"));
+        assert_eq!(get("ratelimit"), Some("\"auth\";r=0;t=2"));
+        assert_eq!(get("retry-after"), Some("2"));
+        assert_eq!(get("content-type"), Some("application/problem+json"));
+        assert!(rejected.values().all(|v| v != "unset"), "{rejected:?}");
+    }
+
     #[test]
     fn numbers_render_in_decimal_from_the_table_and_beyond_it() {
         for n in [0, 7, 1023, 1024, 86_400, u64::MAX] {
