@@ -497,6 +497,10 @@ async fn reload_on_sighup(path: PathBuf, gateway: Arc<Gateway>) {
                         ),
                         (None, None) => {}
                     }
+                    gateway
+                        .upstream
+                        .tunnel_limits
+                        .set_ipv6_prefix(config.policy.clients.ipv6_prefix);
                     gateway.policy.replace(config.policy);
                     tracing::info!(file = %path.display(), rules, "configuration reloaded");
                     "applied"

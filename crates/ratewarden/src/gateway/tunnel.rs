@@ -63,10 +63,10 @@ pub struct TunnelLimits {
     per_client: Arc<parking_lot::Mutex<std::collections::HashMap<ipnet::IpNet, u32>>>,
     /// `[server] max_tunnels_per_client`.
     most_per_client: u32,
-    /// IPv6 clients are counted by network of this prefix, as the rules count them (the
-    /// prefix the gateway started with: a reload that changes it takes effect here on
-    /// restart).
-    ipv6_prefix: u8,
+    /// IPv6 clients are counted by network of this prefix, as the rules count them: set
+    /// again on reload. A place keeps the network it was taken under, so places taken
+    /// before a change are given back where they were counted.
+    ipv6_prefix: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl TunnelLimits {
@@ -76,14 +76,21 @@ impl TunnelLimits {
             total: Arc::new(tokio::sync::Semaphore::new(total)),
             per_client: Arc::default(),
             most_per_client: per_client,
-            ipv6_prefix,
+            ipv6_prefix: Arc::new(std::sync::atomic::AtomicU8::new(ipv6_prefix)),
         }
+    }
+
+    /// Counts IPv6 clients by networks of `prefix` from now on (a reloaded
+    /// `[clients] ipv6_prefix`).
+    pub fn set_ipv6_prefix(&self, prefix: u8) {
+        self.ipv6_prefix.store(prefix, Ordering::Relaxed);
     }
 
     /// A place for one more tunnel of `client`, if both limits allow it; else the
     /// reason, as counted in `ratewarden_refused_total`.
     fn take(&self, client: IpAddr) -> Result<TunnelPlace, &'static str> {
-        let network = ratewarden_core::identity::client_network(client, self.ipv6_prefix);
+        let prefix = self.ipv6_prefix.load(Ordering::Relaxed);
+        let network = ratewarden_core::identity::client_network(client, prefix);
         let mut per_client = self.per_client.lock();
         let open = per_client.get(&network).copied().unwrap_or(0);
         if open >= self.most_per_client {
@@ -498,6 +505,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_the_prefix_of_the_running_configuration() {
+        let limits = TunnelLimits::new(10, 1, 64);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        let first = limits.take(ip("2001:db8::1")).expect("a place");
+        // The same /64: that network's one place is taken.
+        assert_eq!(
+            limits.take(ip("2001:db8::2")).err(),
+            Some("tunnel_limit_per_client")
+        );
+        // Reloaded with /128: each address is a network of its own.
+        limits.set_ipv6_prefix(128);
+        let second = limits.take(ip("2001:db8::2")).expect("a place of its own");
+        assert_eq!(
+            limits.take(ip("2001:db8::2")).err(),
+            Some("tunnel_limit_per_client")
+        );
+        // Places go back to the network they were taken under.
+        drop(first);
+        drop(second);
+        assert!(limits.per_client.lock().is_empty());
+        assert_eq!(limits.total.available_permits(), 10);
+    }
 
     fn list(values: &[&str]) -> HeaderMap {
         values
