@@ -134,7 +134,7 @@ impl Drop for TunnelPlace {
 /// open, and the worker's stop signal, which closes them.
 pub struct Tunnels {
     /// The protocols allowed.
-    pub upgrades: Upgrades,
+    upgrades: Upgrades,
     limits: TunnelLimits,
     /// A tunnel that carries nothing either way for this long is closed.
     idle: Duration,
