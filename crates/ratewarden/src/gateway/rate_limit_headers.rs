@@ -57,29 +57,20 @@ impl RateLimitValues {
             return None;
         }
         let mut digits = itoa::Buffer::new();
-        let mut policy = String::with_capacity(32 * outcomes.len());
         let mut state = String::with_capacity(32 * outcomes.len());
         for (i, o) in outcomes.iter().enumerate() {
-            for field in [&mut policy, &mut state] {
-                if i > 0 {
-                    field.push_str(", ");
-                }
-                field.push('"');
-                field.push_str(o.name);
-                field.push('"');
+            if i > 0 {
+                state.push_str(", ");
             }
-            let window = o.limit.window().as_secs_ceil().max(1);
-            let mut parameter = |field: &mut String, key: &str, value: u64| {
-                field.push_str(key);
-                field.push_str(digits.format(value));
-            };
-            parameter(&mut policy, ";q=", u64::from(o.decision.limit));
-            parameter(&mut policy, ";w=", window);
-            parameter(&mut state, ";r=", u64::from(o.decision.remaining));
-            parameter(&mut state, ";t=", o.decision.reset_after.as_secs_ceil());
+            state.push('"');
+            state.push_str(o.name);
+            state.push_str("\";r=");
+            state.push_str(digits.format(o.decision.remaining));
+            state.push_str(";t=");
+            state.push_str(digits.format(o.decision.reset_after.as_secs_ceil()));
         }
         Some(RateLimitValues {
-            policy: owned_value(policy)?,
+            policy: policy_field(outcomes)?,
             state: owned_value(state)?,
             speaker: outcomes.get(speaker).map(|o| {
                 [
@@ -106,7 +97,8 @@ impl RateLimitValues {
 
 /// A number as a header value. The small ones (most limits, counts left and seconds)
 /// come from a table rendered once: a clone of a static value allocates nothing and
-/// touches no shared reference count.
+/// touches no shared reference count. A larger one (an hourly or daily quota) is
+/// copied once into a block of its length: `HeaderValue::from(u64)` makes two.
 fn number(n: u64) -> HeaderValue {
     const RENDERED: usize = 1024;
     static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
@@ -117,8 +109,65 @@ fn number(n: u64) -> HeaderValue {
                 .collect()
         })[i]
             .clone(),
-        _ => HeaderValue::from(n),
+        _ => {
+            let digits = Bytes::copy_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            HeaderValue::from_maybe_shared(digits).unwrap_or_else(|_| HeaderValue::from(n))
+        }
     }
+}
+
+/// The `RateLimit-Policy` field of `outcomes`: one item per rule, its quota and window.
+///
+/// It changes only with the rules and their quotas (a threat level scales them), not
+/// from one request to the next, so each thread keeps the last one it rendered and
+/// gives it again while the rules say the same: a comparison instead of a string, a
+/// block for it and a block for its `Bytes`.
+fn policy_field(outcomes: &[RuleOutcome<'_>]) -> Option<HeaderValue> {
+    /// A rendered field and the (name, quota, window) of each item, in order.
+    #[derive(Default)]
+    struct Rendered {
+        items: Vec<(Box<str>, u64, u64)>,
+        value: Option<HeaderValue>,
+    }
+    thread_local! {
+        static LAST: std::cell::RefCell<Rendered> = std::cell::RefCell::default();
+    }
+    let items = outcomes.iter().map(|o| {
+        let window = o.limit.window().as_secs_ceil().max(1);
+        (o.name, u64::from(o.decision.limit), window)
+    });
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        let same =
+            last.items.len() == outcomes.len()
+                && last.items.iter().zip(items.clone()).all(
+                    |((name, q, w), (n, quota, window))| {
+                        **name == *n && *q == quota && *w == window
+                    },
+                );
+        if same {
+            if let Some(value) = &last.value {
+                return Some(value.clone());
+            }
+        }
+        let mut digits = itoa::Buffer::new();
+        let mut field = String::with_capacity(32 * outcomes.len());
+        for (i, (name, quota, window)) in items.clone().enumerate() {
+            if i > 0 {
+                field.push_str(", ");
+            }
+            field.push('"');
+            field.push_str(name);
+            field.push_str("\";q=");
+            field.push_str(digits.format(quota));
+            field.push_str(";w=");
+            field.push_str(digits.format(window));
+        }
+        let value = owned_value(field)?;
+        last.items = items.map(|(n, q, w)| (Box::from(n), q, w)).collect();
+        last.value = Some(value.clone());
+        Some(value)
+    })
 }
 
 /// `value` as a header value without copying it (the `String` becomes its bytes).
@@ -271,6 +320,61 @@ mod tests {
         assert_eq!(get("retry-after"), Some("2"));
         assert_eq!(get("content-type"), Some("application/problem+json"));
         assert!(rejected.values().all(|v| v != "unset"), "{rejected:?}");
+    }
+
+    #[test]
+    fn the_policy_field_follows_the_rules_and_their_quotas() {
+        let limit = |per_second: u32| {
+            Limit::Gcra(
+                Gcra::new(Rate::new(per_second, Nanos::from_secs(1)).expect("rate"), 5)
+                    .expect("gcra"),
+            )
+        };
+        let (five, ten) = (limit(5), limit(10));
+        let field = |items: &[(&str, &Limit, u32)]| {
+            let outcomes: Vec<RuleOutcome<'_>> = items
+                .iter()
+                .map(|(name, limit, quota)| RuleOutcome {
+                    name,
+                    limit,
+                    decision: decision(*quota, 1, 1),
+                })
+                .collect();
+            let value = policy_field(&outcomes).expect("a value");
+            value.to_str().expect("text").to_owned()
+        };
+        // Each call differs from the one before in one thing: the thread's last field
+        // must not be given again.
+        assert_eq!(field(&[("auth", &five, 5)]), "\"auth\";q=5;w=1");
+        assert_eq!(field(&[("auth", &five, 5)]), "\"auth\";q=5;w=1");
+        assert_eq!(
+            field(&[("auth", &five, 2)]),
+            "\"auth\";q=2;w=1",
+            "a scaled quota"
+        );
+        assert_eq!(
+            field(&[("auti", &five, 2)]),
+            "\"auti\";q=2;w=1",
+            "another name"
+        );
+        assert_eq!(
+            field(&[("auti", &five, 2), ("api", &ten, 20)]),
+            "\"auti\";q=2;w=1, \"api\";q=20;w=1",
+            "another rule"
+        );
+        assert_eq!(
+            field(&[("auti", &five, 2)]),
+            "\"auti\";q=2;w=1",
+            "one rule fewer"
+        );
+        let hourly = Limit::FixedWindow(
+            FixedWindow::new(Rate::new(2, Nanos::from_secs(3600)).expect("rate")).expect("window"),
+        );
+        assert_eq!(
+            field(&[("auti", &hourly, 2)]),
+            "\"auti\";q=2;w=3600",
+            "another window"
+        );
     }
 
     #[test]
