@@ -4,6 +4,7 @@
 #
 #   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 #   BEFORE=/path/to/older/ratewarden scripts/bench-gateway.sh ...   # also that build
+#   FLOOR=1 scripts/bench-gateway.sh ...   # also hyper alone answering the same 429
 #
 # A trivial upstream (nginx returning 200) serves three set-ups in turn:
 #   (a) all allowed: the limit far above the load;
@@ -26,12 +27,19 @@ CONNECTIONS=${2:-50}
 ROUNDS=${3:-1}
 # An older build (another commit's), measured in the same run beside this one.
 BEFORE=${BEFORE:-}
+# With FLOOR set, rejected traffic also goes to crates/ratewarden/examples/hyper_floor.rs:
+# the gateway's 429 answered by hyper and tokio alone, served as the gateway serves
+# (`hyper-http1`: hyper's HTTP/1 connection; `hyper-auto`: hyper-util's automatic
+# HTTP/1 and h2c connection with a header-read timeout, as the gateway has). What is
+# left between it and ratewarden is the gateway's own work.
+FLOOR=${FLOOR:-}
 
 ensure nginx wrk -- nginx wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build -q --release -p ratewarden
 RATEWARDEN=target/release/ratewarden
+[ -n "$FLOOR" ] && cargo build -q --release -p ratewarden --example hyper_floor
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -98,6 +106,13 @@ ratewarden_limiter() { # name port rate burst [binary]
   wait_port "$2"
 }
 
+floor_limiter() { # port server
+  target/release/examples/hyper_floor --listen "127.0.0.1:$1" --server "$2" >/dev/null 2>&1 &
+  PIDS+=($!)
+  PROCESSES[$1]=$!
+  wait_port "$1"
+}
+
 # Clock ticks (user + kernel) the processes listed for PORT have used so far.
 cpu_ticks() { # port
   local total=0 p
@@ -125,9 +140,12 @@ load() { # label port -> "rps p50 p99 non2xx cpu-us-per-request"
 
 LIMITERS=(nginx ratewarden)
 [ -n "$BEFORE" ] && LIMITERS+=(before)
+[ -n "$FLOOR" ] && LIMITERS+=(hyper-http1 hyper-auto)
 declare -A PORT
 for load in allowed rejected; do
   for limiter in "${LIMITERS[@]}"; do
+    # The floor answers 429 to everything: rejected traffic only.
+    [ "${limiter%%-*}-$load" = hyper-allowed ] && continue
     P=$(free_port)
     PORT[$limiter-$load]=$P
     case "$limiter-$load" in
@@ -137,6 +155,8 @@ for load in allowed rejected; do
       ratewarden-rejected) ratewarden_limiter rw-deny "$P" "1/m" 1 ;;
       before-allowed) ratewarden_limiter old-allow "$P" "1000000/s" 1000000 "$BEFORE" ;;
       before-rejected) ratewarden_limiter old-deny "$P" "1/m" 1 "$BEFORE" ;;
+      hyper-http1-rejected) floor_limiter "$P" http1 ;;
+      hyper-auto-rejected) floor_limiter "$P" auto ;;
     esac
   done
 done
@@ -148,6 +168,7 @@ for round in $(seq "$ROUNDS"); do
     n=${#LIMITERS[@]}
     for i in $(seq 0 $((n - 1))); do
       limiter=${LIMITERS[$(((i + round - 1) % n))]}
+      [ -n "${PORT[$limiter-$load]:-}" ] || continue
       row=$(load "$limiter, $load (round $round)" "${PORT[$limiter-$load]}")
       ROWS+=("$row")
       RPS[$limiter-$load-$round]=$(cut -d'|' -f2 <<<"$row")
@@ -183,6 +204,7 @@ ratio_table() {
   echo "|---|---|---|"
   for limiter in "${LIMITERS[@]:1}"; do
     for load in allowed rejected; do
+      [ -n "${PORT[$limiter-$load]:-}" ] || continue
       IFS='|' read -r each median <<<"$(ratios "$1" "$limiter" "$load")"
       echo "| $limiter, $load | $each | **$median** |"
     done

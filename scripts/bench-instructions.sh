@@ -13,6 +13,10 @@
 # (callgrind_control -z), REQUESTS requests (default 4000) are sent over 10 keep-alive
 # connections, and the counters are dumped. nginx runs as one process
 # (master_process off), ratewarden with its usual worker threads.
+#
+# With FLOOR set, the rejected set-up also counts crates/ratewarden/examples/hyper_floor.rs
+# (the gateway's 429 answered by hyper and tokio alone) in each of its server set-ups:
+# what is left between it and ratewarden is the gateway's own work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
@@ -41,7 +45,7 @@ count() {
   local statuses
   statuses=$(python3 scripts/bench_requests.py "$port" "$REQUESTS")
   callgrind_control -d "$pid" >/dev/null 2>&1
-  kill -INT "$pid" 2>/dev/null || true
+  kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   # Every dump after the zeroing, all threads: the requests' instructions.
   local total
@@ -87,6 +91,13 @@ for setup in "all allowed|1000000r/s|1000000/s|1000000" "nearly all rejected|1r/
     ROWS+=("$(RUST_LOG=warn count "$binary, $name" "$P" "$binary" serve --config "$(ratewarden_conf "$P" "$rate" "$burst")")")
   done
 done
+if [ -n "${FLOOR:-}" ]; then
+  cargo build -q --release -p ratewarden --example hyper_floor
+  for server in http1 http1-timeout auto; do
+    P=$(free_port)
+    ROWS+=("$(count "hyper_floor --server $server, nearly all rejected" "$P" target/release/examples/hyper_floor --listen "127.0.0.1:$P" --server "$server")")
+  done
+fi
 
 echo "callgrind, $REQUESTS requests after 500 warm-up, 10 keep-alive connections; $(valgrind --version); nginx $("$NGINX" -v 2>&1 | cut -d/ -f2); $(date -u +%Y-%m-%d)"
 echo

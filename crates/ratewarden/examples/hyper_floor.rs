@@ -1,0 +1,158 @@
+//! What hyper and tokio alone cost a 429: the floor under the gateway's rejected traffic.
+//!
+//! `cargo run --release -p ratewarden --example hyper_floor -- --listen 127.0.0.1:PORT
+//! [--server http1|http1-timeout|auto]` answers every request with the bytes of the gateway's 429 for
+//! one rule (the same status line, headers and body; the values do not change), and
+//! does nothing else: no path, no client address, no limiter, no metrics.
+//!
+//! It is served as the gateway serves: one thread per core, each with its own
+//! single-threaded runtime and `SO_REUSEPORT` listener, `TCP_NODELAY`, the headers
+//! cloned from a map built once per thread. With `--server http1`, by hyper's HTTP/1
+//! connection alone; `http1-timeout` adds a header-read timeout on tokio's timer; with
+//! `--server auto` (the default), the same through hyper-util's automatic HTTP/1 and
+//! h2c connection, as the gateway configures it (the gateway's own header timer is
+//! cheaper than tokio's).
+//!
+//! `scripts/bench-floor.sh` loads it beside nginx's `limit_req` and the gateway.
+#![allow(missing_docs)]
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+// The gateway's allocator, so that the floor's allocations cost what the gateway's do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BODY: &str = concat!(
+    r#"{"type":"https://ratewarden.dev/problems/rate-limited","title":"Too Many Requests","#,
+    r#""status":429,"detail":"rate limit \"bench\" exceeded; retry in 60 s","#,
+    r#""error":"rate_limited","rule":"bench","retry_after":60,"violated-policies":["bench"]}"#,
+);
+
+const HEADERS: [(&str, &str); 7] = [
+    ("content-type", "application/problem+json"),
+    ("retry-after", "60"),
+    ("ratelimit-policy", "\"bench\";q=1;w=60"),
+    ("ratelimit", "\"bench\";r=0;t=60"),
+    ("x-ratelimit-limit", "1"),
+    ("x-ratelimit-remaining", "0"),
+    ("x-ratelimit-reset", "60"),
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Server {
+    Http1,
+    Http1Timeout,
+    Auto,
+}
+
+const USAGE: &str = "usage: hyper_floor --listen ADDRESS [--server http1|http1-timeout|auto]";
+
+fn main() -> std::io::Result<()> {
+    let mut listen: Option<SocketAddr> = None;
+    let mut server = Server::Auto;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--listen", Some(address)) => listen = address.parse().ok(),
+            ("--server", Some(kind)) => {
+                server = match kind.as_str() {
+                    "http1" => Server::Http1,
+                    "http1-timeout" => Server::Http1Timeout,
+                    "auto" => Server::Auto,
+                    _ => {
+                        eprintln!("{USAGE}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            _ => {
+                eprintln!("{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let Some(listen) = listen else {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    };
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async { accept_loop(reuseport_listener(listen)?, server).await })
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| std::io::Error::other("a worker panicked"))??;
+    }
+    Ok(())
+}
+
+fn reuseport_listener(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, server: Server) -> std::io::Result<()> {
+    let mut template = HeaderMap::with_capacity(HEADERS.len());
+    for (name, value) in HEADERS {
+        template.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    auto.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    if server == Server::Http1Timeout {
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
+    }
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let template = template.clone();
+        let service = service_fn(move |_request| {
+            let mut response = Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            *response.headers_mut() = template.clone();
+            std::future::ready(Ok::<_, Infallible>(response))
+        });
+        let io = TokioIo::new(stream);
+        match server {
+            Server::Http1 | Server::Http1Timeout => {
+                tokio::spawn(http1.serve_connection(io, service));
+            }
+            Server::Auto => {
+                let auto = auto.clone();
+                tokio::spawn(async move {
+                    let _ = auto.serve_connection_with_upgrades(io, service).await;
+                });
+            }
+        }
+    }
+}
