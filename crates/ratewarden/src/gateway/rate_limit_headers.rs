@@ -119,36 +119,40 @@ fn number(n: u64) -> HeaderValue {
 /// The `RateLimit-Policy` field of `outcomes`: one item per rule, its quota and window.
 ///
 /// It changes only with the rules and their quotas (a threat level scales them), not
-/// from one request to the next, so each thread keeps the last one it rendered and
-/// gives it again while the rules say the same: a comparison instead of a string, a
-/// block for it and a block for its `Bytes`.
+/// from one request to the next, so each thread keeps the last few it rendered (one per
+/// set of rules its routes match, mostly) and gives one again while the rules say the
+/// same: a comparison instead of a string, a block for it and a block for its `Bytes`.
+/// Past [`REMEMBERED`] sets, the oldest is rendered over, reusing its memory.
 fn policy_field(outcomes: &[RuleOutcome<'_>]) -> Option<HeaderValue> {
-    /// A rendered field and the (name, quota, window) of each item, in order.
-    #[derive(Default)]
+    const REMEMBERED: usize = 8;
+    /// A rendered field and the (name, quota, window) of each of its items, in order.
     struct Rendered {
-        items: Vec<(Box<str>, u64, u64)>,
-        value: Option<HeaderValue>,
+        items: Vec<(String, u64, u64)>,
+        value: HeaderValue,
+    }
+    #[derive(Default)]
+    struct Remembered {
+        fields: Vec<Rendered>,
+        /// The next to render over once `fields` is full.
+        oldest: usize,
     }
     thread_local! {
-        static LAST: std::cell::RefCell<Rendered> = std::cell::RefCell::default();
+        static REMEMBERED_FIELDS: std::cell::RefCell<Remembered> = std::cell::RefCell::default();
     }
     let items = outcomes.iter().map(|o| {
         let window = o.limit.window().as_secs_ceil().max(1);
         (o.name, u64::from(o.decision.limit), window)
     });
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        let same =
-            last.items.len() == outcomes.len()
-                && last.items.iter().zip(items.clone()).all(
-                    |((name, q, w), (n, quota, window))| {
-                        **name == *n && *q == quota && *w == window
-                    },
-                );
-        if same {
-            if let Some(value) = &last.value {
-                return Some(value.clone());
-            }
+    REMEMBERED_FIELDS.with(|remembered| {
+        let mut remembered = remembered.borrow_mut();
+        let says_the_same = |rendered: &Rendered| {
+            rendered.items.len() == outcomes.len()
+                && rendered.items.iter().zip(items.clone()).all(
+                    |((name, q, w), (n, quota, window))| name == n && *q == quota && *w == window,
+                )
+        };
+        if let Some(rendered) = remembered.fields.iter().find(|r| says_the_same(r)) {
+            return Some(rendered.value.clone());
         }
         let mut digits = itoa::Buffer::new();
         let mut field = String::with_capacity(32 * outcomes.len());
@@ -164,8 +168,27 @@ fn policy_field(outcomes: &[RuleOutcome<'_>]) -> Option<HeaderValue> {
             field.push_str(digits.format(window));
         }
         let value = owned_value(field)?;
-        last.items = items.map(|(n, q, w)| (Box::from(n), q, w)).collect();
-        last.value = Some(value.clone());
+        if remembered.fields.len() < REMEMBERED {
+            let items = items.map(|(n, q, w)| (n.to_owned(), q, w)).collect();
+            let value = value.clone();
+            remembered.fields.push(Rendered { items, value });
+        } else {
+            let oldest = remembered.oldest;
+            remembered.oldest = (oldest + 1) % REMEMBERED;
+            let rendered = &mut remembered.fields[oldest];
+            rendered.items.truncate(outcomes.len());
+            for (i, (n, q, w)) in items.enumerate() {
+                match rendered.items.get_mut(i) {
+                    Some(item) => {
+                        item.0.clear();
+                        item.0.push_str(n);
+                        (item.1, item.2) = (q, w);
+                    }
+                    None => rendered.items.push((n.to_owned(), q, w)),
+                }
+            }
+            rendered.value = value.clone();
+        }
         Some(value)
     })
 }
@@ -375,6 +398,19 @@ mod tests {
             "\"auti\";q=2;w=3600",
             "another window"
         );
+        // Routes taken in turns are each given their own; past the sets remembered, the
+        // oldest ones are rendered over, and every answer stays right.
+        for round in 0..3 {
+            for quota in 1..=12_u32 {
+                let name = format!("r{quota}");
+                assert_eq!(
+                    field(&[(name.as_str(), &five, quota), ("api", &ten, 20)]),
+                    format!("\"r{quota}\";q={quota};w=1, \"api\";q=20;w=1"),
+                    "round {round}"
+                );
+                assert_eq!(field(&[("auth", &five, 5)]), "\"auth\";q=5;w=1");
+            }
+        }
     }
 
     #[test]
