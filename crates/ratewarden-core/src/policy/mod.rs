@@ -104,8 +104,9 @@ pub struct RequestFacts<'a> {
 pub struct Applicable<'p> {
     /// A rule whose `deny` list holds the client: the request is refused.
     pub denied_by: Option<&'p Rule>,
-    /// Every rule to check, with the client part of its counter key.
-    pub checks: Vec<(&'p Rule, String)>,
+    /// Every rule to check, with the client part of its counter key: a handful, kept
+    /// inline (every request evaluates the policy).
+    pub checks: smallvec::SmallVec<[(&'p Rule, String); 4]>,
 }
 
 impl Policy {
