@@ -71,7 +71,7 @@ CONF
   wait_port "$2"
 }
 # The processes whose CPU a set-up's rows count, by port: nginx's master and workers,
-# or ratewarden.
+# ratewarden, or hyper_floor.
 declare -A PROCESSES
 nginx_processes() { # name port workers
   local master workers=""

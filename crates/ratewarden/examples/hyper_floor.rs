@@ -1,19 +1,23 @@
 //! What hyper and tokio alone cost a 429: the floor under the gateway's rejected traffic.
 //!
 //! `cargo run --release -p ratewarden --example hyper_floor -- --listen 127.0.0.1:PORT
-//! [--server http1|http1-timeout|auto]` answers every request with the bytes of the gateway's 429 for
-//! one rule (the same status line, headers and body; the values do not change), and
+//! [--server http1|http1-timeout|auto]` answers every request with the gateway's 429
+//! for one rule named `bench` (1 per minute, burst 1) at its longest wait: the same
+//! status line, headers and body, with values that never change (the gateway's wait
+//! counts down from 60 s, and below 10 s its five numbers are a digit shorter). It
 //! does nothing else: no path, no client address, no limiter, no metrics.
 //!
 //! It is served as the gateway serves: one thread per core, each with its own
-//! single-threaded runtime and `SO_REUSEPORT` listener, `TCP_NODELAY`, the headers
-//! cloned from a map built once per thread. With `--server http1`, by hyper's HTTP/1
-//! connection alone; `http1-timeout` adds a header-read timeout on tokio's timer; with
-//! `--server auto` (the default), the same through hyper-util's automatic HTTP/1 and
-//! h2c connection, as the gateway configures it (the gateway's own header timer is
-//! cheaper than tokio's).
+//! single-threaded runtime and `SO_REUSEPORT` listener, `TCP_NODELAY`, mimalloc, the
+//! headers cloned from a map built once per thread. With `--server http1`, by hyper's
+//! HTTP/1 connection alone; `http1-timeout` adds a header-read timeout on tokio's timer;
+//! with `--server auto` (the default), the same through hyper-util's automatic HTTP/1
+//! and h2c connection, as the gateway does. The gateway's limits on header size and
+//! count and its HTTP/2 settings are left out, and its own header timer is cheaper than
+//! tokio's.
 //!
-//! `scripts/bench-floor.sh` loads it beside nginx's `limit_req` and the gateway.
+//! `FLOOR=1` loads it in `scripts/bench-gateway.sh` (beside nginx's `limit_req` and the
+//! gateway) and counts it in `scripts/bench-instructions.sh`.
 #![allow(missing_docs)]
 
 use bytes::Bytes;

@@ -122,7 +122,7 @@ fn number(n: u64) -> HeaderValue {
 /// from one request to the next, so each thread keeps the last few it rendered (one per
 /// set of rules its routes match, mostly) and gives one again while the rules say the
 /// same: a comparison instead of a string, a block for it and a block for its `Bytes`.
-/// Past [`REMEMBERED`] sets, the oldest is rendered over, reusing its memory.
+/// Past `REMEMBERED` sets, the oldest is rendered over, reusing its memory.
 fn policy_field(outcomes: &[RuleOutcome<'_>]) -> Option<HeaderValue> {
     const REMEMBERED: usize = 8;
     /// A rendered field and the (name, quota, window) of each of its items, in order.
@@ -366,8 +366,8 @@ mod tests {
             let value = policy_field(&outcomes).expect("a value");
             value.to_str().expect("text").to_owned()
         };
-        // Each call differs from the one before in one thing: the thread's last field
-        // must not be given again.
+        // The same rules twice (the kept value given again), then each call differs from
+        // the one before in one thing: a kept value must not be given for it.
         assert_eq!(field(&[("auth", &five, 5)]), "\"auth\";q=5;w=1");
         assert_eq!(field(&[("auth", &five, 5)]), "\"auth\";q=5;w=1");
         assert_eq!(
