@@ -49,26 +49,19 @@ struct RateLimitValues {
 }
 
 impl RateLimitValues {
-    /// Written with `push_str` and `itoa` rather than `write!`: every response carries
-    /// these, and the formatting machinery cost more than the rest of a 429. `None`
-    /// when no rule applied.
+    /// `None` when no rule applied.
     fn of(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Option<RateLimitValues> {
         if outcomes.is_empty() {
             return None;
         }
-        let mut digits = itoa::Buffer::new();
-        let mut state = String::with_capacity(32 * outcomes.len());
-        for (i, o) in outcomes.iter().enumerate() {
-            if i > 0 {
-                state.push_str(", ");
-            }
-            state.push('"');
-            state.push_str(o.name);
-            state.push_str("\";r=");
-            state.push_str(digits.format(o.decision.remaining));
-            state.push_str(";t=");
-            state.push_str(digits.format(o.decision.reset_after.as_secs_ceil()));
-        }
+        let state = item_list(
+            outcomes.iter().map(|o| {
+                let remaining = u64::from(o.decision.remaining);
+                (o.name, remaining, o.decision.reset_after.as_secs_ceil())
+            }),
+            ["r", "t"],
+            outcomes.len(),
+        );
         Some(RateLimitValues {
             policy: policy_field(outcomes)?,
             state: owned_value(state)?,
@@ -109,10 +102,8 @@ fn number(n: u64) -> HeaderValue {
                 .collect()
         })[i]
             .clone(),
-        _ => {
-            let digits = Bytes::copy_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            HeaderValue::from_maybe_shared(digits).unwrap_or_else(|_| HeaderValue::from(n))
-        }
+        _ => HeaderValue::from_str(itoa::Buffer::new().format(n))
+            .unwrap_or_else(|_| HeaderValue::from(n)),
     }
 }
 
@@ -122,7 +113,7 @@ fn number(n: u64) -> HeaderValue {
 /// from one request to the next, so each thread keeps the last few it rendered (one per
 /// set of rules its routes match, mostly) and gives one again while the rules say the
 /// same: a comparison instead of a string, a block for it and a block for its `Bytes`.
-/// Past `REMEMBERED` sets, the oldest is rendered over, reusing its memory.
+/// Past `REMEMBERED` sets, the oldest is replaced.
 fn policy_field(outcomes: &[RuleOutcome<'_>]) -> Option<HeaderValue> {
     const REMEMBERED: usize = 8;
     /// A rendered field and the (name, quota, window) of each of its items, in order.
@@ -154,43 +145,49 @@ fn policy_field(outcomes: &[RuleOutcome<'_>]) -> Option<HeaderValue> {
         if let Some(rendered) = remembered.fields.iter().find(|r| says_the_same(r)) {
             return Some(rendered.value.clone());
         }
-        let mut digits = itoa::Buffer::new();
-        let mut field = String::with_capacity(32 * outcomes.len());
-        for (i, (name, quota, window)) in items.clone().enumerate() {
-            if i > 0 {
-                field.push_str(", ");
-            }
-            field.push('"');
-            field.push_str(name);
-            field.push_str("\";q=");
-            field.push_str(digits.format(quota));
-            field.push_str(";w=");
-            field.push_str(digits.format(window));
-        }
-        let value = owned_value(field)?;
+        let value = owned_value(item_list(items.clone(), ["q", "w"], outcomes.len()))?;
+        let rendered = Rendered {
+            items: items.map(|(n, q, w)| (n.to_owned(), q, w)).collect(),
+            value: value.clone(),
+        };
         if remembered.fields.len() < REMEMBERED {
-            let items = items.map(|(n, q, w)| (n.to_owned(), q, w)).collect();
-            let value = value.clone();
-            remembered.fields.push(Rendered { items, value });
+            remembered.fields.push(rendered);
         } else {
             let oldest = remembered.oldest;
             remembered.oldest = (oldest + 1) % REMEMBERED;
-            let rendered = &mut remembered.fields[oldest];
-            rendered.items.truncate(outcomes.len());
-            for (i, (n, q, w)) in items.enumerate() {
-                match rendered.items.get_mut(i) {
-                    Some(item) => {
-                        item.0.clear();
-                        item.0.push_str(n);
-                        (item.1, item.2) = (q, w);
-                    }
-                    None => rendered.items.push((n.to_owned(), q, w)),
-                }
-            }
-            rendered.value = value.clone();
+            remembered.fields[oldest] = rendered;
         }
         Some(value)
     })
+}
+
+/// A structured-field list with one item per rule, `"name";k=1;l=2, ...`, for `keys`
+/// `[k, l]`; `rules` sizes the string. Written with `push_str` and `itoa` rather than
+/// `write!`: every response carries these, and the formatting machinery cost more than
+/// the rest of a 429.
+fn item_list<'a>(
+    items: impl Iterator<Item = (&'a str, u64, u64)>,
+    keys: [&str; 2],
+    rules: usize,
+) -> String {
+    let mut digits = itoa::Buffer::new();
+    let mut list = String::with_capacity(32 * rules);
+    for (i, (name, first, second)) in items.enumerate() {
+        if i > 0 {
+            list.push_str(", ");
+        }
+        list.push('"');
+        list.push_str(name);
+        list.push_str("\";");
+        list.push_str(keys[0]);
+        list.push('=');
+        list.push_str(digits.format(first));
+        list.push(';');
+        list.push_str(keys[1]);
+        list.push('=');
+        list.push_str(digits.format(second));
+    }
+    list
 }
 
 /// `value` as a header value without copying it (the `String` becomes its bytes).
