@@ -16,6 +16,7 @@ mod limiter;
 mod login;
 mod pool;
 pub mod rate_limit_headers;
+mod recent;
 pub mod responses;
 mod status_cache;
 pub mod threat;

@@ -5,10 +5,12 @@
 //! header set of a 429, which is built from a template (it is the hot path under
 //! attack).
 
+use super::recent::Recent;
 use super::responses::PROBLEM_JSON;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use ratewarden_core::{Decision, Limit};
+use std::cell::RefCell;
 
 /// A rule's decision for the headers.
 pub struct RuleOutcome<'a> {
@@ -113,52 +115,33 @@ fn number(n: u64) -> HeaderValue {
 /// from one request to the next, so each thread keeps the last few it rendered (one per
 /// set of rules its routes match, mostly) and gives one again while the rules say the
 /// same: a comparison instead of a string, a block for it and a block for its `Bytes`.
-/// Past `REMEMBERED` sets, the oldest is replaced.
 fn policy_field(outcomes: &[RuleOutcome<'_>]) -> Option<HeaderValue> {
-    const REMEMBERED: usize = 8;
-    /// A rendered field and the (name, quota, window) of each of its items, in order.
-    struct Rendered {
-        items: Vec<(String, u64, u64)>,
-        value: HeaderValue,
-    }
-    #[derive(Default)]
-    struct Remembered {
-        fields: Vec<Rendered>,
-        /// The next to render over once `fields` is full.
-        oldest: usize,
-    }
+    /// The (name, quota, window) of each item, in order.
+    type Items = Vec<(String, u64, u64)>;
     thread_local! {
-        static REMEMBERED_FIELDS: std::cell::RefCell<Remembered> = std::cell::RefCell::default();
+        static RENDERED: RefCell<Recent<Items, Option<HeaderValue>, 8>> =
+            const { RefCell::new(Recent::new()) };
     }
     let items = outcomes.iter().map(|o| {
         let window = o.limit.window().as_secs_ceil().max(1);
         (o.name, u64::from(o.decision.limit), window)
     });
-    REMEMBERED_FIELDS.with(|remembered| {
-        let mut remembered = remembered.borrow_mut();
-        let says_the_same = |rendered: &Rendered| {
-            rendered.items.len() == outcomes.len()
-                && rendered.items.iter().zip(items.clone()).all(
-                    |((name, q, w), (n, quota, window))| name == n && *q == quota && *w == window,
-                )
-        };
-        if let Some(rendered) = remembered.fields.iter().find(|r| says_the_same(r)) {
-            return Some(rendered.value.clone());
-        }
-        let value = owned_value(item_list(items.clone(), ["q", "w"], outcomes.len()))?;
-        let rendered = Rendered {
-            items: items.map(|(n, q, w)| (n.to_owned(), q, w)).collect(),
-            value: value.clone(),
-        };
-        if remembered.fields.len() < REMEMBERED {
-            remembered.fields.push(rendered);
-        } else {
-            let oldest = remembered.oldest;
-            remembered.oldest = (oldest + 1) % REMEMBERED;
-            remembered.fields[oldest] = rendered;
-        }
-        Some(value)
-    })
+    let same = |kept: &Items| {
+        kept.len() == outcomes.len()
+            && kept
+                .iter()
+                .zip(items.clone())
+                .all(|((name, q, w), (n, quota, window))| name == n && *q == quota && *w == window)
+    };
+    let render = || {
+        let value = owned_value(item_list(items.clone(), ["q", "w"], outcomes.len()));
+        let kept = items
+            .clone()
+            .map(|(n, q, w)| (n.to_owned(), q, w))
+            .collect();
+        (kept, value)
+    };
+    RENDERED.with_borrow_mut(|rendered| rendered.get_or_render(same, render))
 }
 
 /// A structured-field list with one item per rule, `"name";k=1;l=2, ...`, for `keys`

@@ -3,28 +3,134 @@
 //! [`super::rate_limit_headers`].
 
 use super::rate_limit_headers::{rejection_headers, RuleOutcome};
+use super::recent::Recent;
 use super::Body;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use std::cell::RefCell;
 
 /// The content type of every body the gateway writes itself (RFC 9457 problems).
 pub(super) const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 /// 429 with a problem body naming the violated rules.
+///
+/// Under a flood, one client after another gets the same bytes for a second at a time,
+/// so each thread keeps the last few 429s it rendered and clones one whose
+/// [`RejectionInputs`] are the request's.
 pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Response<Body> {
-    let violated = outcomes.iter().filter(|o| !o.decision.allowed);
-    let retry_after = violated
-        .clone()
+    let (headers, body) = remembered_rejection(outcomes, speaker);
+    let mut response = Response::new(full(body));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// A 429's headers and body: a recent rendering with the same inputs, or a new one.
+fn remembered_rejection(outcomes: &[RuleOutcome<'_>], speaker: usize) -> (HeaderMap, Bytes) {
+    thread_local! {
+        static RENDERED: RefCell<Recent<RejectionInputs, (HeaderMap, Bytes), 4>> =
+            const { RefCell::new(Recent::new()) };
+    }
+    let retry_after = retry_after(outcomes);
+    RENDERED.with_borrow_mut(|rendered| {
+        rendered.get_or_render(
+            |kept| kept.are_those_of(outcomes, speaker, retry_after),
+            || {
+                let inputs = RejectionInputs::of(outcomes, speaker, retry_after);
+                (inputs, render_rejection(outcomes, speaker, retry_after))
+            },
+        )
+    })
+}
+
+/// The seconds a 429 asks the client to wait: until every violated rule admits it.
+fn retry_after(outcomes: &[RuleOutcome<'_>]) -> u64 {
+    outcomes
+        .iter()
+        .filter(|o| !o.decision.allowed)
         .map(|o| o.decision.retry_after.as_secs_ceil())
         .max()
         .unwrap_or(1)
-        .clamp(1, 86_400 * 366);
+        .clamp(1, 86_400 * 366)
+}
+
+/// A 429's headers and body, rendered anew.
+fn render_rejection(
+    outcomes: &[RuleOutcome<'_>],
+    speaker: usize,
+    retry_after: u64,
+) -> (HeaderMap, Bytes) {
+    (
+        rejection_headers(outcomes, speaker, retry_after),
+        rejection_body(outcomes, speaker, retry_after),
+    )
+}
+
+/// Everything a 429's headers and body are rendered from, in the units they show:
+/// equal inputs, equal bytes.
+#[derive(PartialEq)]
+struct RejectionInputs {
+    speaker: usize,
+    retry_after: u64,
+    rules: Vec<(String, RuleFigures)>,
+}
+
+/// What a 429 shows of one rule besides its name.
+#[derive(Clone, Copy, PartialEq)]
+struct RuleFigures {
+    window_secs: u64,
+    quota: u32,
+    remaining: u32,
+    reset_secs: u64,
+    violated: bool,
+}
+
+impl RuleFigures {
+    fn of(outcome: &RuleOutcome<'_>) -> RuleFigures {
+        let decision = &outcome.decision;
+        RuleFigures {
+            window_secs: outcome.limit.window().as_secs_ceil(),
+            quota: decision.limit,
+            remaining: decision.remaining,
+            reset_secs: decision.reset_after.as_secs_ceil(),
+            violated: !decision.allowed,
+        }
+    }
+}
+
+impl RejectionInputs {
+    fn of(outcomes: &[RuleOutcome<'_>], speaker: usize, retry_after: u64) -> RejectionInputs {
+        RejectionInputs {
+            speaker,
+            retry_after,
+            rules: outcomes
+                .iter()
+                .map(|o| (o.name.to_owned(), RuleFigures::of(o)))
+                .collect(),
+        }
+    }
+
+    /// Whether these are the inputs of a 429 for `outcomes`.
+    fn are_those_of(&self, outcomes: &[RuleOutcome<'_>], speaker: usize, retry_after: u64) -> bool {
+        self.speaker == speaker
+            && self.retry_after == retry_after
+            && self.rules.len() == outcomes.len()
+            && self
+                .rules
+                .iter()
+                .zip(outcomes)
+                .all(|((name, figures), o)| name == o.name && *figures == RuleFigures::of(o))
+    }
+}
+
+/// The problem body of a 429. Written by hand rather than through serde_json or
+/// `write!`: this is the hot path under attack. Rule names are restricted by
+/// configuration to characters that need no escaping in JSON or in a structured-field
+/// string.
+fn rejection_body(outcomes: &[RuleOutcome<'_>], speaker: usize, retry_after: u64) -> Bytes {
     let rule = outcomes.get(speaker).map_or("", |o| o.name);
-    // Written by hand rather than through serde_json or `write!`: this is the hot path
-    // under attack. Rule names are restricted by configuration to characters that need
-    // no escaping in JSON or in a structured-field string.
     let mut digits = itoa::Buffer::new();
     let retry = digits.format(retry_after);
     let mut body = String::with_capacity(320);
@@ -41,7 +147,7 @@ pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Respon
     ] {
         body.push_str(part);
     }
-    for (i, o) in violated.enumerate() {
+    for (i, o) in outcomes.iter().filter(|o| !o.decision.allowed).enumerate() {
         if i > 0 {
             body.push(',');
         }
@@ -50,10 +156,7 @@ pub fn too_many_requests(outcomes: &[RuleOutcome<'_>], speaker: usize) -> Respon
         body.push('"');
     }
     body.push_str("]}");
-    let mut response = Response::new(full(body));
-    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    *response.headers_mut() = rejection_headers(outcomes, speaker, retry_after);
-    response
+    Bytes::from(body)
 }
 
 /// 403 for a client on a rule's deny list.
@@ -287,9 +390,11 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 #[cfg(test)]
 mod tests {
-    use super::too_many_requests;
+    use super::{remembered_rejection, render_rejection, retry_after, too_many_requests};
     use crate::gateway::rate_limit_headers::RuleOutcome;
     use http_body_util::BodyExt;
+    use proptest::prelude::*;
+    use ratewarden_core::algorithm::FixedWindow;
     use ratewarden_core::{Decision, Gcra, Limit, Nanos};
 
     fn outcome<'a>(name: &'a str, limit: &'a Limit, allowed: bool, reset: u64) -> RuleOutcome<'a> {
@@ -371,5 +476,58 @@ mod tests {
             body["violated-policies"],
             serde_json::json!(["auth", "admin"])
         );
+    }
+
+    fn any_limit() -> impl Strategy<Value = Limit> {
+        let gcra = Limit::Gcra(Gcra::new("5/s".parse().unwrap(), 5).unwrap());
+        let hourly = Limit::FixedWindow(FixedWindow::new("3/h".parse().unwrap()).unwrap());
+        prop_oneof![Just(gcra), Just(hourly)]
+    }
+
+    /// Spans around whole seconds, so that some differ only below a second (rendered
+    /// alike) and some just across one (rendered apart).
+    fn any_span() -> impl Strategy<Value = Nanos> {
+        prop_oneof![Just(0_u64), 1..3_000_000_000_u64, Just(59_900_000_000)].prop_map(Nanos)
+    }
+
+    fn any_rule() -> impl Strategy<Value = (&'static str, Limit, Decision)> {
+        let decision = (any::<bool>(), 1..=5_u32, 0..=2_u32, any_span(), any_span()).prop_map(
+            |(allowed, limit, remaining, reset_after, retry_after)| Decision {
+                allowed,
+                limit,
+                remaining,
+                reset_after,
+                retry_after,
+            },
+        );
+        (
+            prop_oneof![Just("auth"), Just("api"), Just("au")],
+            any_limit(),
+            decision,
+        )
+    }
+
+    proptest! {
+        /// Whatever a thread answered before, a 429 is the one its outcomes render to:
+        /// a remembered one is given only for the very same inputs.
+        #[test]
+        fn a_remembered_429_is_the_one_its_outcomes_render_to(
+            requests in proptest::collection::vec(
+                (proptest::collection::vec(any_rule(), 0..=3), 0..=3_usize),
+                1..40,
+            )
+        ) {
+            for (rules, speaker) in &requests {
+                let outcomes: Vec<RuleOutcome<'_>> = rules
+                    .iter()
+                    .map(|(name, limit, decision)| RuleOutcome { name, limit, decision: *decision })
+                    .collect();
+                let (headers, body) = remembered_rejection(&outcomes, *speaker);
+                let (fresh_headers, fresh_body) =
+                    render_rejection(&outcomes, *speaker, retry_after(&outcomes));
+                prop_assert_eq!(&headers, &fresh_headers);
+                prop_assert_eq!(&body, &fresh_body);
+            }
+        }
     }
 }
