@@ -12,6 +12,7 @@
 //! characters, `..` above the root, dot segments other servers may read differently
 //! (`‥`, `...`, `.. `), and paths longer than [`MAX_PATH_BYTES`].
 
+use std::borrow::Cow;
 use std::fmt;
 use unicode_normalization::UnicodeNormalization;
 
@@ -54,20 +55,22 @@ pub enum PathError {
 }
 
 /// A path in canonical form: starts with `/`, no empty, `.` or `..` segments, no
-/// trailing `/`, lower case, NFKC.
+/// trailing `/`, lower case, NFKC. Borrowed from the request when it was written that
+/// way already (most are: no copy then), owned when canonicalising changed it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CanonicalPath(String);
+pub struct CanonicalPath<'a>(Cow<'a, str>);
 
-impl CanonicalPath {
+impl<'a> CanonicalPath<'a> {
     /// Canonicalises the path part of a request target (anything from `?` or `#` on is
     /// ignored).
-    pub fn parse(raw: &str) -> Result<CanonicalPath, PathError> {
-        canonicalize(raw.as_bytes())
-    }
-
-    /// Canonicalises raw bytes of a request target.
-    pub fn from_bytes(raw: &[u8]) -> Result<CanonicalPath, PathError> {
-        canonicalize(raw)
+    pub fn parse(raw: &'a str) -> Result<CanonicalPath<'a>, PathError> {
+        if raw.len() > MAX_PATH_BYTES {
+            return Err(PathError::TooLong);
+        }
+        match already_canonical(raw) {
+            Some(simple) => Ok(CanonicalPath(Cow::Borrowed(simple))),
+            None => canonicalize_fully(without_query(raw.as_bytes())),
+        }
     }
 
     /// The canonical text.
@@ -75,35 +78,46 @@ impl CanonicalPath {
         &self.0
     }
 
+    /// This path, owning its text.
+    pub fn into_owned(self) -> CanonicalPath<'static> {
+        CanonicalPath(Cow::Owned(self.0.into_owned()))
+    }
+
     /// Whether this path is `prefix` or lies under it, segment-wise: `/api/v1` is under
     /// `/api`, `/apix` is not.
-    pub fn starts_with(&self, prefix: &CanonicalPath) -> bool {
+    pub fn starts_with(&self, prefix: &CanonicalPath<'_>) -> bool {
         let (p, me) = (prefix.as_str(), self.as_str());
         p == "/" || me == p || (me.starts_with(p) && me.as_bytes().get(p.len()) == Some(&b'/'))
     }
 }
 
-impl fmt::Display for CanonicalPath {
+impl CanonicalPath<'static> {
+    /// Canonicalises raw bytes of a request target.
+    pub fn from_bytes(raw: &[u8]) -> Result<CanonicalPath<'static>, PathError> {
+        match std::str::from_utf8(raw) {
+            Ok(text) => CanonicalPath::parse(text).map(CanonicalPath::into_owned),
+            Err(_) if raw.len() > MAX_PATH_BYTES => Err(PathError::TooLong),
+            Err(_) => canonicalize_fully(without_query(raw)),
+        }
+    }
+}
+
+impl fmt::Display for CanonicalPath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-fn canonicalize(raw: &[u8]) -> Result<CanonicalPath, PathError> {
-    if raw.len() > MAX_PATH_BYTES {
-        return Err(PathError::TooLong);
-    }
+/// `raw` up to its query or fragment.
+fn without_query(raw: &[u8]) -> &[u8] {
     let end = raw
         .iter()
         .position(|&b| b == b'?' || b == b'#')
         .unwrap_or(raw.len());
-    match already_canonical(&raw[..end]) {
-        Some(simple) => Ok(simple),
-        None => canonicalize_fully(&raw[..end]),
-    }
+    &raw[..end]
 }
 
-fn canonicalize_fully(raw: &[u8]) -> Result<CanonicalPath, PathError> {
+fn canonicalize_fully(raw: &[u8]) -> Result<CanonicalPath<'static>, PathError> {
     let decoded = percent_decode(raw)?;
     let text = std::str::from_utf8(&decoded).map_err(|_| PathError::NotUtf8)?;
     if text.chars().any(char::is_control) {
@@ -153,7 +167,7 @@ fn canonicalize_fully(raw: &[u8]) -> Result<CanonicalPath, PathError> {
     if out.is_empty() {
         out.push('/');
     }
-    Ok(CanonicalPath(out))
+    Ok(CanonicalPath(Cow::Owned(out)))
 }
 
 /// How many `.` and `..` segments `path` has (matrix parameters aside).
@@ -164,26 +178,35 @@ fn dot_segments(path: &str) -> usize {
         .count()
 }
 
-/// The common case, one allocation: lower-case ASCII letters, digits, `-`, `_`, `~` and
-/// single slashes, starting with `/` (a trailing slash is dropped).
-fn already_canonical(path: &[u8]) -> Option<CanonicalPath> {
-    let simple = path.first() == Some(&b'/')
-        && path
-            .iter()
-            .all(|&b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' | b'/'))
-        && !path.windows(2).any(|w| w == b"//");
-    if !simple {
+/// The common case, in one pass and without a copy: the path up to any query, when it
+/// is lower-case ASCII letters, digits, `-`, `_`, `~` and single slashes and starts with
+/// `/` (a trailing slash is dropped).
+fn already_canonical(raw: &str) -> Option<&str> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return None;
     }
-    let path = if path.len() > 1 {
-        path.strip_suffix(b"/").unwrap_or(path)
+    let mut end = bytes.len();
+    let mut after_slash = true;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        match b {
+            b'/' if after_slash => return None,
+            b'/' => after_slash = true,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => after_slash = false,
+            b'?' | b'#' => {
+                end = i;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    // Only ASCII came before `end`: it is a character boundary.
+    let path = raw.get(..end)?;
+    Some(if end > 1 {
+        path.strip_suffix('/').unwrap_or(path)
     } else {
         path
-    };
-    // Only ASCII was accepted above.
-    std::str::from_utf8(path)
-        .ok()
-        .map(|p| CanonicalPath(p.to_owned()))
+    })
 }
 
 /// Decodes every `%XX`; refuses a malformed escape and an escape that decodes into
@@ -230,7 +253,7 @@ mod tests {
     use super::*;
 
     fn canon(raw: &str) -> Result<String, PathError> {
-        CanonicalPath::parse(raw).map(|p| p.0)
+        CanonicalPath::parse(raw).map(|p| p.0.into_owned())
     }
 
     #[test]
@@ -317,7 +340,7 @@ mod tests {
 
     #[test]
     fn prefixes_match_whole_segments() {
-        let p = |s: &str| CanonicalPath::parse(s).expect("path");
+        let p = |s: &'static str| CanonicalPath::parse(s).expect("path");
         assert!(p("/api/v1/users").starts_with(&p("/api/v1/")));
         assert!(p("/api/v1").starts_with(&p("/api/v1/")));
         assert!(!p("/api/v10").starts_with(&p("/api/v1")));
@@ -326,16 +349,31 @@ mod tests {
     }
 
     #[test]
-    fn the_fast_path_agrees_with_full_canonicalisation() {
-        for raw in ["/", "/a", "/api/v1/", "/a-b_c~d/0", "/x/y/z/"] {
-            assert_eq!(
-                already_canonical(raw.as_bytes()),
-                canonicalize_fully(raw.as_bytes()).ok(),
-                "{raw}"
-            );
+    fn the_fast_path_takes_the_common_paths_only() {
+        for (raw, borrowed) in [
+            ("/", "/"),
+            ("/a", "/a"),
+            ("/api/v1/", "/api/v1"),
+            ("/a-b_c~d/0", "/a-b_c~d/0"),
+            ("/x/y?next=//a/../B", "/x/y"),
+            ("/x/#top", "/x"),
+            ("/?q", "/"),
+        ] {
+            assert_eq!(already_canonical(raw), Some(borrowed), "{raw}");
         }
-        for raw in ["/A", "//a", "/a/./b", "/a%20", "a", "/a.b"] {
-            assert_eq!(already_canonical(raw.as_bytes()), None, "{raw}");
+        for raw in ["/A", "//a", "/a//", "/a/./b", "/a%20", "a", "/a.b", ""] {
+            assert_eq!(already_canonical(raw), None, "{raw}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the fast path takes, full canonicalisation gives the same path.
+        #[test]
+        fn the_fast_path_agrees_with_full_canonicalisation(raw in "[/az09_~.A%?#-]{0,12}") {
+            if let Some(simple) = already_canonical(&raw) {
+                let full = canonicalize_fully(without_query(raw.as_bytes()));
+                proptest::prop_assert_eq!(full.map(|p| p.0.into_owned()), Ok(simple.to_owned()));
+            }
         }
     }
 

@@ -90,7 +90,7 @@ pub struct RequestFacts<'a> {
     /// names none (then every host's rules apply to it).
     pub host: Option<&'a str>,
     /// The canonical path.
-    pub path: &'a CanonicalPath,
+    pub path: &'a CanonicalPath<'a>,
     /// The client's address.
     pub client_ip: IpAddr,
     /// The client's network as it is limited (its address, or its IPv6 prefix).

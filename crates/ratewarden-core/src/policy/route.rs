@@ -7,12 +7,12 @@ use crate::path::CanonicalPath;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteMatch {
     /// The canonical path must be exactly this.
-    pub path: Option<CanonicalPath>,
+    pub path: Option<CanonicalPath<'static>>,
     /// The canonical path must be this or lie under it (whole segments).
-    pub path_prefix: Option<CanonicalPath>,
+    pub path_prefix: Option<CanonicalPath<'static>>,
     /// ...and must not lie under any of these (to carve a more specific route out of a
     /// broad one, as nginx's longest-prefix `location` does).
-    pub except_path_prefixes: Vec<CanonicalPath>,
+    pub except_path_prefixes: Vec<CanonicalPath<'static>>,
     /// The method must be one of these (upper case); empty: any.
     pub methods: Vec<String>,
     /// The host must be one of these (lower case, no port); empty: any.

@@ -17,14 +17,14 @@ fn rule(name: &str, route: RouteMatch, key: &str) -> Rule {
 
 fn prefix(p: &str) -> RouteMatch {
     RouteMatch {
-        path_prefix: Some(CanonicalPath::parse(p).expect("path")),
+        path_prefix: Some(CanonicalPath::parse(p).expect("path").into_owned()),
         ..RouteMatch::default()
     }
 }
 
 fn facts<'a>(
     method: &'a str,
-    path: &'a CanonicalPath,
+    path: &'a CanonicalPath<'a>,
     ip: &str,
     header: &'a (dyn Fn(&str) -> Option<&'a [u8]> + Sync),
 ) -> RequestFacts<'a> {

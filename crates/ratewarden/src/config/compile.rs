@@ -610,13 +610,15 @@ pub(super) fn route(raw: &RawMatch, field: &str, errors: &mut Errors) -> Option<
         Some(p) => errors
             .check(
                 &format!("{field}.{name}"),
-                CanonicalPath::parse(p).map_err(|e| format!("{p:?}: {e}")),
+                CanonicalPath::parse(p)
+                    .map(CanonicalPath::into_owned)
+                    .map_err(|e| format!("{p:?}: {e}")),
             )
             .map(Some),
     };
     let exact = path(errors, "path", &raw.path);
     let prefix = path(errors, "path_prefix", &raw.path_prefix);
-    let except: Vec<CanonicalPath> = raw
+    let except: Vec<CanonicalPath<'static>> = raw
         .except_path_prefixes
         .iter()
         .enumerate()
