@@ -20,7 +20,6 @@ use ratewarden_core::identity::{
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, ClientPolicy, RequestFacts, Rule};
 use ratewarden_core::threat::{Observation, RequestOutcome};
-use ratewarden_core::Limit;
 use ratewarden_detect::Source;
 use ratewarden_store::{Check, CounterKey, Decisions};
 use std::net::SocketAddr;
@@ -158,40 +157,49 @@ pub async fn handle(
         return responses::forbidden(rule.name.as_str());
     }
 
-    let (enforced, shadow): (Few<_>, Few<_>) = applicable
-        .checks
-        .iter()
-        .partition(|(rule, _)| rule.action != Action::LogOnly);
     let started = gateway.clock.now();
-    // The limits as the client's threat level scales them (the same counters: a level
-    // change neither resets nor doubles a client's allowance).
-    let limits: Few<Limit> = enforced
-        .iter()
-        .map(|(rule, _)| match &defended {
+    // The enforced rules and their checks, side by side (the store takes the checks as
+    // one slice); `log_only` rules are checked on their own once the request is decided.
+    let mut enforced: Few<&Rule> = Few::new();
+    let mut checks: Few<Check<'_>> = Few::new();
+    let mut shadow: Few<&(&Rule, String)> = Few::new();
+    for entry in &applicable.checks {
+        let (rule, key) = (entry.0, entry.1.as_str());
+        if rule.action == Action::LogOnly {
+            shadow.push(entry);
+            continue;
+        }
+        // The limit as the client's threat level scales it (the same counter: a level
+        // change neither resets nor doubles a client's allowance).
+        let limit = match &defended {
             Some((_, _, _, response)) => {
                 response.scale(&rule.limit, rule.cost).unwrap_or(rule.limit)
             }
             None => rule.limit,
-        })
-        .collect();
-    let checks: Few<Check<'_>> = enforced
-        .iter()
-        .zip(&limits)
-        .filter_map(|((rule, key), limit)| {
-            Check::new(CounterKey::new(&rule.name, key), *limit, rule.cost).ok()
-        })
-        .collect();
+        };
+        match Check::new(CounterKey::new(&rule.name, key), limit, rule.cost) {
+            Ok(check) => {
+                enforced.push(rule);
+                checks.push(check);
+            }
+            // Configuration refuses a cost its limit can never admit, and scaling keeps
+            // it admissible: only a bug gets here, and the rule is left out whole.
+            Err(error) => {
+                tracing::error!(rule = %rule.name, %error, "rule not applied: its cost can never pass its limit");
+            }
+        }
+    }
     let decisions = match gateway.store.decide(&checks, metrics).await {
         Verdict::Decided(d) => d,
         Verdict::Unchecked => {
-            for (rule, _) in &enforced {
+            for rule in &enforced {
                 worker.count(rule, "unchecked");
             }
             vouch_for_the_chain(&mut request, client, peer, clients);
             return Box::pin(upstream.forward(request, client, metrics)).await;
         }
         Verdict::Refused(retry_after) => {
-            for (rule, _) in &enforced {
+            for rule in &enforced {
                 worker.count(rule, "refused_store_down");
             }
             return responses::limiter_unavailable(retry_after);
@@ -216,7 +224,7 @@ pub async fn handle(
             // capacity speaking: a 503, not a 429, and no violation. The store keeps
             // the admission charged (it has no refund), which only makes the limit
             // stricter.
-            for (rule, _) in enforced.iter().filter(|(r, _)| r.action == Action::Delay) {
+            for rule in enforced.iter().filter(|r| r.action == Action::Delay) {
                 worker.count(rule, "refused_delay_queue_full");
             }
             return responses::delay_queue_full(wait);
@@ -244,11 +252,11 @@ pub async fn handle(
 
     let outcomes: Few<RuleOutcome<'_>> = enforced
         .iter()
-        .zip(&limits)
+        .zip(&checks)
         .zip(decisions.as_slice())
-        .map(|(((rule, _), limit), decision)| RuleOutcome {
+        .map(|((rule, check), decision)| RuleOutcome {
             name: rule.name.as_str(),
-            limit,
+            limit: check.limit(),
             decision: *decision,
         })
         .collect();
@@ -267,7 +275,7 @@ pub async fn handle(
     });
     let speaker = decisions.most_restrictive().map_or(0, |(i, _)| i);
     if !decisions.allowed() {
-        for ((rule, _), d) in enforced.iter().zip(decisions.as_slice()) {
+        for (rule, d) in enforced.iter().zip(decisions.as_slice()) {
             worker.count(
                 rule,
                 if d.allowed {
@@ -292,7 +300,7 @@ pub async fn handle(
                     .iter()
                     .zip(decisions.as_slice())
                     .filter(|(_, d)| !d.allowed)
-                    .map(|((rule, _), _)| rule.name.as_str().to_owned())
+                    .map(|(rule, _)| rule.name.as_str().to_owned())
                     .collect()
             };
             abuse.report(
@@ -329,7 +337,7 @@ pub async fn handle(
         }
         return responses::too_many_requests(&outcomes, speaker);
     }
-    for (rule, _) in &enforced {
+    for rule in &enforced {
         worker.count(rule, if delayed { "delayed" } else { "allowed" });
     }
     // What a violation report needs of the request, taken before it moves on: for the
@@ -411,13 +419,9 @@ fn block_reasons(standing: &Standing, rule: Option<&str>) -> Vec<String> {
 /// How long to hold an admitted request for its `delay` rules: until its turn at the
 /// steady rate, i.e. the time its GCRA charge runs ahead of the present, less the one
 /// interval a request may always have.
-fn delay_for(enforced: &[&(&Rule, String)], decisions: &Decisions) -> std::time::Duration {
+fn delay_for(enforced: &[&Rule], decisions: &Decisions) -> std::time::Duration {
     let mut wait = ratewarden_core::Nanos::ZERO;
-    for ((rule, _), decision) in enforced
-        .iter()
-        .map(|c| (&c.0, &c.1))
-        .zip(decisions.as_slice())
-    {
+    for (rule, decision) in enforced.iter().zip(decisions.as_slice()) {
         if rule.action != Action::Delay {
             continue;
         }
