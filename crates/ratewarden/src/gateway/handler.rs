@@ -529,20 +529,45 @@ fn request_host(
     }))
 }
 
+/// `host` without a `:port` (digits, or none) at its end; an IPv6 literal without its
+/// brackets.
 fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+    // From the end, over the digits: a host name seldom ends in one, so this usually
+    // stops at once, where a search for the last colon would scan the whole name.
+    let bytes = host.as_bytes();
+    let digits = bytes.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    match bytes.len().checked_sub(digits + 1) {
+        Some(colon) if bytes[colon] == b':' => host.get(..colon).unwrap_or(host),
         _ => host,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::forwarding_header;
+    use super::{forwarding_header, strip_port};
     use ratewarden_core::identity::ForwardingHeader;
+
+    #[test]
+    fn a_port_is_stripped_only_where_it_is_one() {
+        for (host, stripped) in [
+            ("api.test", "api.test"),
+            ("api.test:8080", "api.test"),
+            ("api.test:", "api.test"),
+            (":80", ""),
+            ("a:b:80", "a:b"),
+            ("host1", "host1"),
+            ("8080", "8080"),
+            ("api.test:80a", "api.test:80a"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("", ""),
+        ] {
+            assert_eq!(strip_port(host), stripped, "{host:?}");
+        }
+    }
 
     #[test]
     fn the_forwarding_header_is_looked_up_under_its_configured_name() {
