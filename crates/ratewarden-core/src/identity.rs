@@ -17,45 +17,78 @@
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// An IPv4 address in dotted decimal, exactly as its `Display` writes it, rendered
-/// without the formatting machinery: every request renders one (its counter key, the
-/// `X-Forwarded-For` the upstream hears), and `Display` costs more than the rest of that.
+/// An IPv4 address in dotted decimal, exactly as its `Display` writes it (or a network,
+/// as `Ipv4Net` writes it), rendered without the formatting machinery: every request
+/// renders one (its counter key, the `X-Forwarded-For` the upstream hears), and
+/// `Display` costs more than the rest of that.
 #[derive(Clone, Copy)]
 pub struct DottedQuad {
-    text: [u8; 15],
+    /// Room for `255.255.255.255/32`, and for a whole octet written past the end.
+    text: [u8; 21],
     len: usize,
 }
+
+/// Each octet's decimal digits, padded to three, and how many of them it has.
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut table = [([0; 3], 0); 256];
+    let mut i = 0;
+    while i < 256 {
+        let n = i as u8;
+        table[i] = if n >= 100 {
+            ([b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10], 3)
+        } else if n >= 10 {
+            ([b'0' + n / 10, b'0' + n % 10, 0], 2)
+        } else {
+            ([b'0' + n, 0, 0], 1)
+        };
+        i += 1;
+    }
+    table
+};
 
 impl DottedQuad {
     /// Renders `address`.
     pub fn new(address: Ipv4Addr) -> DottedQuad {
         let mut quad = DottedQuad {
-            text: [0; 15],
+            text: [0; 21],
             len: 0,
         };
         for (i, octet) in address.octets().into_iter().enumerate() {
             if i > 0 {
                 quad.push(b'.');
             }
-            if octet >= 100 {
-                quad.push(b'0' + octet / 100);
-            }
-            if octet >= 10 {
-                quad.push(b'0' + octet / 10 % 10);
-            }
-            quad.push(b'0' + octet % 10);
+            quad.push_octet(octet);
         }
         quad
     }
 
+    /// Renders `network`: its address, `/` and its prefix length.
+    pub fn network(network: ipnet::Ipv4Net) -> DottedQuad {
+        let mut quad = DottedQuad::new(network.addr());
+        quad.push(b'/');
+        quad.push_octet(network.prefix_len());
+        quad
+    }
+
+    fn push_octet(&mut self, octet: u8) {
+        // Three bytes written, the digits counted: no division, no branch per digit.
+        let (digits, count) = OCTETS[usize::from(octet)];
+        if let Some(room) = self.text.get_mut(self.len..self.len + 3) {
+            room.copy_from_slice(&digits);
+            self.len += usize::from(count);
+        }
+    }
+
     fn push(&mut self, byte: u8) {
-        self.text[self.len] = byte;
-        self.len += 1;
+        if let Some(room) = self.text.get_mut(self.len) {
+            *room = byte;
+            self.len += 1;
+        }
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        // Only ASCII digits and dots were written.
+        // Only ASCII digits, dots and a slash were written.
         std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
     }
 }

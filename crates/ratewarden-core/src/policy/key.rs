@@ -120,32 +120,20 @@ impl KeyTemplate {
     }
 }
 
+/// `name=LEN:value`, written without the formatting machinery: this runs for every
+/// request of every rule.
 fn push(key: &mut String, name: &str, value: &str) {
-    push_parts(key, name, &[value]);
-}
-
-/// [`push`] of a value made of `parts`, written without the formatting machinery: this
-/// runs for every request of every rule.
-fn push_parts(key: &mut String, name: &str, parts: &[&str]) {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
     key.push_str(name);
     key.push('=');
-    key.push_str(itoa::Buffer::new().format(len));
+    key.push_str(itoa::Buffer::new().format(value.len()));
     key.push(':');
-    for part in parts {
-        key.push_str(part);
-    }
+    key.push_str(value);
 }
 
 /// [`push`] of a network as `IpNet` displays it (`192.0.2.7/32`, `2001:db8::/64`).
 fn push_network(key: &mut String, name: &str, network: ipnet::IpNet) {
     match network {
-        ipnet::IpNet::V4(net) => {
-            let address = DottedQuad::new(net.addr());
-            let mut digits = itoa::Buffer::new();
-            let prefix = digits.format(net.prefix_len());
-            push_parts(key, name, &[address.as_str(), "/", prefix]);
-        }
+        ipnet::IpNet::V4(net) => push(key, name, DottedQuad::network(net).as_str()),
         ipnet::IpNet::V6(net) => push(key, name, &net.to_string()),
     }
 }

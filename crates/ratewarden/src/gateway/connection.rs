@@ -22,10 +22,9 @@
 //! The client's socket ([`Socket`]) holds the connection's place under the connection
 //! cap, so that the place goes with it when the connection becomes a tunnel.
 //!
-//! A connection's deadline is looked at with one load per poll; the stop signal is a
-//! cancellation future polled as often (as hyper-util's graceful watcher was). The
-//! service counts requests with plain loads and stores: every request of a connection
-//! is served on its worker's one thread.
+//! A connection's deadline and its worker's stop signal are each looked at with one
+//! load per poll. The service counts requests with plain loads and stores: every
+//! request of a connection is served on its worker's one thread.
 
 use super::header_timer::{Deadline, HeaderTimer};
 use super::{Body, BodyError};
@@ -36,7 +35,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// What a connection's service tells the connection about its requests.
 #[derive(Default)]
@@ -127,8 +125,8 @@ pub struct Served<C, F> {
     connection: Pin<Box<C>>,
     /// Starts the connection's graceful shutdown.
     shut_down: F,
-    /// Completes when the gateway stops.
-    stopping: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Fires when the gateway stops.
+    stopping: Deadline,
     activity: Arc<Activity>,
     timer: HeaderTimer,
     timeout: Duration,
@@ -146,7 +144,7 @@ impl<C: Future, F: FnMut(Pin<&mut C>) + Unpin> Served<C, F> {
     pub fn new(
         connection: C,
         shut_down: F,
-        stopping: WaitForCancellationFutureOwned,
+        stopping: Deadline,
         activity: Arc<Activity>,
         timer: HeaderTimer,
         accepted: Instant,
@@ -155,7 +153,7 @@ impl<C: Future, F: FnMut(Pin<&mut C>) + Unpin> Served<C, F> {
         Served {
             connection: Box::pin(connection),
             shut_down,
-            stopping: Box::pin(stopping),
+            stopping,
             activity,
             deadline: Some(timer.deadline(accepted + timeout)),
             timer,
@@ -194,7 +192,7 @@ impl<C: Future, F: FnMut(Pin<&mut C>) + Unpin> Future for Served<C, F> {
             if let Poll::Ready(output) = this.connection.as_mut().poll(cx) {
                 return Poll::Ready(Some(output));
             }
-            if !this.closing && this.stopping.as_mut().poll(cx).is_ready() {
+            if !this.closing && this.stopping.poll_due(cx) {
                 this.close();
                 continue;
             }

@@ -538,7 +538,11 @@ fn strip_port(host: &str) -> &str {
     // From the end, over the digits: a host name seldom ends in one, so this usually
     // stops at once, where a search for the last colon would scan the whole name.
     let bytes = host.as_bytes();
-    let digits = bytes.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let digits = bytes
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     match bytes.len().checked_sub(digits + 1) {
         Some(colon) if bytes[colon] == b':' => host.get(..colon).unwrap_or(host),
         _ => host,

@@ -11,7 +11,10 @@
 //! Each worker has its own timer, so its list is only ever locked by its own thread.
 //!
 //! The same timer gives each connection its own deadlines ([`Deadline`]: see
-//! `connection.rs`), which hyper's does not cover.
+//! `connection.rs`), which hyper's does not cover, and the signal that its worker
+//! stops ([`HeaderTimer::stop_signal`]): a slot with no deadline, fired by
+//! [`HeaderTimer::stop`]. A connection looks at it on each of its polls, so it must
+//! cost one load, where a cancellation future locks a mutex every time.
 
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -37,10 +40,13 @@ struct Shared {
     armed: Mutex<Vec<Arc<Slot>>>,
     /// Told when the list stops being empty, so an idle worker's sweeper sleeps.
     armed_again: tokio::sync::Notify,
+    /// The worker stops: every stop signal fires, those armed later at once.
+    stopped: AtomicBool,
 }
 
 struct Slot {
-    deadline: Instant,
+    /// `None`: a stop signal, which only [`HeaderTimer::stop`] fires.
+    deadline: Option<Instant>,
     fired: AtomicBool,
     waker: AtomicWaker,
 }
@@ -78,12 +84,13 @@ impl Shared {
             if Arc::strong_count(slot) == 1 {
                 return false;
             }
-            if slot.deadline > now {
-                return true;
+            match slot.deadline {
+                Some(deadline) if deadline <= now => {
+                    slot.fire();
+                    false
+                }
+                _ => true,
             }
-            slot.fired.store(true, Ordering::Release);
-            slot.waker.wake();
-            false
         });
         armed.is_empty()
     }
@@ -101,7 +108,7 @@ impl hyper::rt::Timer for HeaderTimer {
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(HeaderSleep {
-            slot: self.arm(deadline),
+            slot: self.arm(Some(deadline)),
         })
     }
 }
@@ -110,13 +117,37 @@ impl HeaderTimer {
     /// A [`Deadline`] at `at`.
     pub fn deadline(&self, at: Instant) -> Deadline {
         Deadline {
-            slot: self.arm(at),
+            slot: self.arm(Some(at)),
             registered: false,
         }
     }
 
-    /// A slot that fires at `deadline`, on the list.
-    fn arm(&self, deadline: Instant) -> Arc<Slot> {
+    /// A signal that fires when [`HeaderTimer::stop`] is called (at once if it was),
+    /// looked at as a [`Deadline`] is.
+    pub fn stop_signal(&self) -> Deadline {
+        let slot = self.arm(None);
+        // Armed before the flag is read: a `stop` that set it after the read finds the
+        // slot on the list.
+        if self.shared.stopped.load(Ordering::Acquire) {
+            slot.fire();
+        }
+        Deadline {
+            slot,
+            registered: false,
+        }
+    }
+
+    /// Fires every stop signal, now and from now on: the worker stops.
+    pub fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        let armed = self.shared.armed.lock();
+        for slot in armed.iter().filter(|slot| slot.deadline.is_none()) {
+            slot.fire();
+        }
+    }
+
+    /// A slot that fires at `deadline` (or on stop, without one), on the list.
+    fn arm(&self, deadline: Option<Instant>) -> Arc<Slot> {
         let slot = Arc::new(Slot {
             deadline,
             fired: AtomicBool::new(false),
@@ -148,6 +179,13 @@ impl Deadline {
             self.registered = true;
         }
         self.slot.fired.load(Ordering::Acquire)
+    }
+}
+
+impl Slot {
+    fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.waker.wake();
     }
 }
 
@@ -213,6 +251,29 @@ mod tests {
             waited >= Duration::from_secs(2) && waited <= Duration::from_secs(2) + TICK,
             "{waited:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_signal_fires_on_stop_only_and_at_once_when_armed_after_it() {
+        let timer = HeaderTimer::default();
+        tokio::spawn(timer.fire_due_forever());
+        let mut signal = timer.stop_signal();
+        let waiting = tokio::spawn(std::future::poll_fn(move |cx| {
+            if signal.poll_due(cx) {
+                Poll::Ready(tokio::time::Instant::now())
+            } else {
+                Poll::Pending
+            }
+        }));
+        // Sweeps come and go; a stop signal has no deadline for them to find due.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!waiting.is_finished());
+        let stopped_at = tokio::time::Instant::now();
+        timer.stop();
+        assert_eq!(waiting.await.expect("woken"), stopped_at);
+        let mut late = timer.stop_signal();
+        let due = std::future::poll_fn(|cx| Poll::Ready(late.poll_due(cx))).await;
+        assert!(due, "a signal armed after the stop fires at once");
     }
 
     #[tokio::test(start_paused = true)]

@@ -367,7 +367,7 @@ async fn accept_loop(
                 });
                 let builder = builder.clone();
                 let (timer, accepted) = (timer.clone(), hyper::rt::Timer::now(&timer));
-                let stopping = stopping.clone().cancelled_owned();
+                let stopping = timer.stop_signal();
                 connections.spawn(async move {
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -392,6 +392,7 @@ async fn accept_loop(
         }
     }
     drop(listener);
+    timer.stop();
     stopping.cancel();
     connections.close();
     tokio::select! {
