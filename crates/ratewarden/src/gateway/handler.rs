@@ -189,7 +189,11 @@ pub async fn handle(
             }
         }
     }
-    let decisions = match gateway.store.decide(&checks, metrics).await {
+    let verdict = match gateway.store.decide_at_once(&checks) {
+        Some(verdict) => verdict,
+        None => gateway.store.decide(&checks, metrics).await,
+    };
+    let decisions = match verdict {
         Verdict::Decided(d) => d,
         Verdict::Unchecked => {
             for rule in &enforced {

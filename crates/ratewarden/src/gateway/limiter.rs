@@ -5,7 +5,7 @@ use crate::config::StoreConfig;
 use crate::metrics::{Fallback, Metrics, StoreFailure};
 use ratewarden_core::clock::SystemClock;
 use ratewarden_store::redis::RedisStore;
-use ratewarden_store::{Answer, Check, Decisions, Guarded, MemoryStore, Store};
+use ratewarden_store::{Answer, Check, Decisions, Guarded, MemoryStore};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,22 +64,29 @@ impl Limiter {
         }
     }
 
+    /// The verdict on `checks` when it needs no waiting: none to decide, or the memory
+    /// store's (the request then neither builds nor awaits a future for it). `None`
+    /// when Redis must be asked ([`Limiter::decide`]).
+    #[inline]
+    pub fn decide_at_once(&self, checks: &[Check<'_>]) -> Option<Verdict> {
+        if checks.is_empty() {
+            return Some(Verdict::Decided(Decisions::default()));
+        }
+        match self {
+            Limiter::Memory(store) => Some(Verdict::Decided(store.decide_now(checks))),
+            Limiter::Redis(_) => None,
+        }
+    }
+
     /// Decides `checks`, counting store failures and fallbacks in `metrics`.
     pub async fn decide(&self, checks: &[Check<'_>], metrics: &Metrics) -> Verdict {
-        if checks.is_empty() {
-            return Verdict::Decided(Decisions::default());
+        if let Some(verdict) = self.decide_at_once(checks) {
+            return verdict;
         }
         let guarded = match self {
-            Limiter::Memory(store) => {
-                return match store.decide(checks).await {
-                    Ok(d) => Verdict::Decided(d),
-                    Err(e) => {
-                        tracing::error!(error = %e, "memory store failed; request allowed");
-                        Verdict::Unchecked
-                    }
-                }
-            }
             Limiter::Redis(guarded) => guarded,
+            // Decided at once above.
+            Limiter::Memory(store) => return Verdict::Decided(store.decide_now(checks)),
         };
         let failed = |error: &ratewarden_store::StoreError| {
             metrics
