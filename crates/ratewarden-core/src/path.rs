@@ -178,6 +178,36 @@ fn dot_segments(path: &str) -> usize {
         .count()
 }
 
+/// What a byte is to [`already_canonical`].
+#[derive(Clone, Copy)]
+enum SimplePathByte {
+    /// A lower-case ASCII letter, a digit, `-`, `_` or `~`.
+    Plain,
+    Slash,
+    /// `?` or `#`: the path ends before it.
+    QueryStart,
+    /// Anything else: the path needs the full treatment.
+    Other,
+}
+
+/// Every byte's [`SimplePathByte`]: one load per byte, where a `match` on ranges
+/// branches several times.
+const SIMPLE_PATH_BYTES: [SimplePathByte; 256] = {
+    let mut table = [SimplePathByte::Other; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = match byte {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => SimplePathByte::Plain,
+            b'/' => SimplePathByte::Slash,
+            b'?' | b'#' => SimplePathByte::QueryStart,
+            _ => SimplePathByte::Other,
+        };
+        b += 1;
+    }
+    table
+};
+
 /// The common case, in one pass and without a copy: the path up to any query, when it
 /// is lower-case ASCII letters, digits, `-`, `_`, `~` and single slashes and starts with
 /// `/` (a trailing slash is dropped).
@@ -189,15 +219,15 @@ fn already_canonical(raw: &str) -> Option<&str> {
     let mut end = bytes.len();
     let mut after_slash = true;
     for (i, &b) in bytes.iter().enumerate().skip(1) {
-        match b {
-            b'/' if after_slash => return None,
-            b'/' => after_slash = true,
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => after_slash = false,
-            b'?' | b'#' => {
+        match SIMPLE_PATH_BYTES[usize::from(b)] {
+            SimplePathByte::Plain => after_slash = false,
+            SimplePathByte::Slash if after_slash => return None,
+            SimplePathByte::Slash => after_slash = true,
+            SimplePathByte::QueryStart => {
                 end = i;
                 break;
             }
-            _ => return None,
+            SimplePathByte::Other => return None,
         }
     }
     // Only ASCII came before `end`: it is a character boundary.
