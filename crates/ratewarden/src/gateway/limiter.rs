@@ -15,8 +15,11 @@ pub enum Limiter {
     /// In this process; cannot fail.
     Memory(Arc<MemoryStore<SystemClock>>),
     /// Shared in Redis, with `store.on_error`.
-    Redis(Box<Guarded<RedisStore<SystemClock>, SystemClock>>),
+    Redis(Box<RedisLimiter>),
 }
+
+/// Redis behind its failure policy, with a local fallback.
+type RedisLimiter = Guarded<RedisStore<SystemClock>, SystemClock>;
 
 /// What the gateway does with a request, as far as the limits go.
 pub enum Verdict {
@@ -69,24 +72,26 @@ impl Limiter {
     /// when Redis must be asked ([`Limiter::decide`]).
     #[inline]
     pub fn decide_at_once(&self, checks: &[Check<'_>]) -> Option<Verdict> {
+        self.verdict_or_redis(checks).ok()
+    }
+
+    /// The verdict when it needs no waiting, or else the Redis store to ask.
+    #[inline]
+    fn verdict_or_redis(&self, checks: &[Check<'_>]) -> Result<Verdict, &RedisLimiter> {
         if checks.is_empty() {
-            return Some(Verdict::Decided(Decisions::default()));
+            return Ok(Verdict::Decided(Decisions::default()));
         }
         match self {
-            Limiter::Memory(store) => Some(Verdict::Decided(store.decide_now(checks))),
-            Limiter::Redis(_) => None,
+            Limiter::Memory(store) => Ok(Verdict::Decided(store.decide_now(checks))),
+            Limiter::Redis(guarded) => Err(guarded),
         }
     }
 
     /// Decides `checks`, counting store failures and fallbacks in `metrics`.
     pub async fn decide(&self, checks: &[Check<'_>], metrics: &Metrics) -> Verdict {
-        if let Some(verdict) = self.decide_at_once(checks) {
-            return verdict;
-        }
-        let guarded = match self {
-            Limiter::Redis(guarded) => guarded,
-            // Decided at once above.
-            Limiter::Memory(store) => return Verdict::Decided(store.decide_now(checks)),
+        let guarded = match self.verdict_or_redis(checks) {
+            Ok(verdict) => return verdict,
+            Err(guarded) => guarded,
         };
         let failed = |error: &ratewarden_store::StoreError| {
             metrics

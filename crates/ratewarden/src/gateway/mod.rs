@@ -305,8 +305,9 @@ async fn accept_loop(
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
-    // Told to every connection (and tunnel) when the worker stops; the tracker waits
-    // for the connections.
+    // Told to every tunnel when the worker stops (connections look at the header
+    // timer's stop signal instead, with one load per poll: see `connection.rs`); the
+    // tracker waits for the connections.
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     let upstream = Arc::new(forward::Upstream::new(
