@@ -4,7 +4,7 @@
 #
 #   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 #   BEFORE=/path/to/older/ratewarden scripts/bench-gateway.sh ...   # also that build
-#   FLOOR=1 scripts/bench-gateway.sh ...   # also hyper alone answering the same 429
+#   FLOOR=1 scripts/bench-gateway.sh ...   # also hyper alone: the same 429, a bare proxy
 #
 # A trivial upstream (nginx returning 200) serves three set-ups in turn:
 #   (a) all allowed: the limit far above the load;
@@ -30,8 +30,10 @@ BEFORE=${BEFORE:-}
 # With FLOOR set, rejected traffic also goes to crates/ratewarden/examples/hyper_floor.rs:
 # the gateway's 429 answered by hyper and tokio alone, served as the gateway serves
 # (`hyper-http1`: hyper's HTTP/1 connection; `hyper-auto`: hyper-util's automatic
-# HTTP/1 and h2c connection with a header-read timeout, as the gateway has). What is
-# left between it and ratewarden is the gateway's own work.
+# HTTP/1 and h2c connection with a header-read timeout, as the gateway has); and
+# allowed traffic to the same example passing every request upstream untouched
+# (`hyper-proxy`: hyper's server and client alone). What is left between them and
+# ratewarden is the gateway's own work.
 FLOOR=${FLOOR:-}
 
 ensure nginx wrk -- nginx wrk
@@ -106,8 +108,8 @@ ratewarden_limiter() { # name port rate burst [binary]
   wait_port "$2"
 }
 
-floor_limiter() { # port server
-  target/release/examples/hyper_floor --listen "127.0.0.1:$1" --server "$2" >/dev/null 2>&1 &
+floor_limiter() { # port server [--upstream ADDRESS]
+  target/release/examples/hyper_floor --listen "127.0.0.1:$1" --server "$2" "${@:3}" >/dev/null 2>&1 &
   PIDS+=($!)
   PROCESSES[$1]=$!
   wait_port "$1"
@@ -140,12 +142,13 @@ load() { # label port -> "rps p50 p99 non2xx cpu-us-per-request"
 
 LIMITERS=(nginx ratewarden)
 [ -n "$BEFORE" ] && LIMITERS+=(before)
-[ -n "$FLOOR" ] && LIMITERS+=(hyper-http1 hyper-auto)
+[ -n "$FLOOR" ] && LIMITERS+=(hyper-http1 hyper-auto hyper-proxy)
 declare -A PORT
 for load in allowed rejected; do
   for limiter in "${LIMITERS[@]}"; do
-    # The floor answers 429 to everything: rejected traffic only.
-    [ "${limiter%%-*}-$load" = hyper-allowed ] && continue
+    # The floor answers 429 to everything (rejected traffic), or passes everything on
+    # (allowed traffic).
+    case "$limiter-$load" in hyper-http1-allowed | hyper-auto-allowed | hyper-proxy-rejected) continue ;; esac
     P=$(free_port)
     PORT[$limiter-$load]=$P
     case "$limiter-$load" in
@@ -157,6 +160,7 @@ for load in allowed rejected; do
       before-rejected) ratewarden_limiter old-deny "$P" "1/m" 1 "$BEFORE" ;;
       hyper-http1-rejected) floor_limiter "$P" http1 ;;
       hyper-auto-rejected) floor_limiter "$P" auto ;;
+      hyper-proxy-allowed) floor_limiter "$P" auto --upstream "127.0.0.1:$UPSTREAM" ;;
     esac
   done
 done

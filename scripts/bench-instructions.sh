@@ -15,8 +15,10 @@
 # (master_process off), ratewarden with its usual worker threads.
 #
 # With FLOOR set, the rejected set-up also counts crates/ratewarden/examples/hyper_floor.rs
-# (the gateway's 429 answered by hyper and tokio alone) in each of its server set-ups:
-# what is left between it and ratewarden is the gateway's own work.
+# (the gateway's 429 answered by hyper and tokio alone) in each of its server set-ups,
+# and the allowed set-up counts it passing every request upstream untouched (hyper's
+# server and client alone): what is left between it and ratewarden is the gateway's
+# own work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
@@ -97,6 +99,8 @@ if [ -n "${FLOOR:-}" ]; then
     P=$(free_port)
     ROWS+=("$(count "hyper_floor --server $server, nearly all rejected" "$P" target/release/examples/hyper_floor --listen "127.0.0.1:$P" --server "$server")")
   done
+  P=$(free_port)
+  ROWS+=("$(count "hyper_floor --upstream, all allowed" "$P" target/release/examples/hyper_floor --listen "127.0.0.1:$P" --upstream "127.0.0.1:$UPSTREAM")")
 fi
 
 echo "callgrind, $REQUESTS requests after 500 warm-up, 10 keep-alive connections; $(valgrind --version); nginx $("$NGINX" -v 2>&1 | cut -d/ -f2); $(date -u +%Y-%m-%d)"
