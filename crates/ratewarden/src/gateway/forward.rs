@@ -1,6 +1,7 @@
 //! Passing a request to the upstream and its answer back: hop-by-hop headers removed in
 //! both directions, `X-Forwarded-For` rewritten, bodies streamed, timeouts enforced.
 
+use super::header_timer::{Deadline, HeaderTimer};
 use super::pool::{ConnectError, Keepalive, Lease, Pool};
 use super::responses::upstream_failure;
 use super::tunnel::{self, Offer, Tunnels};
@@ -26,6 +27,10 @@ pub struct Upstream {
     pool: Arc<Pool>,
     base: Uri,
     timeout: Duration,
+    /// The worker's coarse timer, for the upstream's answer: `timeout` is seconds long
+    /// and almost never runs out, and one of tokio's timers armed and taken out again
+    /// for every request cost three times as much.
+    timer: HeaderTimer,
     tunnels: Tunnels,
 }
 
@@ -147,18 +152,20 @@ fn is_gateway_only_or_client_address(name: &str) -> bool {
 
 impl Upstream {
     /// A client for `base` (scheme and authority) whose clients may switch protocols
-    /// as `tunnels` allows.
+    /// as `tunnels` allows; `timer` is its worker's.
     pub fn new(
         base: Uri,
         connect_timeout: Duration,
         timeout: Duration,
         keepalive: Keepalive,
+        timer: HeaderTimer,
         tunnels: Tunnels,
     ) -> Upstream {
         Upstream {
             pool: Arc::new(Pool::new(base.clone(), connect_timeout, keepalive)),
             base,
             timeout,
+            timer,
             tunnels,
         }
     }
@@ -264,7 +271,11 @@ impl Upstream {
         }
         // Combinators, not `async`: see `exchange`.
         Either::Right(
-            tokio::time::timeout(self.timeout, self.exchange(request, metrics)).map(
+            Timeout {
+                deadline: self.timer.deadline(hyper::rt::Timer::now(&self.timer) + self.timeout),
+                inner: self.exchange(request, metrics),
+            }
+            .map(
                 move |exchanged| {
                     match exchanged {
                         Ok(Ok((response, _lease)))
@@ -370,6 +381,34 @@ impl Upstream {
             }
         }
         (Request::from_parts(parts, body), offer)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `inner`, unless `deadline` comes first (`Err(TimedOut)`).
+    struct Timeout<F> {
+        #[pin]
+        inner: F,
+        deadline: Deadline,
+    }
+}
+
+/// The upstream gave no answer in time.
+struct TimedOut;
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, TimedOut>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.inner.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        if this.deadline.poll_due(cx) {
+            Poll::Ready(Err(TimedOut))
+        } else {
+            Poll::Pending
+        }
     }
 }
 

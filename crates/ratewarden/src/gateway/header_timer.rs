@@ -13,9 +13,10 @@
 //! Each worker has its own timer, so its list is only ever locked by its own thread.
 //!
 //! The same timer gives each connection its own deadlines ([`Deadline`]: see
-//! `connection.rs`), which hyper's does not cover, and the signal that its worker
-//! stops ([`HeaderTimer::stop_signal`]): a slot with no deadline, fired by
-//! [`HeaderTimer::stop`]. A connection looks at it on each of its polls, so it must
+//! `connection.rs`), which hyper's does not cover; each proxied request the deadline of
+//! the upstream's answer (`[server] upstream_timeout`: see `forward.rs`); and the signal
+//! that its worker stops ([`HeaderTimer::stop_signal`]): a slot with no deadline, fired
+//! by [`HeaderTimer::stop`]. A connection looks at it on each of its polls, so it must
 //! cost one load, where a cancellation future locks a mutex every time.
 
 use futures_util::task::AtomicWaker;

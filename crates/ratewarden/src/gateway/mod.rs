@@ -310,11 +310,14 @@ async fn accept_loop(
     // tracker waits for the connections.
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
+    let timer = header_timer::HeaderTimer::default();
+    tokio::spawn(timer.fire_due_forever());
     let upstream = Arc::new(forward::Upstream::new(
         gateway.upstream.base.clone(),
         gateway.upstream.connect_timeout,
         gateway.upstream.timeout,
         gateway.upstream.keepalive,
+        timer.clone(),
         tunnel::Tunnels::new(
             gateway.upstream.upgrades.clone(),
             gateway.upstream.tunnel_limits.clone(),
@@ -324,8 +327,6 @@ async fn accept_loop(
     ));
     tokio::spawn(upstream.close_idle_forever());
     let worker = Arc::new(Worker::new(index, gateway.clone(), upstream));
-    let timer = header_timer::HeaderTimer::default();
-    tokio::spawn(timer.fire_due_forever());
     builder.http1().timer(timer.clone());
     loop {
         tokio::select! {
