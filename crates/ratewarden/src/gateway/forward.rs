@@ -3,6 +3,7 @@
 
 use super::header_timer::{Deadline, HeaderTimer};
 use super::pool::{ConnectError, Keepalive, Lease, Pool};
+use super::recent::Recent;
 use super::responses::upstream_failure;
 use super::tunnel::{self, Offer, Tunnels};
 use super::{Body, BodyError};
@@ -15,6 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use ratewarden_core::identity::{ClientAddress, DottedQuad};
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -66,7 +68,20 @@ impl NameList {
     }
 
     fn contains(&self, name: &str) -> bool {
-        name.len() < 32 && self.lengths & (1 << name.len()) != 0 && self.names.contains(&name)
+        self.may_contain(name.len()) && self.names.contains(&name)
+    }
+
+    /// [`NameList::contains`] for a token of a list header, in any case.
+    fn contains_ignoring_case(&self, token: &[u8]) -> bool {
+        self.may_contain(token.len())
+            && self
+                .names
+                .iter()
+                .any(|n| token.eq_ignore_ascii_case(n.as_bytes()))
+    }
+
+    fn may_contain(&self, length: usize) -> bool {
+        length < 32 && self.lengths & (1 << length) != 0
     }
 }
 
@@ -272,48 +287,48 @@ impl Upstream {
         // Combinators, not `async`: see `exchange`.
         Either::Right(
             Timeout {
-                deadline: self.timer.deadline(hyper::rt::Timer::now(&self.timer) + self.timeout),
+                deadline: self
+                    .timer
+                    .deadline(hyper::rt::Timer::now(&self.timer) + self.timeout),
                 inner: self.exchange(request, metrics),
             }
-            .map(
-                move |exchanged| {
-                    match exchanged {
-                        Ok(Ok((response, _lease)))
-                            if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
-                        {
-                            // The upstream connection is the tunnel's now, never pooled again.
-                            tunnel::switched(&self.tunnels, offer, response, metrics)
-                        }
-                        Ok(Ok((response, lease))) => {
-                            let (mut parts, body) = response.into_parts();
-                            strip_headers(&mut parts.headers, |_| false);
-                            let body = UpstreamBody::new(body, lease, self.timeout);
-                            Response::from_parts(parts, body.boxed())
-                        }
-                        Ok(Err(e)) => {
-                            metrics
-                                .upstream_errors
-                                .get_or_create(&UpstreamError { kind: "connect" })
-                                .inc();
-                            tracing::warn!(error = %e, "upstream request failed");
-                            upstream_failure(
-                                StatusCode::BAD_GATEWAY,
-                                "the upstream could not be reached",
-                            )
-                        }
-                        Err(_) => {
-                            metrics
-                                .upstream_errors
-                                .get_or_create(&UpstreamError { kind: "timeout" })
-                                .inc();
-                            upstream_failure(
-                                StatusCode::GATEWAY_TIMEOUT,
-                                "the upstream did not answer in time",
-                            )
-                        }
+            .map(move |exchanged| {
+                match exchanged {
+                    Ok(Ok((response, _lease)))
+                        if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        // The upstream connection is the tunnel's now, never pooled again.
+                        tunnel::switched(&self.tunnels, offer, response, metrics)
                     }
-                },
-            ),
+                    Ok(Ok((response, lease))) => {
+                        let (mut parts, body) = response.into_parts();
+                        strip_headers(&mut parts.headers, |_| false);
+                        let body = UpstreamBody::new(body, lease, self.timeout);
+                        Response::from_parts(parts, body.boxed())
+                    }
+                    Ok(Err(e)) => {
+                        metrics
+                            .upstream_errors
+                            .get_or_create(&UpstreamError { kind: "connect" })
+                            .inc();
+                        tracing::warn!(error = %e, "upstream request failed");
+                        upstream_failure(
+                            StatusCode::BAD_GATEWAY,
+                            "the upstream could not be reached",
+                        )
+                    }
+                    Err(_) => {
+                        metrics
+                            .upstream_errors
+                            .get_or_create(&UpstreamError { kind: "timeout" })
+                            .inc();
+                        upstream_failure(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "the upstream did not answer in time",
+                        )
+                    }
+                }
+            }),
         )
     }
 
@@ -354,7 +369,7 @@ impl Upstream {
         // `VouchedChain`). Else the client, who is our peer.
         let forwarded_for = match parts.extensions.remove::<VouchedChain>() {
             Some(chain) => Some(chain.0),
-            None => forwarded_for(&[client.ip]),
+            None => client_forwarded_for(client.ip),
         };
         if let Some(v) = forwarded_for {
             parts.headers.insert(&X_FORWARDED_FOR, v);
@@ -428,22 +443,46 @@ pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 /// The header that tells the upstream to challenge a login (CAPTCHA, second factor).
 pub static CHALLENGE: HeaderName = HeaderName::from_static("x-ratewarden-challenge");
 
-/// The `X-Forwarded-For` value that names `hops`, in order (`client, proxy1, peer`).
+/// The `X-Forwarded-For` value that names `hops`, in order (`client, proxy1, peer`),
+/// written on the stack and copied once into a block of its length.
 pub(super) fn forwarded_for(hops: &[IpAddr]) -> Option<HeaderValue> {
-    use std::fmt::Write;
-    let mut text = String::with_capacity(hops.len() * 17);
+    let mut text = smallvec::SmallVec::<[u8; 64]>::new();
     for (i, hop) in hops.iter().enumerate() {
         if i > 0 {
-            text.push_str(", ");
+            text.extend_from_slice(b", ");
         }
         match hop {
-            IpAddr::V4(v4) => text.push_str(DottedQuad::new(*v4).as_str()),
+            IpAddr::V4(v4) => text.extend_from_slice(DottedQuad::new(*v4).as_str().as_bytes()),
             IpAddr::V6(v6) => {
-                let _ = write!(text, "{v6}");
+                use std::io::Write;
+                // The longest an IPv6 address's text can be.
+                const LONGEST: usize = 45;
+                let mut written = [0u8; LONGEST];
+                let mut rest = &mut written[..];
+                let _ = write!(rest, "{v6}");
+                let length = LONGEST - rest.len();
+                text.extend_from_slice(&written[..length]);
             }
         }
     }
-    HeaderValue::try_from(text).ok()
+    HeaderValue::from_bytes(&text).ok()
+}
+
+/// The `X-Forwarded-For` value that names `client` alone, for a request straight from
+/// it. A connection's requests all come from one client, so each thread keeps the values
+/// of the last few clients and gives one again by reference, where a new one is a block
+/// rendered and copied per request.
+fn client_forwarded_for(client: IpAddr) -> Option<HeaderValue> {
+    thread_local! {
+        static RENDERED: RefCell<Recent<IpAddr, Option<HeaderValue>, 8>> =
+            const { RefCell::new(Recent::new()) };
+    }
+    RENDERED.with_borrow_mut(|rendered| {
+        rendered.get_or_render(
+            |kept| *kept == client,
+            || (client, forwarded_for(&[client])),
+        )
+    })
 }
 
 /// A request extension, on requests that came through trusted proxies: the
@@ -648,21 +687,25 @@ pub(super) fn strip_headers(headers: &mut HeaderMap, also: fn(&str) -> bool) {
         }
     }
     if connection {
-        names_listed_in_connection(headers, &mut doomed);
-        headers.remove(CONNECTION);
+        // Every `Connection` line taken out with one lookup.
+        let values: smallvec::SmallVec<[HeaderValue; 2]> = match headers.entry(CONNECTION) {
+            http::header::Entry::Occupied(lines) => lines.remove_entry_mult().1.collect(),
+            http::header::Entry::Vacant(_) => smallvec::SmallVec::new(),
+        };
+        names_listed_in_connection(headers, &values, &mut doomed);
     }
     for name in doomed {
         headers.remove(name);
     }
 }
 
-/// Adds to `doomed` the headers present that `Connection` lists, besides the hop-by-hop
-/// ones and `Host`.
+/// Adds to `doomed` the headers present that `Connection` (its lines `values`) lists,
+/// besides the hop-by-hop ones and `Host`.
 fn names_listed_in_connection(
     headers: &HeaderMap,
+    values: &[HeaderValue],
     doomed: &mut smallvec::SmallVec<[HeaderName; 4]>,
 ) {
-    let values = headers.get_all(CONNECTION);
     // Most messages say only `keep-alive` (hop-by-hop anyway) or `close` (an option, not
     // a header to remove): nothing to parse.
     if values
@@ -695,7 +738,7 @@ fn names_listed_in_connection(
 /// The items of a comma-separated list header (`Connection`, `Upgrade`) across all its
 /// lines, trimmed, empty ones skipped; lines that are not text are skipped.
 pub(super) fn list_items<'a>(
-    values: http::header::GetAll<'a, HeaderValue>,
+    values: impl IntoIterator<Item = &'a HeaderValue>,
 ) -> impl Iterator<Item = &'a str> {
     values
         .into_iter()
@@ -707,10 +750,7 @@ pub(super) fn list_items<'a>(
 
 /// Whether `token`, in any case, names a hop-by-hop header.
 fn is_hop_by_hop_token(token: &[u8]) -> bool {
-    HOP_BY_HOP
-        .names
-        .iter()
-        .any(|h| token.eq_ignore_ascii_case(h.as_bytes()))
+    HOP_BY_HOP.contains_ignoring_case(token)
 }
 
 #[cfg(test)]
@@ -833,6 +873,48 @@ mod tests {
             "x-very-long-header-name-indeed-over-32",
         ] {
             assert!(!is_hop_by_hop(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_tokens_are_told_in_any_case() {
+        for token in ["keep-alive", "KEEP-ALIVE", "Connection", "te", "Upgrade"] {
+            assert!(is_hop_by_hop_token(token.as_bytes()), "{token}");
+        }
+        for token in ["keep-alivf", "close", "x-hop", "", "tes"] {
+            assert!(!is_hop_by_hop_token(token.as_bytes()), "{token}");
+        }
+    }
+
+    #[test]
+    fn x_forwarded_for_names_every_hop_in_its_shortest_text() {
+        let v4: IpAddr = "203.0.113.9".parse().expect("v4");
+        let longest_v6: IpAddr = "1111:2222:3333:4444:5555:6666:7777:8888"
+            .parse()
+            .expect("v6");
+        let mapped: IpAddr = "::ffff:255.255.255.255".parse().expect("mapped");
+        assert_eq!(
+            forwarded_for(&[v4, longest_v6, mapped]).expect("a value"),
+            "203.0.113.9, 1111:2222:3333:4444:5555:6666:7777:8888, ::ffff:255.255.255.255"
+        );
+        assert_eq!(forwarded_for(&[]).expect("a value"), "");
+    }
+
+    #[test]
+    fn a_kept_x_forwarded_for_is_given_only_to_its_client() {
+        // More clients than are kept, in turns: each is always named right.
+        let clients: Vec<IpAddr> = (1..=20_u8)
+            .map(|i| IpAddr::from([198, 51, 100, i]))
+            .chain(["2001:db8::1".parse().expect("v6")])
+            .collect();
+        for round in 0..3 {
+            for client in clients.iter().chain(clients.iter().rev()) {
+                assert_eq!(
+                    client_forwarded_for(*client).expect("a value"),
+                    client.to_string().as_str(),
+                    "round {round}"
+                );
+            }
         }
     }
 

@@ -7,10 +7,10 @@
 
 use super::recent::Recent;
 use super::responses::PROBLEM_JSON;
-use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use ratewarden_core::{Decision, Limit};
 use std::cell::RefCell;
+use std::rc::Rc;
 
 /// A rule's decision for the headers.
 pub struct RuleOutcome<'a> {
@@ -56,24 +56,27 @@ impl RateLimitValues {
         if outcomes.is_empty() {
             return None;
         }
+        let policy = policy_values(outcomes)?;
         let state = item_list(
             outcomes.iter().map(|o| {
                 let remaining = u64::from(o.decision.remaining);
                 (o.name, remaining, o.decision.reset_after.as_secs_ceil())
             }),
             ["r", "t"],
-            outcomes.len(),
-        );
+        )?;
         Some(RateLimitValues {
-            policy: policy_field(outcomes)?,
-            state: owned_value(state)?,
-            speaker: outcomes.get(speaker).map(|o| {
-                [
-                    number(u64::from(o.decision.limit)),
-                    number(u64::from(o.decision.remaining)),
-                    number(o.decision.reset_after.as_secs_ceil()),
-                ]
-            }),
+            policy: policy.field.clone(),
+            state,
+            speaker: outcomes
+                .get(speaker)
+                .zip(policy.quotas.get(speaker))
+                .map(|(o, quota)| {
+                    [
+                        quota.clone(),
+                        number(u64::from(o.decision.remaining)),
+                        number(o.decision.reset_after.as_secs_ceil()),
+                    ]
+                }),
         })
     }
 
@@ -109,17 +112,25 @@ fn number(n: u64) -> HeaderValue {
     }
 }
 
-/// The `RateLimit-Policy` field of `outcomes`: one item per rule, its quota and window.
+/// What a set of rules says whatever the request: the `RateLimit-Policy` field, and
+/// each rule's quota (its `X-RateLimit-Limit`).
+struct PolicyValues {
+    field: HeaderValue,
+    quotas: Vec<HeaderValue>,
+}
+
+/// The [`PolicyValues`] of `outcomes`: one item per rule in the field, its quota and
+/// window; `None` only on a bug (see [`item_list`]).
 ///
-/// It changes only with the rules and their quotas (a threat level scales them), not
+/// They change only with the rules and their quotas (a threat level scales them), not
 /// from one request to the next, so each thread keeps the last few it rendered (one per
-/// set of rules its routes match, mostly) and gives one again while the rules say the
-/// same: a comparison instead of a string, a block for it and a block for its `Bytes`.
-fn policy_field(outcomes: &[RuleOutcome<'_>]) -> Option<HeaderValue> {
+/// set of rules its routes match, mostly) and gives them again while the rules say the
+/// same: a comparison instead of a string and a block for each value.
+fn policy_values(outcomes: &[RuleOutcome<'_>]) -> Option<Rc<PolicyValues>> {
     /// The (name, quota, window) of each item, in order.
     type Items = Vec<(String, u64, u64)>;
     thread_local! {
-        static RENDERED: RefCell<Recent<Items, Option<HeaderValue>, 8>> =
+        static RENDERED: RefCell<Recent<Items, Option<Rc<PolicyValues>>, 8>> =
             const { RefCell::new(Recent::new()) };
     }
     let items = outcomes.iter().map(|o| {
@@ -134,49 +145,49 @@ fn policy_field(outcomes: &[RuleOutcome<'_>]) -> Option<HeaderValue> {
                 .all(|((name, q, w), (n, quota, window))| name == n && *q == quota && *w == window)
     };
     let render = || {
-        let value = owned_value(item_list(items.clone(), ["q", "w"], outcomes.len()));
+        let values = item_list(items.clone(), ["q", "w"]).map(|field| {
+            Rc::new(PolicyValues {
+                field,
+                quotas: items.clone().map(|(_, quota, _)| number(quota)).collect(),
+            })
+        });
         let kept = items
             .clone()
             .map(|(n, q, w)| (n.to_owned(), q, w))
             .collect();
-        (kept, value)
+        (kept, values)
     };
     RENDERED.with_borrow_mut(|rendered| rendered.get_or_render(same, render))
 }
 
 /// A structured-field list with one item per rule, `"name";k=1;l=2, ...`, for `keys`
-/// `[k, l]`; `rules` sizes the string. Written with `push_str` and `itoa` rather than
-/// `write!`: every response carries these, and the formatting machinery cost more than
-/// the rest of a 429.
+/// `[k, l]`, as a header value. Written with `extend_from_slice` and `itoa` rather than
+/// `write!` (every response carries these, and the formatting machinery cost more than
+/// the rest of a 429), on the stack, then copied once into a block of its length.
+///
+/// Rule names are checked by the configuration, so this is `None` only on a bug.
 fn item_list<'a>(
     items: impl Iterator<Item = (&'a str, u64, u64)>,
     keys: [&str; 2],
-    rules: usize,
-) -> String {
+) -> Option<HeaderValue> {
     let mut digits = itoa::Buffer::new();
-    let mut list = String::with_capacity(32 * rules);
+    let mut list = smallvec::SmallVec::<[u8; 128]>::new();
     for (i, (name, first, second)) in items.enumerate() {
         if i > 0 {
-            list.push_str(", ");
+            list.extend_from_slice(b", ");
         }
-        list.push('"');
-        list.push_str(name);
-        list.push_str("\";");
-        list.push_str(keys[0]);
-        list.push('=');
-        list.push_str(digits.format(first));
-        list.push(';');
-        list.push_str(keys[1]);
-        list.push('=');
-        list.push_str(digits.format(second));
+        list.push(b'"');
+        list.extend_from_slice(name.as_bytes());
+        list.extend_from_slice(b"\";");
+        list.extend_from_slice(keys[0].as_bytes());
+        list.push(b'=');
+        list.extend_from_slice(digits.format(first).as_bytes());
+        list.push(b';');
+        list.extend_from_slice(keys[1].as_bytes());
+        list.push(b'=');
+        list.extend_from_slice(digits.format(second).as_bytes());
     }
-    list
-}
-
-/// `value` as a header value without copying it (the `String` becomes its bytes).
-/// Rule names are checked by the configuration, so this fails only on a bug.
-fn owned_value(value: String) -> Option<HeaderValue> {
-    let value = HeaderValue::from_maybe_shared(Bytes::from(value)).ok();
+    let value = HeaderValue::from_bytes(&list).ok();
     debug_assert!(value.is_some(), "a rule name the configuration let through");
     value
 }
@@ -343,8 +354,18 @@ mod tests {
                     decision: decision(*quota, 1, 1),
                 })
                 .collect();
-            let value = policy_field(&outcomes).expect("a value");
-            value.to_str().expect("text").to_owned()
+            let values = policy_values(&outcomes).expect("values");
+            let quotas: Vec<_> = values
+                .quotas
+                .iter()
+                .map(|q| q.to_str().expect("text"))
+                .collect();
+            let expected: Vec<_> = items
+                .iter()
+                .map(|(_, _, quota)| quota.to_string())
+                .collect();
+            assert_eq!(quotas, expected, "each rule's quota");
+            values.field.to_str().expect("text").to_owned()
         };
         // The same rules twice (the kept value given again), then each call differs from
         // the one before in one thing: a kept value must not be given for it.
