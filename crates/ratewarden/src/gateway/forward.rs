@@ -687,25 +687,21 @@ pub(super) fn strip_headers(headers: &mut HeaderMap, also: fn(&str) -> bool) {
         }
     }
     if connection {
-        // Every `Connection` line taken out with one lookup.
-        let values: smallvec::SmallVec<[HeaderValue; 2]> = match headers.entry(CONNECTION) {
-            http::header::Entry::Occupied(lines) => lines.remove_entry_mult().1.collect(),
-            http::header::Entry::Vacant(_) => smallvec::SmallVec::new(),
-        };
-        names_listed_in_connection(headers, &values, &mut doomed);
+        names_listed_in_connection(headers, &mut doomed);
+        headers.remove(CONNECTION);
     }
     for name in doomed {
         headers.remove(name);
     }
 }
 
-/// Adds to `doomed` the headers present that `Connection` (its lines `values`) lists,
-/// besides the hop-by-hop ones and `Host`.
+/// Adds to `doomed` the headers present that `Connection` lists, besides the hop-by-hop
+/// ones and `Host`.
 fn names_listed_in_connection(
     headers: &HeaderMap,
-    values: &[HeaderValue],
     doomed: &mut smallvec::SmallVec<[HeaderName; 4]>,
 ) {
+    let values = headers.get_all(CONNECTION);
     // Most messages say only `keep-alive` (hop-by-hop anyway) or `close` (an option, not
     // a header to remove): nothing to parse.
     if values
