@@ -120,6 +120,34 @@ fn a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
 }
 
 #[test]
+fn a_client_address_claimed_in_any_header_by_an_untrusted_peer_counts_as_spoofed() {
+    let (gw, upstream) = start(AUTH_RULES);
+    // Each claims another address in one header only, none of them the configured
+    // forwarding header but the first; the last claims nothing.
+    let claims: [&[(&str, &str)]; 5] = [
+        &[("X-Forwarded-For", "198.51.100.1")],
+        &[("Forwarded", "for=198.51.100.2")],
+        &[("X-Real-IP", "198.51.100.3")],
+        &[("True-Client-IP", "198.51.100.4")],
+        &[("X-Kept", "198.51.100.5")],
+    ];
+    for (i, headers) in claims.iter().enumerate() {
+        let response = gw.get(&format!("127.0.9.{}", i + 1), "/api/v1/orders", headers);
+        assert_eq!(response.status, 200, "{headers:?}");
+        assert_eq!(
+            upstream.last_forwarded_for().as_deref(),
+            Some(format!("127.0.9.{}", i + 1).as_str()),
+            "{headers:?}"
+        );
+    }
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("ratewarden_spoofed_forwarding_headers_total 4"),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn a_trusted_proxy_chain_is_honoured() {
     let (gw, upstream) = start(&format!(
         "[clients]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{AUTH_RULES}"

@@ -151,6 +151,17 @@ const CLIENT_ADDRESS_HEADERS: NameList = NameList::new(&[
     "x-envoy-external-address",
 ]);
 
+/// Whether `headers` name a client address in a header that only a trusted proxy may
+/// set: `X-Forwarded-For`, `Forwarded`, or one of [`CLIENT_ADDRESS_HEADERS`].
+pub(super) fn claims_client_address(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        name == X_FORWARDED_FOR.as_str()
+            || name == http::header::FORWARDED.as_str()
+            || CLIENT_ADDRESS_HEADERS.contains(name)
+    })
+}
+
 /// Headers of a request that only the gateway may set: who the client is, and the
 /// login challenge.
 fn is_gateway_only(name: &str) -> bool {

@@ -1,7 +1,7 @@
 //! One request, start to finish: refuse what cannot be read, identify the client,
 //! evaluate the policy, ask the store once, then answer or forward.
 
-use super::forward::{forwarded_for, VouchedChain, X_FORWARDED_FOR};
+use super::forward::{claims_client_address, forwarded_for, VouchedChain, X_FORWARDED_FOR};
 use super::limiter::Verdict;
 use super::login;
 use super::rate_limit_headers::{self, RuleOutcome};
@@ -22,7 +22,7 @@ use ratewarden_core::policy::{Action, ClientPolicy, RequestFacts, Rule};
 use ratewarden_core::threat::{Observation, RequestOutcome};
 use ratewarden_detect::Source;
 use ratewarden_store::{Check, CounterKey, Decisions};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The rules of one request, and what goes with each: a handful, kept on the stack.
 type Few<T> = smallvec::SmallVec<[T; 4]>;
@@ -55,13 +55,7 @@ pub async fn handle(
 
     let policy = worker.policy();
     let clients = &policy.clients;
-    let forwarding = clients.forwarding_header;
-    let client = client_address(
-        peer.ip(),
-        forwarding,
-        forwarding_values(request.headers(), forwarding),
-        &clients.trusted_proxies,
-    );
+    let client = identify_client(peer.ip(), request.headers(), clients);
     let headers = request.headers();
     if client.spoofed_forwarding {
         metrics.spoofed_forwarding.inc();
@@ -468,6 +462,32 @@ fn attach_vouched_chain(request: &mut Request<Incoming>, peer: SocketAddr, clien
     );
     if let Some(value) = forwarded_for(&chain) {
         request.extensions_mut().insert(VouchedChain(value));
+    }
+}
+
+/// Who sent the request. Through a trusted proxy, the client its forwarding header
+/// names; else the peer, and a spoof attempt if the request names a client address in
+/// any header an upstream might read one from (`X-Forwarded-For`, `Forwarded`,
+/// `X-Real-IP` and the like, all removed before forwarding). A spoofer need not pick the
+/// header this gateway was told to believe. One pass over the header names finds them,
+/// where looking each up would cost more than the pass for most requests.
+fn identify_client(
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+    clients: &ClientPolicy,
+) -> ClientAddress {
+    let (forwarding, trusted) = (clients.forwarding_header, &clients.trusted_proxies);
+    if trusted.contains(peer) {
+        return client_address(
+            peer,
+            forwarding,
+            forwarding_values(headers, forwarding),
+            trusted,
+        );
+    }
+    ClientAddress {
+        spoofed_forwarding: claims_client_address(headers),
+        ..client_address(peer, forwarding, std::iter::empty(), trusted)
     }
 }
 

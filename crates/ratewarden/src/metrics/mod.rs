@@ -92,7 +92,8 @@ pub struct Metrics {
     /// out on failed (the upstream closing it just then). A steady count suggests the
     /// upstream closes idle connections at about `upstream_keepalive_timeout` or sooner.
     pub upstream_retries: Counter,
-    /// Forwarding headers sent by peers that are not trusted proxies.
+    /// Requests from peers that are not trusted proxies naming a client address in a
+    /// header (`X-Forwarded-For`, `Forwarded`, `X-Real-IP` and the like).
     pub spoofed_forwarding: Counter,
     /// Requests refused before rules (unreadable paths).
     pub refused: Family<Refusal, Counter>,
@@ -163,7 +164,7 @@ impl Metrics {
         let spoofed_forwarding = Counter::default();
         registry.register(
             "spoofed_forwarding_headers",
-            "Forwarding headers from peers that are not trusted proxies (ignored)",
+            "Requests from peers that are not trusted proxies naming a client address (X-Forwarded-For, Forwarded, X-Real-IP and the like; ignored)",
             spoofed_forwarding.clone(),
         );
         let refused = Family::<Refusal, Counter>::default();
