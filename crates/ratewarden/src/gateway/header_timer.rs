@@ -12,12 +12,15 @@
 //!
 //! Each worker has its own timer, so its list is only ever locked by its own thread.
 //!
-//! The same timer gives each connection its own deadlines ([`Deadline`]: see
-//! `connection.rs`), which hyper's does not cover; each proxied request the deadline of
-//! the upstream's answer (`[server] upstream_timeout`: see `forward.rs`); and the signal
-//! that its worker stops ([`HeaderTimer::stop_signal`]): a slot with no deadline, fired
-//! by [`HeaderTimer::stop`]. A connection looks at it on each of its polls, so it must
-//! cost one load, where a cancellation future locks a mutex every time.
+//! The same timer also gives:
+//! - each connection its own deadlines ([`Deadline`]: see `connection.rs`), which
+//!   hyper's does not cover;
+//! - each proxied request the deadline of the upstream's answer
+//!   (`[server] upstream_timeout`: see `forward.rs`);
+//! - the signal that its worker stops ([`HeaderTimer::stop_signal`]): a slot with no
+//!   deadline, fired by [`HeaderTimer::stop`]. A connection looks at the stop signal on
+//!   each of its polls, so it must cost one load, where a cancellation future locks a
+//!   mutex every time.
 
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -34,7 +37,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// The most slots a worker keeps to arm again: past a burst, the rest are freed.
 const MAX_SPARE: usize = 1024;
 
-/// One worker's header-read timer, for hyper's HTTP/1 connections.
+/// One worker's coarse timer: hyper's HTTP/1 header-read deadlines, and the other
+/// deadlines the module's doc lists.
 #[derive(Clone, Default)]
 pub struct HeaderTimer {
     shared: Arc<Shared>,
