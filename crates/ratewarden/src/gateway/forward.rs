@@ -30,9 +30,9 @@ pub struct Upstream {
     base: Uri,
     timeout: Duration,
     /// The worker's coarse timer, for the upstream's answer: `timeout` almost never runs
-    /// out, and one of tokio's timers armed and taken out again for every request cost
-    /// about three times the slot's instructions (callgrind). It fires up to one tick
-    /// (100 ms) late. Its `fire_due_forever` must run on the worker's runtime.
+    /// out, and a slot on its list in place of one of tokio's timers armed and taken out
+    /// again saved about 560 instructions per proxied request (callgrind). It fires up
+    /// to one tick (100 ms) late. Its `fire_due_forever` must run on the worker's runtime.
     timer: HeaderTimer,
     tunnels: Tunnels,
 }
@@ -157,18 +157,19 @@ const CLIENT_ADDRESS_HEADERS: NameList = NameList::new(&[
 pub(super) fn claims_client_address(headers: &HeaderMap) -> bool {
     headers.keys().any(|name| {
         let name = name.as_str();
-        name == X_FORWARDED_FOR.as_str()
-            || name == http::header::FORWARDED.as_str()
-            || CLIENT_ADDRESS_HEADERS.contains(name)
+        is_forwarding(name) || CLIENT_ADDRESS_HEADERS.contains(name)
     })
+}
+
+/// Whether `name` is `X-Forwarded-For` or `Forwarded`.
+fn is_forwarding(name: &str) -> bool {
+    name == X_FORWARDED_FOR.as_str() || name == http::header::FORWARDED.as_str()
 }
 
 /// Headers of a request that only the gateway may set: who the client is, and the
 /// login challenge.
 fn is_gateway_only(name: &str) -> bool {
-    name == X_FORWARDED_FOR.as_str()
-        || name == http::header::FORWARDED.as_str()
-        || name == CHALLENGE.as_str()
+    is_forwarding(name) || name == CHALLENGE.as_str()
 }
 
 /// [`is_gateway_only`], and the headers of [`CLIENT_ADDRESS_HEADERS`]: for a request
@@ -467,13 +468,8 @@ pub(super) fn forwarded_for(hops: &[IpAddr]) -> Option<HeaderValue> {
             IpAddr::V4(v4) => text.extend_from_slice(DottedQuad::new(*v4).as_str().as_bytes()),
             IpAddr::V6(v6) => {
                 use std::io::Write;
-                // Room enough: an IPv6 address displays in at most 39 bytes.
-                const LONGEST: usize = 45;
-                let mut written = [0u8; LONGEST];
-                let mut rest = &mut written[..];
-                let _ = write!(rest, "{v6}");
-                let length = LONGEST - rest.len();
-                text.extend_from_slice(&written[..length]);
+                // Writing into a vector cannot fail.
+                let _ = write!(text, "{v6}");
             }
         }
     }

@@ -15,7 +15,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use ratewarden_core::clock::Clock;
 use ratewarden_core::identity::{
-    client_address, client_network, vouched_chain, ClientAddress, ForwardingHeader,
+    canonical_ip, client_address, client_network, vouched_chain, ClientAddress, ForwardingHeader,
 };
 use ratewarden_core::path::CanonicalPath;
 use ratewarden_core::policy::{Action, ClientPolicy, RequestFacts, Rule};
@@ -486,8 +486,9 @@ fn identify_client(
         );
     }
     ClientAddress {
+        ip: canonical_ip(peer),
         spoofed_forwarding: claims_client_address(headers),
-        ..client_address(peer, forwarding, std::iter::empty(), trusted)
+        via_trusted_proxy: false,
     }
 }
 
